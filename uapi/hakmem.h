@@ -1,0 +1,74 @@
+/* hakmem public API: hak_* entry points (usable without interposing malloc),
+ * statistics, and version. */
+#ifndef HAKMEM_H
+#define HAKMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HAKMEM_VERSION "0.1.0"
+
+/* The malloc family under its own names. Same contracts as the C/POSIX/glibc
+ * functions of the same name without the prefix. */
+void *hak_malloc(size_t size);
+void hak_free(void *p);
+void *hak_calloc(size_t n, size_t size);
+void *hak_realloc(void *p, size_t size);
+void *hak_reallocarray(void *p, size_t n, size_t size);
+int hak_posix_memalign(void **out, size_t alignment, size_t size);
+void *hak_aligned_alloc(size_t alignment, size_t size);
+void *hak_memalign(size_t alignment, size_t size);
+void *hak_valloc(size_t size);
+void *hak_pvalloc(size_t size);
+size_t hak_malloc_usable_size(const void *p);
+void hak_free_sized(void *p, size_t size);
+void hak_free_aligned_sized(void *p, size_t alignment, size_t size);
+int hak_malloc_trim(size_t pad);
+
+/* Nonzero when p lies in memory hakmem manages (a region or huge mapping). */
+int hak_owns(const void *p);
+
+/* Counters. Every field is a running total except committed_bytes (current). */
+typedef struct hak_stats {
+  uint64_t regions_reserved;
+  uint64_t pages_fresh;
+  uint64_t pages_reused;
+  uint64_t pages_activated;
+  uint64_t remote_frees;
+  uint64_t remote_frees_cross_node;
+  uint64_t remote_blocks_collected;
+  uint64_t batches_sent;
+  uint64_t mailbox_drains;
+  uint64_t blocks_drained;
+  uint64_t pages_abandoned;
+  uint64_t pages_adopted;
+  uint64_t purges;
+  uint64_t purged_bytes;
+  uint64_t purges_uring;
+  uint64_t uffd_faults;
+  uint64_t committed_bytes;
+  uint64_t peak_committed_bytes;
+  uint64_t invalid_frees;
+  uint64_t huge_allocs;
+  uint64_t heaps_created;
+} hak_stats_t;
+
+void hak_stats_get(hak_stats_t *out);
+/* Writes the counters as one JSON object (NUL-terminated, truncated to len).
+ * Returns the length it needed, like snprintf. */
+size_t hak_stats_json(char *buf, size_t len);
+/* Prints the human table to stderr (or HAKMEM_STATS_FILE). */
+void hak_stats_print(void);
+
+/* Releases the calling thread's heap now, as thread exit would. The thread can
+ * keep allocating afterwards (it gets a fresh heap). */
+void hak_thread_done(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
