@@ -35,7 +35,7 @@ $(BUILD)/rel/%.o: %.c $(HDRS)
 	$(CC) $(CFLAGS_REL) -c $< -o $@
 $(BUILD)/dlopen/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -ftls-model=initial-exec,$(CFLAGS_REL)) -ftls-model=global-dynamic -c $< -o $@
+	$(CC) $(filter-out -ftls-model=initial-exec,$(CFLAGS_REL)) -ftls-model=global-dynamic -DHAK_TLS_DLOPEN -c $< -o $@
 $(BUILD)/debug/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_DBG) -c $< -o $@

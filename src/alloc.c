@@ -1,0 +1,178 @@
+/* The malloc family as hak_* functions. override.c maps the standard names
+ * onto the same inline paths. */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+HAK_EXPORT void *hak_malloc(size_t size) { return hak_alloc_inline(size); }
+
+HAK_EXPORT void hak_free(void *p) { hak_free_inline(p); }
+
+void *hak_calloc_impl(size_t n, size_t size);
+void *hak_calloc_impl(size_t n, size_t size) {
+  size_t total;
+  if (unlikely(__builtin_mul_overflow(n, size, &total))) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  hak_heap_t *heap = hak_tls_heap;
+  if (likely(total <= SMALL_MAX)) {
+    hak_page_t *page = heap->direct[class_of(total)];
+    hak_block_t *b = page->free;
+    if (likely(b != NULL)) {
+      page->free = b->next;
+      page->used++;
+      if (page->free_is_zero) b->next = NULL;
+      else memset(b, 0, total);
+      return b;
+    }
+  }
+  return hak_malloc_slow(heap, total, true);
+}
+
+HAK_EXPORT void *hak_calloc(size_t n, size_t size) { return hak_calloc_impl(n, size); }
+
+size_t hak_usable_size(const void *p) {
+  hak_region_t *r = region_of(p);
+  int kind = region_kind(r);
+  if (kind == REGION_HUGE) {
+    char *block = (char *)r->map_base + r->map_len - r->huge_usable;
+    return r->huge_usable - (size_t)((const char *)p - block);
+  }
+  if (kind != REGION_SMALL) return 0;
+  hak_page_t *page = page_of(r, p);
+  if (page->block_size == 0 || (const char *)p < page->start) return 0;
+  const char *start = hak_block_start(page, p);
+  return page->block_size - (size_t)((const char *)p - start);
+}
+
+HAK_EXPORT size_t hak_malloc_usable_size(const void *p) { return p ? hak_usable_size(p) : 0; }
+
+HAK_EXPORT void *hak_realloc(void *p, size_t size) {
+  if (!p) return hak_alloc_inline(size);
+  size_t old = hak_usable_size(p);
+  if (old == 0) { /* not ours: nothing safe to copy */
+    hak_invalid_free(p);
+    errno = EINVAL;
+    return NULL;
+  }
+  if (size == 0) { /* glibc frees and returns NULL here; programs rely on it */
+    hak_free_inline(p);
+    return NULL;
+  }
+  /* stay in place while the block fits and is not mostly empty */
+  if (size <= old && size >= old / 2) return p;
+  void *q = hak_alloc_inline(size);
+  if (!q) return NULL; /* errno set; the old block is untouched */
+  memcpy(q, p, size < old ? size : old);
+  hak_free_inline(p);
+  return q;
+}
+
+HAK_EXPORT void *hak_reallocarray(void *p, size_t n, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(n, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return hak_realloc(p, total);
+}
+
+/* Alignment up to 64 KiB from size classes (over-allocating and marking the
+ * page, so free finds the block start) or page runs; beyond, a huge mapping. */
+static void *aligned_alloc_impl(size_t align, size_t size) {
+  if (align <= MIN_ALIGN) return hak_alloc_inline(size);
+  if (size > SIZE_MAX - align) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (align <= PAGE_SIZE) {
+    if (size <= SMALL_MAX) {
+      unsigned cls = class_of(size);
+      /* blocks of a size that is a multiple of align are aligned already */
+      if (align <= REGION_HEADER_SIZE && hak_class_size[cls] % align == 0)
+        return hak_alloc_inline(size);
+    }
+    if (size + align - 1 <= SMALL_MAX) {
+      char *p = hak_alloc_inline(size + align - 1);
+      if (!p) return NULL;
+      char *q = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
+      if (q != p) page_of(region_of(p), p)->flags |= PAGE_HAS_ALIGNED;
+      return q;
+    }
+    if (size <= LARGE_MAX) {
+      hak_heap_t *heap = hak_tls_heap;
+      if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
+      return hak_large_alloc(heap, size, align);
+    }
+  }
+  return hak_huge_alloc(size, align);
+}
+
+static bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
+
+HAK_EXPORT int hak_posix_memalign(void **out, size_t align, size_t size) {
+  if (!is_pow2(align) || align % sizeof(void *)) return EINVAL;
+  int saved = errno;
+  void *p = aligned_alloc_impl(align, size);
+  if (!p) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+HAK_EXPORT void *hak_aligned_alloc(size_t align, size_t size) {
+  if (!is_pow2(align)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return aligned_alloc_impl(align, size);
+}
+
+HAK_EXPORT void *hak_memalign(size_t align, size_t size) {
+  if (!is_pow2(align)) { /* glibc rounds up to the next power of two */
+    if (align > (SIZE_MAX >> 1) + 1) {
+      errno = EINVAL;
+      return NULL;
+    }
+    size_t a = MIN_ALIGN;
+    while (a < align) a <<= 1;
+    align = a;
+  }
+  return aligned_alloc_impl(align, size);
+}
+
+HAK_EXPORT void *hak_valloc(size_t size) { return aligned_alloc_impl(kmem_os_page_size(), size); }
+
+HAK_EXPORT void *hak_pvalloc(size_t size) {
+  size_t ps = kmem_os_page_size();
+  if (size > SIZE_MAX - ps) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return aligned_alloc_impl(ps, size ? (size + ps - 1) & ~(ps - 1) : ps);
+}
+
+HAK_EXPORT void hak_free_sized(void *p, size_t size) {
+  (void)size;
+  hak_free_inline(p);
+}
+
+HAK_EXPORT void hak_free_aligned_sized(void *p, size_t align, size_t size) {
+  (void)align;
+  (void)size;
+  hak_free_inline(p);
+}
+
+HAK_EXPORT int hak_malloc_trim(size_t pad) {
+  (void)pad;
+  hak_heap_t *heap = hak_tls_heap;
+  if (heap != &hak_heap_empty && atomic_load_explicit(&heap->delayed, memory_order_relaxed))
+    hak_heap_drain_delayed(heap);
+  return hak_pool_trim() > 0;
+}
+
+HAK_EXPORT int hak_owns(const void *p) { return p && hak_usable_size(p) > 0; }

@@ -1,0 +1,127 @@
+/* free beyond the fast path: pages with flags, remote frees, the owner's
+ * delayed list, retiring empty pages, and pointers that are not ours. */
+#include "format.h"
+#include "internal.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+/* A free into a page another heap owns (or nobody does). One CAS onto the
+ * page's remote list; if the owner parked the page as full (NOTIFY), the
+ * block goes to the owner's delayed list instead, which it drains on its
+ * next slow path: that is how a full page gets revisited. */
+static void free_remote(hak_page_t *page, hak_block_t *b) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  for (;;) {
+    if ((old & REMOTE_STATE_MASK) == REMOTE_NOTIFY) {
+      if (!atomic_compare_exchange_weak_explicit(&page->remote, &old,
+                                                 (old & ~REMOTE_STATE_MASK) | REMOTE_FREEING,
+                                                 memory_order_acquire, memory_order_relaxed))
+        continue;
+      hak_heap_t *owner = atomic_load_explicit(&page->heap, memory_order_acquire);
+      hak_block_t *head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
+      do {
+        b->next = head;
+      } while (!atomic_compare_exchange_weak_explicit(&owner->delayed, &head, b,
+                                                      memory_order_release, memory_order_relaxed));
+      hak_page_set_remote_state(page, 1u << REMOTE_FREEING, REMOTE_PLAIN);
+      return;
+    }
+    b->next = (hak_block_t *)(old & ~REMOTE_STATE_MASK);
+    if (atomic_compare_exchange_weak_explicit(&page->remote, &old,
+                                              (uintptr_t)b | (old & REMOTE_STATE_MASK),
+                                              memory_order_release, memory_order_relaxed))
+      return;
+  }
+}
+
+/* An empty page leaves the heap unless it is the class's only page, which
+ * stays to spare the next malloc a trip to the pool. */
+void hak_heap_retire(hak_heap_t *heap, hak_page_t *page) {
+  hak_queue_t *q = &heap->queues[page->cls];
+  if (q->first == page && q->last == page) return;
+  queue_remove(q, page);
+  heap_sync_direct(heap, page->cls);
+  hak_span_free(page);
+}
+
+static void page_unfull(hak_heap_t *heap, hak_page_t *page) {
+  page->flags &= (uint8_t)~PAGE_IN_FULL;
+  queue_remove(&heap->full, page);
+  queue_push_back(&heap->queues[page->cls], page);
+  heap_sync_direct(heap, page->cls);
+  /* no more notifications needed; a freer mid-delivery resets it itself */
+  hak_page_set_remote_state(page, 1u << REMOTE_NOTIFY, REMOTE_PLAIN);
+}
+
+void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+  b->next = page->local_free;
+  page->local_free = b;
+  page->used--;
+  if (page->flags & PAGE_IN_FULL) page_unfull(heap, page);
+  if (page->used == 0) hak_heap_retire(heap, page);
+}
+
+void hak_heap_drain_delayed(hak_heap_t *heap) {
+  hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
+  size_t n = 0;
+  while (b) {
+    hak_block_t *next = b->next;
+    hak_page_t *page = page_of(region_of(b), b);
+    hak_free_local_slow(heap, page, b); /* delayed blocks are always of our pages */
+    b = next;
+    n++;
+  }
+  stat_inc(&heap->stats.remote_blocks_collected, n);
+}
+
+static _Atomic int invalid_warned;
+
+void hak_invalid_free(const void *p) {
+  atomic_fetch_add_explicit(&hak_gstats.invalid_frees, 1, memory_order_relaxed);
+  if (hak_opt.abort_on_error) {
+    static const char msg[] = "hakmem: free of a pointer hakmem never returned; aborting\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    abort();
+  }
+  if (!atomic_exchange_explicit(&invalid_warned, 1, memory_order_relaxed)) {
+    char mem[32];
+    hak_buf_t ptr = {mem, 0, sizeof mem};
+    buf_hex(&ptr, (uintptr_t)p);
+    hak_warn("free of a pointer hakmem never returned (", mem,
+             ") ignored; further ones are only counted (HAKMEM_ABORT_ON_ERROR=1 aborts)");
+  }
+}
+
+void hak_free_slow(hak_region_t *r, void *p) {
+  if (!p) return;
+  int kind = region_kind(r);
+  if (kind == REGION_HUGE) {
+    if ((char *)p == (char *)r->map_base + r->map_len - r->huge_usable) hak_huge_free(r);
+    else hak_invalid_free(p);
+    return;
+  }
+  if (kind != REGION_SMALL) {
+    hak_invalid_free(p);
+    return;
+  }
+  hak_page_t *page = page_of(r, p);
+  if (page->block_size == 0 || (char *)p < page->start) {
+    hak_invalid_free(p);
+    return;
+  }
+  if (page->flags & PAGE_LARGE) {
+    hak_span_free(page);
+    return;
+  }
+  if (page->flags & PAGE_HAS_ALIGNED) p = hak_block_start(page, p);
+  hak_heap_t *heap = hak_tls_heap;
+  if (page_heap(page) == heap) {
+    hak_free_local_slow(heap, page, p);
+    return;
+  }
+  if (heap != &hak_heap_empty) stat_inc(&heap->stats.remote_frees, 1);
+  else atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
+  free_remote(page, p);
+}

@@ -1,0 +1,130 @@
+/* Thread heaps: creation on a thread's first allocation, abandonment at its
+ * exit, reuse of heap structs, and what fork leaves behind. */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+hak_page_t hak_page_empty;
+/* Every direct entry points at the empty page, so a thread's first malloc
+ * takes the slow path without a separate "initialised?" test. */
+hak_heap_t hak_heap_empty = {.direct = {[0 ... NUM_CLASSES - 1] = &hak_page_empty}};
+#ifdef HAK_TLS_DLOPEN
+__thread hak_heap_t *hak_tls_heap = &hak_heap_empty;
+#else
+__thread hak_heap_t *hak_tls_heap __attribute__((tls_model("initial-exec"))) = &hak_heap_empty;
+#endif
+
+static pthread_mutex_t heaps_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(hak_heap_t *) heaps; /* every heap struct ever made; never freed */
+pthread_key_t hak_thread_key;
+
+static void heap_reset(hak_heap_t *heap) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++) {
+    heap->queues[c].first = heap->queues[c].last = NULL;
+    heap->direct[c] = &hak_page_empty;
+  }
+  heap->full.first = heap->full.last = NULL;
+  heap->slow_calls = 0;
+}
+
+hak_heap_t *hak_heap_for_thread(void) {
+  if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) hak_init();
+  hak_heap_t *heap = NULL;
+  pthread_mutex_lock(&heaps_lock);
+  for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_relaxed); h; h = h->pool_next) {
+    if (!h->in_use) {
+      heap = h;
+      break;
+    }
+  }
+  if (!heap) {
+    heap = kmem_meta_alloc(sizeof *heap);
+    if (heap) {
+      heap_reset(heap);
+      heap->pool_next = atomic_load_explicit(&heaps, memory_order_relaxed);
+      atomic_store_explicit(&heaps, heap, memory_order_release);
+      atomic_fetch_add_explicit(&hak_gstats.heaps_created, 1, memory_order_relaxed);
+    }
+  }
+  if (heap) heap->in_use = true;
+  pthread_mutex_unlock(&heaps_lock);
+  if (!heap) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  heap->node = 0;
+  hak_tls_heap = heap;
+  /* the key's destructor abandons the heap when the thread exits */
+  pthread_setspecific(hak_thread_key, heap);
+  return heap;
+}
+
+static void abandon_list(hak_heap_t *heap, hak_page_t *first) {
+  for (hak_page_t *p = first, *next; p; p = next) {
+    next = p->next;
+    hak_page_collect(p);
+    p->next = p->prev = NULL;
+    p->flags = 0;
+    if (p->used == 0) {
+      hak_span_free(p);
+    } else {
+      atomic_store_explicit(&p->heap, NULL, memory_order_release);
+      hak_abandoned_push(heap->node, p);
+      stat_inc(&heap->stats.pages_abandoned, 1);
+    }
+  }
+}
+
+/* Leaves every page ownerless (NEVER), so no freer delivers to this heap any
+ * more; then takes the blocks already delivered, and hands the pages with
+ * live blocks to the node's abandoned pool. */
+void hak_heap_abandon(hak_heap_t *heap) {
+  if (heap == &hak_heap_empty) return;
+  for (unsigned c = 0; c < NUM_CLASSES; c++)
+    for (hak_page_t *p = heap->queues[c].first; p; p = p->next) hak_page_set_never(p);
+  for (hak_page_t *p = heap->full.first; p; p = p->next) hak_page_set_never(p);
+  hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
+  while (b) {
+    hak_block_t *next = b->next;
+    hak_page_t *page = page_of(region_of(b), b);
+    b->next = page->local_free;
+    page->local_free = b;
+    page->used--;
+    b = next;
+  }
+  for (unsigned c = 0; c < NUM_CLASSES; c++) abandon_list(heap, heap->queues[c].first);
+  abandon_list(heap, heap->full.first);
+  heap_reset(heap);
+  if (hak_tls_heap == heap) hak_tls_heap = &hak_heap_empty;
+  pthread_mutex_lock(&heaps_lock);
+  heap->in_use = false;
+  pthread_mutex_unlock(&heaps_lock);
+}
+
+HAK_EXPORT void hak_thread_done(void) {
+  hak_heap_t *heap = hak_tls_heap;
+  if (heap == &hak_heap_empty) return;
+  pthread_setspecific(hak_thread_key, NULL);
+  hak_heap_abandon(heap);
+}
+
+void hak_heaps_stats(hak_heap_stats_t *sum) {
+  for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_acquire); h; h = h->pool_next) {
+    _Atomic uint64_t *src = (_Atomic uint64_t *)&h->stats, *dst = (_Atomic uint64_t *)sum;
+    for (size_t i = 0; i < sizeof *sum / sizeof(uint64_t); i++)
+      dst[i] += atomic_load_explicit(&src[i], memory_order_relaxed);
+  }
+}
+
+void hak_heaps_fork_prepare(void) { pthread_mutex_lock(&heaps_lock); }
+void hak_heaps_fork_release(void) { pthread_mutex_unlock(&heaps_lock); }
+
+/* In the child only the forking thread lives. The other threads' heaps keep
+ * their pages and become free for the child's next threads to take over
+ * whole, so their blocks stay reachable instead of stranded. */
+void hak_heaps_fork_child(hak_heap_t *survivor) {
+  for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_relaxed); h; h = h->pool_next)
+    if (h != survivor) h->in_use = false;
+  pthread_mutex_unlock(&heaps_lock);
+}

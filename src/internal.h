@@ -1,0 +1,308 @@
+/* hakmem internals: the memory model of DESIGN.md as C types.
+ *
+ * region (2 MiB, aligned) = header page + 31 MF2 pages of 64 KiB
+ * span   = run of contiguous pages holding blocks of one size class, or one
+ *          large block; its first page descriptor describes it ("page")
+ * heap   = per-thread set of pages, one queue per size class
+ */
+#ifndef HAK_INTERNAL_H
+#define HAK_INTERNAL_H
+
+#include "hakmem.h"
+#include "kmem.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define HAK_EXPORT __attribute__((visibility("default")))
+#define HAK_NOINLINE __attribute__((noinline))
+
+#define REGION_SHIFT KMEM_REGION_SHIFT
+#define REGION_SIZE KMEM_REGION_SIZE
+#define PAGE_SHIFT 16
+#define PAGE_SIZE ((size_t)1 << PAGE_SHIFT)
+#define PAGES_PER_REGION 32
+#define REGION_HEADER_SIZE ((size_t)4096) /* page 0 keeps its blocks after it */
+#define VA_BITS 47
+
+#define MIN_ALIGN 16
+#define SMALL_MAX ((size_t)128 << 10) /* largest size-class block */
+#define LARGE_MAX ((size_t)1 << 20)   /* larger blocks get their own mapping */
+#define NUM_CLASSES 48
+#define DIRECT_MAX 1024 /* sizes looked up in one table */
+
+/* ---- blocks, pages ------------------------------------------------------ */
+
+typedef struct hak_block {
+  struct hak_block *next;
+} hak_block_t;
+
+struct hak_heap;
+
+/* Remote-list state in the low two bits of page->remote (blocks are 16-aligned).
+ * NOTIFY: the owner parked the page as full; the next remote freer hands its
+ * block to the owner's heap->delayed list instead, so the page is revisited.
+ * FREEING: that freer is doing so now. NEVER: the page has no owner. */
+enum { REMOTE_PLAIN = 0, REMOTE_NOTIFY = 1, REMOTE_FREEING = 2, REMOTE_NEVER = 3 };
+#define REMOTE_STATE_MASK ((uintptr_t)3)
+
+/* page->flags: any bit set sends the owner's free to the slow path. */
+enum { PAGE_IN_FULL = 1, PAGE_HAS_ALIGNED = 2, PAGE_LARGE = 4 };
+
+typedef struct hak_page {
+  /* owner-only, hot */
+  hak_block_t *free;       /* malloc pops here */
+  uint32_t used;           /* blocks out, remote frees not yet collected included */
+  uint32_t block_size;
+  hak_block_t *local_free; /* owner's frees */
+  _Atomic(struct hak_heap *) heap; /* owner; NULL when abandoned or free */
+  uint8_t flags;
+  uint8_t free_is_zero; /* blocks on `free` are zero but for their first word */
+  uint8_t cls;
+  uint8_t fresh_zero;   /* not yet carved blocks are zero */
+  uint16_t capacity;    /* blocks the span holds */
+  uint16_t reserved;    /* blocks carved so far */
+  uint32_t back;        /* bytes back to the span's head descriptor */
+  uint32_t span_pages;
+  char *start; /* first block */
+  _Atomic uintptr_t remote; /* other threads' frees | state */
+  struct hak_page *next, *prev; /* heap queue or abandoned list */
+} hak_page_t;
+
+enum { REGION_SMALL = 1, REGION_HUGE = 2 };
+
+typedef struct hak_region {
+  uint32_t free_mask;  /* pages not in any span (pool lock) */
+  uint32_t dirty_mask; /* pages touched since last purge (pool lock) */
+  uint16_t nfree;
+  uint16_t node;
+  uint8_t kind;
+  uint64_t empty_since_ms;
+  struct hak_region *next, *prev; /* pool bucket */
+  /* huge mappings only */
+  void *map_base;
+  size_t map_len;
+  size_t huge_usable;
+  hak_page_t pages[PAGES_PER_REGION];
+} hak_region_t;
+
+_Static_assert(sizeof(hak_region_t) <= REGION_HEADER_SIZE, "region header too big");
+
+/* ---- heaps -------------------------------------------------------------- */
+
+typedef struct hak_queue {
+  hak_page_t *first, *last;
+} hak_queue_t;
+
+/* Per-thread counters; merged by hak_stats_get. Written by the owner only. */
+typedef struct hak_heap_stats {
+  _Atomic uint64_t pages_fresh, pages_reused, pages_activated, remote_frees,
+      remote_blocks_collected, pages_abandoned, pages_adopted;
+} hak_heap_stats_t;
+
+typedef struct hak_heap {
+  hak_page_t *direct[NUM_CLASSES]; /* first page of each queue, or the empty page */
+  hak_queue_t queues[NUM_CLASSES];
+  hak_queue_t full; /* full pages and large spans */
+  _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
+  uint64_t slow_calls;
+  int node;
+  bool in_use;
+  struct hak_heap *pool_next; /* all heaps ever made */
+  hak_heap_stats_t stats;
+} hak_heap_t;
+
+extern hak_heap_t hak_heap_empty;
+extern hak_page_t hak_page_empty;
+#ifdef HAK_TLS_DLOPEN
+extern __thread hak_heap_t *hak_tls_heap;
+#else
+extern __thread hak_heap_t *hak_tls_heap __attribute__((tls_model("initial-exec")));
+#endif
+
+/* ---- region map: which 2 MiB units are ours ------------------------------ */
+
+/* One byte per 2 MiB of VA (64 MiB of .bss, touched only where we map). */
+#define REGION_MAP_ENTRIES ((uintptr_t)1 << (VA_BITS - REGION_SHIFT))
+extern _Atomic(uint8_t) hak_region_map[REGION_MAP_ENTRIES];
+
+static inline hak_region_t *region_of(const void *p) {
+  /* p-1: a huge block may start exactly at a 2 MiB boundary, with its header
+   * in the unit before; no block ever starts at its region's base. */
+  return (hak_region_t *)(((uintptr_t)p - 1) & ~(uintptr_t)(REGION_SIZE - 1));
+}
+
+static inline int region_kind(const hak_region_t *r) {
+  uintptr_t idx = (uintptr_t)r >> REGION_SHIFT;
+  if (unlikely(idx >= REGION_MAP_ENTRIES)) return 0;
+  return atomic_load_explicit(&hak_region_map[idx], memory_order_relaxed);
+}
+
+static inline hak_page_t *page_of(hak_region_t *r, const void *p) {
+  hak_page_t *d = &r->pages[((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT];
+  return (hak_page_t *)((char *)d - d->back);
+}
+
+static inline hak_heap_t *page_heap(const hak_page_t *pg) {
+  return atomic_load_explicit(&((hak_page_t *)pg)->heap, memory_order_relaxed);
+}
+
+static inline void stat_inc(_Atomic uint64_t *c, uint64_t n) {
+  /* owner-only counter: a plain add, atomic only so readers see whole values */
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                        memory_order_relaxed);
+}
+
+/* ---- size classes -------------------------------------------------------- */
+
+extern uint8_t hak_class_direct[DIRECT_MAX / MIN_ALIGN + 1];
+extern uint32_t hak_class_size[NUM_CLASSES];
+extern uint8_t hak_class_pages[NUM_CLASSES];
+void hak_classes_init(void);
+unsigned hak_class_of_large(size_t size); /* DIRECT_MAX < size <= SMALL_MAX */
+
+static inline unsigned class_of(size_t size) {
+  if (likely(size <= DIRECT_MAX)) return hak_class_direct[(size + MIN_ALIGN - 1) / MIN_ALIGN];
+  return hak_class_of_large(size);
+}
+
+/* ---- options ------------------------------------------------------------- */
+
+enum { STATS_OFF, STATS_TEXT, STATS_JSON };
+
+typedef struct hak_options {
+  int stats;
+  char stats_file[256];
+  bool thp;
+  bool abort_on_error;
+  bool verbose;
+  uint64_t purge_delay_ms;
+} hak_options_t;
+
+extern hak_options_t hak_opt;
+void hak_options_read(void);
+void hak_warn(const char *a, const char *b, const char *c); /* one stderr line */
+
+/* ---- process state ------------------------------------------------------- */
+
+void hak_init(void);
+extern _Atomic int hak_init_state; /* 0 none, 1 running, 2 done */
+hak_heap_t *hak_heap_for_thread(void);   /* creates the calling thread's heap */
+void hak_heap_abandon(hak_heap_t *heap); /* thread exit */
+void hak_heaps_fork_prepare(void);
+void hak_heaps_fork_release(void);
+void hak_heaps_fork_child(hak_heap_t *survivor);
+void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
+
+/* ---- global counters ----------------------------------------------------- */
+
+typedef struct hak_global_stats {
+  _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
+      remote_frees, purges, purged_bytes, huge_allocs, heaps_created, pages_abandoned,
+      pages_adopted, remote_blocks_collected;
+} hak_global_stats_t;
+extern hak_global_stats_t hak_gstats;
+void hak_committed_add(int64_t delta);
+uint64_t hak_now_ms(void); /* coarse monotonic clock */
+
+/* ---- node pools: regions, free spans, abandoned pages --------------------- */
+
+hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero);
+void hak_span_free(hak_page_t *span);
+void hak_abandoned_push(int node, hak_page_t *page);
+hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap);
+size_t hak_pool_trim(void); /* reclaims empty abandoned pages, purges empty regions */
+void hak_pool_fork_prepare(void);
+void hak_pool_fork_release(void);
+
+/* ---- pages --------------------------------------------------------------- */
+
+void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero);
+void hak_page_extend(hak_page_t *page);
+size_t hak_page_collect(hak_page_t *page); /* local_free + remote into free */
+size_t hak_page_collect_remote(hak_page_t *page);
+bool hak_page_set_remote_state(hak_page_t *page, uintptr_t from_mask, uintptr_t to);
+void hak_page_set_never(hak_page_t *page);
+void *hak_block_start(const hak_page_t *page, const void *p);
+
+/* ---- allocation paths ---------------------------------------------------- */
+
+void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero);
+void hak_free_slow(hak_region_t *r, void *p);
+void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
+void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
+void hak_heap_drain_delayed(hak_heap_t *heap);
+void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align);
+void *hak_huge_alloc(size_t size, size_t align);
+void hak_huge_free(hak_region_t *r);
+size_t hak_usable_size(const void *p);
+void hak_invalid_free(const void *p);
+
+/* ---- heap queues (owner only) -------------------------------------------- */
+
+static inline void queue_remove(hak_queue_t *q, hak_page_t *p) {
+  if (p->prev) p->prev->next = p->next;
+  else q->first = p->next;
+  if (p->next) p->next->prev = p->prev;
+  else q->last = p->prev;
+  p->next = p->prev = NULL;
+}
+
+static inline void queue_push_front(hak_queue_t *q, hak_page_t *p) {
+  p->prev = NULL;
+  p->next = q->first;
+  if (q->first) q->first->prev = p;
+  else q->last = p;
+  q->first = p;
+}
+
+static inline void queue_push_back(hak_queue_t *q, hak_page_t *p) {
+  p->next = NULL;
+  p->prev = q->last;
+  if (q->last) q->last->next = p;
+  else q->first = p;
+  q->last = p;
+}
+
+static inline void heap_sync_direct(hak_heap_t *heap, unsigned cls) {
+  heap->direct[cls] = heap->queues[cls].first ? heap->queues[cls].first : &hak_page_empty;
+}
+
+/* The fast path: pop from the current page of the size class. */
+static inline void *hak_alloc_inline(size_t size) {
+  hak_heap_t *heap = hak_tls_heap;
+  if (likely(size <= SMALL_MAX)) {
+    hak_page_t *page = heap->direct[class_of(size)];
+    hak_block_t *b = page->free;
+    if (likely(b != NULL)) {
+      page->free = b->next;
+      page->used++;
+      return b;
+    }
+  }
+  return hak_malloc_slow(heap, size, false);
+}
+
+/* The fast path of free: a block of a page this thread owns, no flags set. */
+static inline void hak_free_inline(void *p) {
+  hak_region_t *r = region_of(p);
+  if (likely(region_kind(r) == REGION_SMALL)) {
+    hak_page_t *page = page_of(r, p);
+    hak_heap_t *heap = hak_tls_heap;
+    if (likely(page_heap(page) == heap && page->flags == 0)) {
+      hak_block_t *b = (hak_block_t *)p;
+      b->next = page->local_free;
+      page->local_free = b;
+      if (unlikely(--page->used == 0)) hak_heap_retire(heap, page);
+      return;
+    }
+  }
+  hak_free_slow(r, p);
+}
+
+#endif

@@ -1,0 +1,107 @@
+/* MF2 pages: carving blocks, collecting the three free lists, and the
+ * remote-list state machine that guarantees a page is revisited. */
+#include "internal.h"
+
+#include <sched.h>
+#include <string.h>
+
+#define EXTEND_BYTES 16384 /* carve at most this much at a time: RSS follows use */
+
+static char *page_address(hak_page_t *page) {
+  hak_region_t *r = (hak_region_t *)((uintptr_t)page & ~(uintptr_t)(REGION_SIZE - 1));
+  return (char *)r + (size_t)(page - r->pages) * PAGE_SIZE;
+}
+
+void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero) {
+  char *base = page_address(page);
+  char *start = base == (char *)region_of(base + 1) ? base + REGION_HEADER_SIZE : base;
+  size_t bytes = page->span_pages * PAGE_SIZE - (size_t)(start - base);
+  page->block_size = hak_class_size[cls];
+  page->capacity = (uint16_t)(bytes / page->block_size);
+  page->reserved = 0;
+  page->used = 0;
+  page->free = NULL;
+  page->local_free = NULL;
+  page->flags = 0;
+  page->cls = (uint8_t)cls;
+  page->fresh_zero = zero;
+  page->free_is_zero = zero;
+  page->start = start;
+  atomic_store_explicit(&page->remote, REMOTE_PLAIN, memory_order_relaxed);
+  atomic_store_explicit(&page->heap, heap, memory_order_release);
+}
+
+/* Called when `free` is empty: links the next not yet carved blocks, in
+ * address order. */
+void hak_page_extend(hak_page_t *page) {
+  size_t bs = page->block_size;
+  unsigned n = page->capacity - page->reserved;
+  unsigned max = bs >= EXTEND_BYTES ? 1 : (unsigned)(EXTEND_BYTES / bs);
+  if (n > max) n = max;
+  char *p = page->start + (size_t)page->reserved * bs;
+  for (unsigned i = 0; i + 1 < n; i++, p += bs) ((hak_block_t *)p)->next = (hak_block_t *)(p + bs);
+  ((hak_block_t *)p)->next = NULL;
+  page->free = (hak_block_t *)(page->start + (size_t)page->reserved * bs);
+  page->free_is_zero = page->fresh_zero;
+  page->reserved += n;
+}
+
+/* Takes the remote list, leaving the state bits, and puts it on `free`. */
+size_t hak_page_collect_remote(hak_page_t *page) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  do {
+    if ((old & ~REMOTE_STATE_MASK) == 0) return 0;
+  } while (!atomic_compare_exchange_weak_explicit(&page->remote, &old, old & REMOTE_STATE_MASK,
+                                                  memory_order_acquire, memory_order_relaxed));
+  hak_block_t *head = (hak_block_t *)(old & ~REMOTE_STATE_MASK), *tail = head;
+  size_t n = 1;
+  while (tail->next) {
+    tail = tail->next;
+    n++;
+  }
+  tail->next = page->free;
+  page->free = head;
+  page->free_is_zero = 0;
+  page->used -= (uint32_t)n;
+  return n;
+}
+
+size_t hak_page_collect(hak_page_t *page) {
+  if (page->local_free) {
+    if (!page->free) {
+      page->free = page->local_free;
+    } else {
+      hak_block_t *t = page->local_free;
+      while (t->next) t = t->next;
+      t->next = page->free;
+      page->free = page->local_free;
+    }
+    page->local_free = NULL;
+    page->free_is_zero = 0;
+  }
+  return hak_page_collect_remote(page);
+}
+
+/* Moves the state from any state in from_mask (bit per state) to `to`,
+ * keeping the list. Returns false if the state was not in from_mask. */
+bool hak_page_set_remote_state(hak_page_t *page, uintptr_t from_mask, uintptr_t to) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  do {
+    if (!(from_mask & (1u << (old & REMOTE_STATE_MASK)))) return false;
+  } while (!atomic_compare_exchange_weak_explicit(&page->remote, &old,
+                                                  (old & ~REMOTE_STATE_MASK) | to,
+                                                  memory_order_acq_rel, memory_order_relaxed));
+  return true;
+}
+
+/* Ownerless from now on: waits out a freer that is delivering to the owner's
+ * delayed list, so after this no block can reach that list any more. */
+void hak_page_set_never(hak_page_t *page) {
+  const uintptr_t not_freeing = (1u << REMOTE_PLAIN) | (1u << REMOTE_NOTIFY) | (1u << REMOTE_NEVER);
+  while (!hak_page_set_remote_state(page, not_freeing, REMOTE_NEVER)) sched_yield();
+}
+
+void *hak_block_start(const hak_page_t *page, const void *p) {
+  size_t off = (size_t)((const char *)p - page->start);
+  return page->start + off - off % page->block_size;
+}

@@ -1,0 +1,37 @@
+/* Size classes: 16-byte steps up to 128 B, then four classes per power of two
+ * up to 128 KiB, so internal waste stays under 25%. */
+#include "internal.h"
+
+uint8_t hak_class_direct[DIRECT_MAX / MIN_ALIGN + 1];
+uint32_t hak_class_size[NUM_CLASSES];
+uint8_t hak_class_pages[NUM_CLASSES];
+
+#define LINEAR_CLASSES 8 /* 16 .. 128 */
+
+static unsigned class_of_size(size_t size) {
+  if (size <= 128) return size <= MIN_ALIGN ? 0 : (unsigned)((size - 1) / MIN_ALIGN);
+  size_t w = size - 1;
+  unsigned b = 63 - (unsigned)__builtin_clzl(w); /* size in (2^b, 2^(b+1)] */
+  return LINEAR_CLASSES + (b - 7) * 4 + (unsigned)((w >> (b - 2)) & 3);
+}
+
+unsigned hak_class_of_large(size_t size) { return class_of_size(size); }
+
+void hak_classes_init(void) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++) {
+    size_t bs;
+    if (c < LINEAR_CLASSES) {
+      bs = (c + 1) * MIN_ALIGN;
+    } else {
+      unsigned b = 7 + (c - LINEAR_CLASSES) / 4, q = (c - LINEAR_CLASSES) % 4;
+      bs = ((size_t)1 << b) + (q + 1) * ((size_t)1 << (b - 2));
+    }
+    hak_class_size[c] = (uint32_t)bs;
+    /* at least 8 blocks per span keeps span churn low for mid sizes */
+    unsigned k = 1;
+    while (k * PAGE_SIZE / bs < 8) k *= 2;
+    hak_class_pages[c] = (uint8_t)k;
+  }
+  for (size_t i = 0; i <= DIRECT_MAX / MIN_ALIGN; i++)
+    hak_class_direct[i] = (uint8_t)class_of_size(i * MIN_ALIGN);
+}

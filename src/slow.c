@@ -1,0 +1,126 @@
+/* The malloc slow path: find a page with a free block (collecting every page
+ * it looks at, the current one first), adopt or take a fresh span, and the
+ * large sizes that are runs of pages. */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* Parks a page whose lists are all empty on the full queue. Fails when a
+ * remote free arrived meanwhile: the caller collects again instead. */
+static bool page_park_full(hak_heap_t *heap, hak_page_t *page) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  for (;;) {
+    if (old & ~REMOTE_STATE_MASK) return false;
+    if ((old & REMOTE_STATE_MASK) != REMOTE_PLAIN) break; /* already notifying */
+    if (atomic_compare_exchange_weak_explicit(&page->remote, &old, REMOTE_NOTIFY,
+                                              memory_order_acq_rel, memory_order_relaxed))
+      break;
+  }
+  queue_remove(&heap->queues[page->cls], page);
+  queue_push_back(&heap->full, page);
+  page->flags |= PAGE_IN_FULL;
+  return true;
+}
+
+static hak_page_t *page_fresh(hak_heap_t *heap, unsigned cls) {
+  hak_page_t *page = hak_abandoned_adopt(heap->node, cls, heap);
+  if (page) {
+    stat_inc(&heap->stats.pages_adopted, 1);
+  } else {
+    bool zero;
+    unsigned npages = hak_class_pages[cls];
+    page = hak_span_alloc(heap->node, npages, npages == 1, &zero);
+    if (!page) return NULL;
+    hak_page_init(page, cls, heap, zero);
+    stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
+    stat_inc(&heap->stats.pages_activated, npages);
+  }
+  queue_push_front(&heap->queues[cls], page);
+  return page;
+}
+
+/* Walks the queue from the current page: collects each page, returns the
+ * first with a free block; pages still full afterwards move to the full queue. */
+static hak_page_t *page_find(hak_heap_t *heap, unsigned cls) {
+  hak_queue_t *q = &heap->queues[cls];
+  hak_page_t *page = q->first;
+  while (page) {
+    if (!page->free) {
+      size_t n = hak_page_collect(page);
+      if (n) stat_inc(&heap->stats.remote_blocks_collected, n);
+    }
+    if (!page->free && page->reserved < page->capacity) hak_page_extend(page);
+    if (page->free) {
+      if (page != q->first) {
+        queue_remove(q, page);
+        queue_push_front(q, page);
+      }
+      return page;
+    }
+    hak_page_t *next = page->next;
+    if (page_park_full(heap, page)) page = next;
+  }
+  page = page_fresh(heap, cls);
+  if (page && !page->free) {
+    hak_page_collect(page);
+    if (!page->free) hak_page_extend(page);
+  }
+  return page;
+}
+
+void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
+  if (heap == &hak_heap_empty) {
+    heap = hak_heap_for_thread();
+    if (!heap) return NULL;
+  }
+  if (size > SMALL_MAX) {
+    void *p = size > LARGE_MAX ? hak_huge_alloc(size, 0) : hak_large_alloc(heap, size, 0);
+    if (p && zero) {
+      hak_region_t *r = region_of(p);
+      /* fresh pages and new mappings are zero already */
+      if (r->kind == REGION_SMALL && !page_of(r, p)->fresh_zero) memset(p, 0, size);
+    }
+    return p;
+  }
+  heap->slow_calls++;
+  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
+  unsigned cls = class_of(size);
+  hak_page_t *page = page_find(heap, cls);
+  heap_sync_direct(heap, cls);
+  if (!page) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  hak_block_t *b = page->free;
+  page->free = b->next;
+  page->used++;
+  if (zero) {
+    if (page->free_is_zero) b->next = NULL;
+    else memset(b, 0, size);
+  }
+  return b;
+}
+
+/* One block spanning whole pages. It belongs to no heap: whichever thread
+ * frees it gives the pages straight back, so it never waits for an owner. */
+void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align) {
+  (void)align; /* spans start on a 64 KiB page boundary */
+  unsigned npages = (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
+  bool zero;
+  hak_page_t *span = hak_span_alloc(heap->node, npages, false, &zero);
+  if (!span) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  hak_region_t *r = (hak_region_t *)((uintptr_t)span & ~(uintptr_t)(REGION_SIZE - 1));
+  span->start = (char *)r + (size_t)(span - r->pages) * PAGE_SIZE;
+  span->block_size = npages * (uint32_t)PAGE_SIZE;
+  span->capacity = span->reserved = 1;
+  span->used = 1;
+  span->flags = PAGE_LARGE;
+  span->fresh_zero = zero;
+  stat_inc(&heap->stats.pages_activated, npages);
+  stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
+  return span->start;
+}
