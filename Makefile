@@ -32,19 +32,19 @@ sanitize: $(BUILD)/tsan/libhakmem.a $(BUILD)/ubsan/libhakmem.a
 
 $(BUILD)/rel/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_REL) -c $< -o $@
+	@echo "  CC      $@"; $(CC) $(CFLAGS_REL) -c $< -o $@
 $(BUILD)/dlopen/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -ftls-model=initial-exec,$(CFLAGS_REL)) -ftls-model=global-dynamic -DHAK_TLS_DLOPEN -c $< -o $@
+	@echo "  CC      $@"; $(CC) $(filter-out -ftls-model=initial-exec,$(CFLAGS_REL)) -ftls-model=global-dynamic -DHAK_TLS_DLOPEN -c $< -o $@
 $(BUILD)/debug/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_DBG) -c $< -o $@
+	@echo "  CC      $@"; $(CC) $(CFLAGS_DBG) -c $< -o $@
 $(BUILD)/tsan/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) $(INC) -O1 -g -fPIC -fsanitize=thread -c $< -o $@
+	@echo "  CC      $@"; $(CC) $(WARN) $(INC) -O1 -g -fPIC -fsanitize=thread -c $< -o $@
 $(BUILD)/ubsan/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) $(INC) -O1 -g -fPIC -fsanitize=undefined -fno-sanitize-recover=all -c $< -o $@
+	@echo "  CC      $@"; $(CC) $(WARN) $(INC) -O1 -g -fPIC -fsanitize=undefined -fno-sanitize-recover=all -c $< -o $@
 
 $(BUILD)/libhakmem.so: $(REL_OBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS)

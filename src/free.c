@@ -117,7 +117,19 @@ void hak_free_slow(hak_region_t *r, void *p) {
   }
   if (page->flags & PAGE_HAS_ALIGNED) p = hak_block_start(page, p);
   hak_heap_t *heap = hak_tls_heap;
-  if (page_heap(page) == heap) {
+  hak_heap_t *owner = page_heap(page);
+  if (owner == heap) {
+    hak_free_local_slow(heap, page, p);
+    return;
+  }
+  if (!owner && heap != &hak_heap_empty &&
+      atomic_load_explicit(&page->abandoned, memory_order_relaxed) &&
+      hak_abandoned_claim(page, heap)) {
+    stat_inc(&heap->stats.pages_adopted, 1);
+    size_t n = hak_page_collect_remote(page);
+    stat_inc(&heap->stats.remote_blocks_collected, n);
+    queue_push_back(&heap->queues[page->cls], page);
+    heap_sync_direct(heap, page->cls);
     hak_free_local_slow(heap, page, p);
     return;
   }

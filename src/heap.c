@@ -60,17 +60,21 @@ hak_heap_t *hak_heap_for_thread(void) {
   return heap;
 }
 
-static void abandon_list(hak_heap_t *heap, hak_page_t *first) {
+/* Collects the pages of a list; empty ones go back to their region, the
+ * others are prepended to *keep for the abandoned pool. */
+static void abandon_list(hak_heap_t *heap, hak_page_t *first, hak_page_t **keep) {
   for (hak_page_t *p = first, *next; p; p = next) {
     next = p->next;
     hak_page_collect(p);
-    p->next = p->prev = NULL;
+    p->prev = NULL;
     p->flags = 0;
     if (p->used == 0) {
+      p->next = NULL;
       hak_span_free(p);
     } else {
       atomic_store_explicit(&p->heap, NULL, memory_order_release);
-      hak_abandoned_push(heap->node, p);
+      p->next = *keep;
+      *keep = p;
       stat_inc(&heap->stats.pages_abandoned, 1);
     }
   }
@@ -93,8 +97,10 @@ void hak_heap_abandon(hak_heap_t *heap) {
     page->used--;
     b = next;
   }
-  for (unsigned c = 0; c < NUM_CLASSES; c++) abandon_list(heap, heap->queues[c].first);
-  abandon_list(heap, heap->full.first);
+  hak_page_t *keep = NULL;
+  for (unsigned c = 0; c < NUM_CLASSES; c++) abandon_list(heap, heap->queues[c].first, &keep);
+  abandon_list(heap, heap->full.first, &keep);
+  if (keep) hak_abandoned_push(heap->node, keep);
   heap_reset(heap);
   if (hak_tls_heap == heap) hak_tls_heap = &hak_heap_empty;
   pthread_mutex_lock(&heaps_lock);

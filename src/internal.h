@@ -68,7 +68,8 @@ typedef struct hak_page {
   uint16_t capacity;    /* blocks the span holds */
   uint16_t reserved;    /* blocks carved so far */
   uint32_t back;        /* bytes back to the span's head descriptor */
-  uint32_t span_pages;
+  uint16_t span_pages;
+  _Atomic uint8_t abandoned; /* on its node's abandoned list (pool lock) */
   char *start; /* first block */
   _Atomic uintptr_t remote; /* other threads' frees | state */
   struct hak_page *next, *prev; /* heap queue or abandoned list */
@@ -214,8 +215,9 @@ uint64_t hak_now_ms(void); /* coarse monotonic clock */
 
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero);
 void hak_span_free(hak_page_t *span);
-void hak_abandoned_push(int node, hak_page_t *page);
+void hak_abandoned_push(int node, hak_page_t *pages); /* a list linked by next */
 hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap);
+bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
 size_t hak_pool_trim(void); /* reclaims empty abandoned pages, purges empty regions */
 void hak_pool_fork_prepare(void);
 void hak_pool_fork_release(void);

@@ -170,15 +170,40 @@ static void list_remove(hak_page_t **head, hak_page_t *p) {
   p->next = p->prev = NULL;
 }
 
-void hak_abandoned_push(int node, hak_page_t *page) {
+void hak_abandoned_push(int node, hak_page_t *pages) {
   hak_pool_t *pool = pool_of(node);
-  hak_page_t **head = &pool->abandoned[page->cls];
   pthread_mutex_lock(&pool->lock);
-  page->prev = NULL;
-  page->next = *head;
-  if (*head) (*head)->prev = page;
-  *head = page;
+  for (hak_page_t *p = pages, *next; p; p = next) {
+    next = p->next;
+    hak_page_t **head = &pool->abandoned[p->cls];
+    p->prev = NULL;
+    p->next = *head;
+    if (*head) (*head)->prev = p;
+    *head = p;
+    atomic_store_explicit(&p->abandoned, 1, memory_order_relaxed);
+  }
   pthread_mutex_unlock(&pool->lock);
+}
+
+/* Takes page off the abandoned list for heap. Called by a thread freeing
+ * into an abandoned page: the blocks a dead thread left are mostly freed by
+ * the thread that inherited its work, which then reuses the page locally. */
+bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap) {
+  hak_region_t *r = (hak_region_t *)((uintptr_t)page & ~(uintptr_t)(REGION_SIZE - 1));
+  if (r->node != heap->node) return false;
+  hak_pool_t *pool = pool_of(r->node);
+  pthread_mutex_lock(&pool->lock);
+  bool ok = atomic_load_explicit(&page->abandoned, memory_order_relaxed);
+  if (ok) {
+    list_remove(&pool->abandoned[page->cls], page);
+    atomic_store_explicit(&page->abandoned, 0, memory_order_relaxed);
+  }
+  pthread_mutex_unlock(&pool->lock);
+  if (ok) {
+    atomic_store_explicit(&page->heap, heap, memory_order_release);
+    hak_page_set_remote_state(page, 1u << REMOTE_NEVER, REMOTE_PLAIN);
+  }
+  return ok;
 }
 
 /* An abandoned page of class cls with room, now owned by heap; NULL if none.
@@ -193,6 +218,7 @@ hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
     hak_page_collect(p);
     if (p->free || p->reserved < p->capacity) {
       list_remove(&pool->abandoned[cls], p);
+      atomic_store_explicit(&p->abandoned, 0, memory_order_relaxed);
       pthread_mutex_unlock(&pool->lock);
       atomic_store_explicit(&p->heap, heap, memory_order_release);
       hak_page_set_remote_state(p, 1u << REMOTE_NEVER, REMOTE_PLAIN);
@@ -218,6 +244,7 @@ size_t hak_pool_trim(void) {
         hak_page_collect(p);
         if (p->used == 0) {
           list_remove(&pool->abandoned[c], p);
+          atomic_store_explicit(&p->abandoned, 0, memory_order_relaxed);
           span_free_locked(pool, p);
         }
       }
