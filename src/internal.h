@@ -32,7 +32,7 @@
 
 #define MIN_ALIGN 16
 #define SMALL_MAX ((size_t)128 << 10) /* largest size-class block */
-#define LARGE_MAX ((size_t)1 << 20)   /* larger blocks get their own mapping */
+#define LARGE_MAX ((PAGES_PER_REGION - 1) * PAGE_SIZE) /* beyond: own mapping */
 #define NUM_CLASSES 48
 #define DIRECT_MAX 1024 /* sizes looked up in one table */
 
