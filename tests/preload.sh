@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Real programs under LD_PRELOAD=build/libhakmem.so: the same output and the
+# same stderr as without the preload, and the preloaded run's JSON stats
+# (HAKMEM_STATS=json, HAKMEM_STATS_FILE) show pages_activated > 0, i.e.
+# hakmem really served the program's mallocs.
+# Usage: tests/preload.sh python|perl|git|gcc|sort
+# Prints "FAIL: why" / "SKIP: why" on stderr and exits 1 / 77 like the C tests.
+set -u
+repo=$(cd "$(dirname "$0")/.." && pwd)
+lib=$repo/build/libhakmem.so
+name=${1:?usage: preload.sh python|perl|git|gcc|sort}
+work=${HAK_TEST_BIN:-$repo/build/tests}/preload-$name
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*" >&2; exit 77; }
+need() { command -v "$1" >/dev/null || skip "$1 is not installed"; }
+
+# Each case writes the program's result to the file named by $1.
+case_python() { python3 "$repo/tests/workload.py" >"$1"; }
+case_perl() { perl "$repo/tests/workload.pl" >"$1"; }
+# A fixed revision: others may commit to this tree while the test runs.
+case_git() { git -C "$repo" --no-pager log --no-color -p --stat -n 300 "$rev" >"$1"; }
+case_gcc() { (cd "$work/tree" && gcc -O2 -g -Iuapi -Isrc -Ikmem -c "$src" -o "$1"); }
+case_sort() { LC_ALL=C sort "$work/input" >"$1"; }
+
+prepare() {
+  case $name in
+  python) need python3 ;;
+  perl) need perl ;;
+  git)
+    need git
+    rev=$(git -C "$repo" rev-parse HEAD) || fail "$repo is not a git checkout"
+    ;;
+  gcc)
+    need gcc
+    # A snapshot, so edits to the tree between the two runs do not matter.
+    mkdir -p "$work/tree"
+    cp -r "$repo/uapi" "$repo/src" "$repo/kmem" "$repo/tests" "$work/tree/"
+    # The biggest allocator source; a test source before src/ has any.
+    src=$(cd "$work/tree" && ls -S src/*.c kmem/*.c 2>/dev/null | head -n 1)
+    [ -n "$src" ] || src=tests/stress_mt.c
+    ;;
+  sort)
+    need sort
+    # 1M lines from a Park-Miller generator: exact in awk's doubles.
+    awk 'BEGIN { x = 1; for (i = 0; i < 1000000; i++) {
+           x = (x * 16807) % 2147483647; printf "%d %x line %d\n", x % 100000, x, i } }' \
+      >"$work/input" || fail "could not generate the input"
+    ;;
+  *) fail "unknown case $name" ;;
+  esac
+}
+
+[ -f "$lib" ] || fail "$lib is not built"
+rm -rf "$work"
+mkdir -p "$work"
+prepare
+
+"case_$name" "$work/plain.out" 2>"$work/plain.err" || fail "without the preload the $name case fails (exit $?)"
+(
+  export LD_PRELOAD=$lib HAKMEM_STATS=json HAKMEM_STATS_FILE=$work/stats.json
+  "case_$name" "$work/hak.out" 2>"$work/hak.err"
+)
+rc=$?
+if [ $rc -ne 0 ]; then
+  tail -n 20 "$work/hak.err" >&2
+  [ $rc -gt 128 ] && fail "under the preload: killed by signal $((rc - 128)) ($(kill -l $((rc - 128))))"
+  fail "under the preload: exit status $rc (stderr above)"
+fi
+cmp -s "$work/plain.out" "$work/hak.out" || fail "output differs with the preload (see $work/plain.out and hak.out)"
+if ! cmp -s "$work/plain.err" "$work/hak.err"; then
+  diff "$work/plain.err" "$work/hak.err" | head -n 20 >&2
+  fail "stderr differs with the preload (diff above)"
+fi
+[ -s "$work/stats.json" ] || fail "HAKMEM_STATS_FILE=$work/stats.json was not written"
+grep -Eq '"pages_activated"[[:space:]]*:[[:space:]]*[1-9]' "$work/stats.json" ||
+  fail "stats show no pages_activated: $(head -c 400 "$work/stats.json")"
+echo "$name: same output ($(wc -c <"$work/hak.out") bytes) with and without hakmem"
+exit 0

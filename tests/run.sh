@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Runs every hakmem test, each as its own process under a timeout, and prints
+# one line per test: "PASS name", "FAIL name (reason)" or "SKIP name (why)",
+# then the tails of the failed tests' logs, then "N passed, N failed[, N
+# skipped]". Exits 1 when any test failed. Expects `make tests` to have built
+# the libraries and build/tests/*; builds the sanitizer variants of the
+# stress test itself. Logs: build/tests/logs/NAME.log.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+repo=$(pwd)
+bin=${HAK_TEST_BIN:-$repo/build/tests} # another build's test binaries
+logs=$bin/logs
+rm -rf "$logs"
+mkdir -p "$logs"
+
+TIMEOUT=${HAK_TEST_TIMEOUT:-120}
+passed=0 failed=0 skipped=0
+failures=()
+
+# The first line of the log matching a pattern, prefix stripped.
+first_line() { grep -m1 -E "$2" "$1" | sed -E "s/^($2)[[:space:]]*//" | cut -c1-200; }
+
+# run_one NAME CMD...: runs CMD under the timeout with its output in the log.
+run_one() {
+  local name=$1 log=$logs/$1.log rc why start=$SECONDS
+  shift
+  timeout -k 10 "$TIMEOUT" "$@" >"$log" 2>&1 </dev/null
+  rc=$?
+  echo "$name $((SECONDS - start))s" >>"$logs/times"
+  if [ $rc -eq 0 ]; then
+    echo "PASS $name"
+    passed=$((passed + 1))
+    return
+  fi
+  if [ $rc -eq 77 ]; then
+    echo "SKIP $name ($(first_line "$log" 'SKIP:'))"
+    skipped=$((skipped + 1))
+    return
+  fi
+  why=$(first_line "$log" 'FAIL:')
+  [ -n "$why" ] || why=$(grep -m1 -E 'ThreadSanitizer|runtime error|Sanitizer' "$log" | cut -c1-200)
+  case $rc in
+  124 | 137) why="timed out after ${TIMEOUT}s${why:+; $why}" ;;
+  *)
+    if [ $rc -gt 128 ]; then
+      why="killed by SIG$(kill -l $((rc - 128)) 2>/dev/null || echo $((rc - 128)))${why:+; $why}"
+    else
+      why=${why:-exit status $rc}
+    fi
+    ;;
+  esac
+  echo "FAIL $name ($why)"
+  failed=$((failed + 1))
+  failures+=("$name")
+}
+
+# A test binary the Makefile builds from tests/NAME.c.
+run_bin() {
+  local name=$1
+  shift
+  if [ ! -x "$bin/$name" ]; then
+    echo "FAIL: $bin/$name is not built" >"$logs/$name.log"
+    echo "FAIL $name ($bin/$name is not built: run make tests)"
+    failed=$((failed + 1))
+    return
+  fi
+  run_one "$name" "$bin/$name" "$@"
+}
+
+# Builds the stress test against a sanitizer build of the allocator (hak_*
+# entry points, no malloc override) and runs it.
+run_sanitized() {
+  local name=$1 kind=$2 flag=$3
+  shift 3
+  local lib=$repo/build/$kind/libhakmem.a out=$bin/$name log=$logs/$name.log
+  if [ ! -f "$lib" ]; then
+    echo "FAIL $name (build/$kind/libhakmem.a is not built: run make sanitize)"
+    failed=$((failed + 1))
+    return
+  fi
+  # Whether this machine can run such a program at all.
+  local probe=$bin/probe-$kind
+  printf '#include <pthread.h>\nstatic void *f(void *a) { return a; }\nint main(void) { pthread_t t; pthread_create(&t, 0, f, 0); return pthread_join(t, 0); }\n' >"$probe.c"
+  if ! cc "$flag" -o "$probe" "$probe.c" -lpthread >"$log" 2>&1 || ! "$probe" >>"$log" 2>&1; then
+    echo "SKIP $name (a trivial $flag program does not build or run here: $(head -c 150 "$log" | tr '\n' ' '))"
+    skipped=$((skipped + 1))
+    return
+  fi
+  if ! cc -std=gnu11 -Wall -Wextra -Werror -Iuapi -O1 -g "$flag" -fno-omit-frame-pointer \
+    -DSTRESS_HAK -o "$out" tests/stress_mt.c "$lib" -lpthread >"$log" 2>&1; then
+    echo "FAIL $name (does not compile with $flag: $(grep -m1 -E 'error|undefined' "$log" | cut -c1-160))"
+    failed=$((failed + 1))
+    failures+=("$name")
+    return
+  fi
+  run_one "$name" "$out" "$@"
+}
+
+run_bin api_sizes
+run_bin api_align
+run_bin api_bad_input
+run_bin api_calloc
+run_bin api_realloc
+run_bin api_misc
+run_bin api_foreign_free
+run_bin abort_on_error
+run_bin stats_api
+run_bin stats_env
+# Out of address space: a 512 MiB limit on this one process.
+if [ -x "$bin/oom_ulimit" ]; then
+  run_one oom_ulimit bash -c 'ulimit -v 524288 || exit 2; exec "$0"' "$bin/oom_ulimit"
+else
+  run_bin oom_ulimit
+fi
+run_bin stress_mt 8 40000
+run_bin seed_remote
+run_bin thread_exit
+run_bin thread_done
+run_bin fork
+run_bin dlopen "$repo/build/libhakmem-dlopen.so"
+
+export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
+run_sanitized stress_mt_tsan tsan -fsanitize=thread 8 4000
+run_sanitized stress_mt_ubsan ubsan -fsanitize=undefined 8 20000
+unset TSAN_OPTIONS UBSAN_OPTIONS
+
+for prog in python perl git gcc sort; do
+  run_one "preload_$prog" bash tests/preload.sh "$prog"
+done
+
+# Any tests/*.c the list above does not name still runs.
+for src in tests/*.c; do
+  name=$(basename "$src" .c)
+  [ -e "$logs/$name.log" ] || run_bin "$name"
+done
+
+for name in "${failures[@]}"; do
+  echo "--- $name: last lines of $logs/$name.log"
+  tail -n 25 "$logs/$name.log" | sed 's/^/  | /'
+done
+
+if [ $skipped -gt 0 ]; then
+  echo "$passed passed, $failed failed, $skipped skipped"
+else
+  echo "$passed passed, $failed failed"
+fi
+[ $failed -eq 0 ]
