@@ -1,0 +1,191 @@
+/* Shared helpers for the bench/ workloads: timing, a per-thread PRNG,
+ * argument parsing, block patterns that detect corruption, and a driver that
+ * runs N worker threads for a fixed time. Header-only on purpose: the Makefile
+ * builds each bench/NAME.c alone into build/bench/NAME, linking only -lpthread.
+ *
+ * Exit codes shared by all workloads: 0 ok, 2 corruption detected,
+ * 3 out of memory, 4 thread start failed, 64 bad arguments. */
+#ifndef HAK_BENCH_H
+#define HAK_BENCH_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BENCH_PAGE 4096
+#define BENCH_LINE 64
+
+/* Set by each main() before anything else: used in messages. */
+static const char *bench_name = "bench";
+static const char *bench_usage_text = "";
+
+static inline double bench_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* xorshift64*: a handful of cycles per number and no shared state, so the
+ * PRNG never shows up next to the allocator in a profile (rand() locks). */
+static inline uint64_t rng_next(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *s = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Spreads small seeds over the state; the state must never be zero. */
+static inline uint64_t rng_seed(uint64_t seed) {
+  return (seed + 1) * 0x9E3779B97F4A7C15ull | 1;
+}
+
+/* Uniform in [lo, hi]; the modulo bias is irrelevant for a workload. */
+static inline size_t rng_range(uint64_t *s, size_t lo, size_t hi) {
+  return lo + (size_t)(rng_next(s) % (hi - lo + 1));
+}
+
+static inline void bench_usage(int code) {
+  fputs(bench_usage_text, code ? stderr : stdout);
+  exit(code);
+}
+
+/* Checks the argument count and answers -h/--help. */
+static inline void bench_args(int argc, char **argv, int max_args) {
+  if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) bench_usage(0);
+  if (argc - 1 > max_args) {
+    fprintf(stderr, "%s: too many arguments\n", bench_name);
+    bench_usage(64);
+  }
+}
+
+/* Positional argument i (1-based) as a number in [lo, hi], or def if absent. */
+static inline double bench_arg(int argc, char **argv, int i, double def, double lo, double hi) {
+  if (i >= argc) return def;
+  char *end;
+  errno = 0;
+  double v = strtod(argv[i], &end);
+  if (errno || end == argv[i] || *end || v < lo || v > hi) {
+    fprintf(stderr, "%s: argument %d '%s' must be a number in [%g, %g]\n", bench_name, i, argv[i],
+            lo, hi);
+    bench_usage(64);
+  }
+  return v;
+}
+
+/* _exit: other threads may still be inside a broken allocator. */
+static inline void bench_fail(int code, const char *what, const void *p, size_t n) {
+  fprintf(stderr, "%s: %s (block %p, %zu bytes)\n", bench_name, what, p, n);
+  _exit(code);
+}
+
+static inline void *bench_alloc(size_t n) {
+  void *p = malloc(n);
+  if (!p) bench_fail(3, "out of memory", NULL, n);
+  return p;
+}
+
+/* Pattern tied to address and size, so a block handed out twice, or
+ * overwritten by a neighbour, fails the check before it is freed. */
+static inline uint64_t bench_tag(const void *p, size_t n) {
+  return ((uint64_t)(uintptr_t)p ^ ((uint64_t)n << 44)) * 0x9E3779B97F4A7C15ull;
+}
+
+/* Writes the first 8 bytes, one byte per page and the last byte: touching
+ * every page makes page faults (memory the allocator gave back) count. */
+static inline void bench_fill(void *p, size_t n) {
+  unsigned char *b = p;
+  uint64_t t = bench_tag(p, n);
+  memcpy(b, &t, n < 8 ? n : 8);
+  for (size_t o = BENCH_PAGE; o + 1 < n; o += BENCH_PAGE)
+    b[o] = (unsigned char)((t >> 8) ^ (o >> 12));
+  if (n > 8) b[n - 1] = (unsigned char)((t >> 16) ^ 0xa5);
+}
+
+static inline void bench_check(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t t = bench_tag(p, n), got = t;
+  memcpy(&got, b, n < 8 ? n : 8);
+  int bad = got != t;
+  for (size_t o = BENCH_PAGE; o + 1 < n; o += BENCH_PAGE)
+    bad |= b[o] != (unsigned char)((t >> 8) ^ (o >> 12));
+  if (n > 8) bad |= b[n - 1] != (unsigned char)((t >> 16) ^ 0xa5);
+  if (bad) bench_fail(2, "corruption detected", p, n);
+}
+
+static inline void bench_check_free(void *p, size_t n) {
+  bench_check(p, n);
+  free(p);
+}
+
+/* Worker threads poll this; relaxed is enough for a stop flag. */
+static atomic_int bench_stop_flag;
+static inline int bench_stopped(void) {
+  return atomic_load_explicit(&bench_stop_flag, memory_order_relaxed);
+}
+
+struct bench_thread {
+  pthread_t tid;
+  void *(*fn)(void *);
+  void *arg;
+  pthread_barrier_t *go;
+};
+
+static inline void *bench_trampoline(void *p) {
+  struct bench_thread *t = p;
+  pthread_barrier_wait(t->go); /* time starts once every thread exists */
+  return t->fn(t->arg);
+}
+
+static inline void bench_start(pthread_t *tid, void *(*fn)(void *), void *arg) {
+  if (pthread_create(tid, NULL, fn, arg)) {
+    fprintf(stderr, "%s: pthread_create failed\n", bench_name);
+    _exit(4);
+  }
+}
+
+/* Runs fn(args + i * size) on n threads for `seconds`, calling poll (if any)
+ * about every 50 ms with the elapsed time. Returns the measured seconds,
+ * from the common start until the stop flag was raised. */
+static inline double bench_run(unsigned n, double seconds, void *(*fn)(void *), void *args,
+                               size_t size, void (*poll)(double)) {
+  struct bench_thread *t = calloc(n, sizeof *t);
+  pthread_barrier_t go;
+  if (!t) bench_fail(3, "out of memory", NULL, n * sizeof *t);
+  pthread_barrier_init(&go, NULL, n + 1);
+  for (unsigned i = 0; i < n; i++) {
+    t[i] = (struct bench_thread){.fn = fn, .arg = (char *)args + (size_t)i * size, .go = &go};
+    bench_start(&t[i].tid, bench_trampoline, &t[i]);
+  }
+  pthread_barrier_wait(&go);
+  double start = bench_now(), el;
+  while ((el = bench_now() - start) < seconds) {
+    double left = seconds - el < 0.05 ? seconds - el : 0.05;
+    struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+    nanosleep(&ts, NULL);
+    if (poll) poll(bench_now() - start);
+  }
+  atomic_store(&bench_stop_flag, 1);
+  el = bench_now() - start;
+  for (unsigned i = 0; i < n; i++)
+    pthread_join(t[i].tid, NULL);
+  pthread_barrier_destroy(&go);
+  free(t);
+  return el;
+}
+
+/* The one result line the runner parses: "NAME: <ops/s> ops/s [key=value...]". */
+static inline void bench_result(uint64_t ops, double seconds, const char *extra) {
+  printf("%s: %.0f ops/s%s%s\n", bench_name, seconds > 0 ? (double)ops / seconds : 0.0,
+         extra && *extra ? " " : "", extra ? extra : "");
+  fflush(stdout);
+}
+
+#endif

@@ -1,0 +1,97 @@
+/* falseshare: does the allocator put different threads' blocks in one cache line?
+ *
+ * usage: falseshare [seconds [threads [min [max [writes]]]]]
+ *   seconds  run time (default 1.5)
+ *   threads  worker threads (default 2)
+ *   min,max  block size range in bytes (default 8 64)
+ *   writes   writes to a block between its malloc and free (default 10000)
+ *
+ * Before the run, the main thread allocates 64 small blocks per worker, back
+ * to back, and deals neighbouring blocks to different workers. Each worker
+ * first writes to each of its dealt blocks in a tight loop, then frees them,
+ * then for the rest of the run allocates a block, writes to it in a tight
+ * loop and frees it. The dealt blocks share cache lines whatever the
+ * allocator does (active false sharing of the caller's own making, a short
+ * warm-up); what the allocator decides is where the workers' own blocks go:
+ * one that hands a thread the memory another thread's neighbours just freed,
+ * or that packs blocks of several threads into one line, makes the cores
+ * fight over the line and the writes slow (passive false sharing).
+ * One op = one increment. Prints "falseshare: N ops/s" (writes/s). */
+#include "bench.h"
+
+#define DEALT 64
+
+struct worker {
+  _Alignas(BENCH_LINE) uint64_t rng;
+  uint64_t ops;
+  void *blk[DEALT];
+  size_t size[DEALT];
+};
+
+static size_t min_size, max_size;
+static long writes;
+
+/* Increments a counter at the start of p `writes` times. A load+store per
+ * write: plain stores to one address merge in the store buffer and hide the
+ * line bouncing between cores. volatile keeps every access. */
+static uint64_t hammer(void *p) {
+  volatile uint32_t *v = p;
+  *v = 0;
+  for (long j = 0; j < writes; j++)
+    *v = *v + 1;
+  if (*v != (uint32_t)writes) bench_fail(2, "block written by another thread", p, 4);
+  return (uint64_t)writes;
+}
+
+static void *worker_main(void *arg) {
+  struct worker *w = arg;
+  uint64_t rng = w->rng, ops = 0;
+  for (int i = 0; i < DEALT && !bench_stopped(); i++) {
+    ops += hammer(w->blk[i]);
+    bench_fill(w->blk[i], w->size[i]);
+  }
+  for (int i = 0; i < DEALT; i++)
+    bench_check_free(w->blk[i], w->size[i]);
+  while (!bench_stopped()) {
+    size_t n = rng_range(&rng, min_size, max_size);
+    void *p = bench_alloc(n);
+    ops += hammer(p);
+    bench_fill(p, n);
+    bench_check_free(p, n);
+  }
+  w->ops = ops;
+  return NULL;
+}
+
+int main(int argc, char **argv) {
+  bench_name = "falseshare";
+  bench_usage_text = "usage: falseshare [seconds [threads [min [max [writes]]]]]\n"
+                     "  defaults: 1.5 2 8 64 10000\n";
+  bench_args(argc, argv, 5);
+  double seconds = bench_arg(argc, argv, 1, 1.5, 0.01, 1e6);
+  int threads = (int)bench_arg(argc, argv, 2, 2, 1, 1024);
+  min_size = (size_t)bench_arg(argc, argv, 3, 8, 4, 1 << 20);
+  max_size = (size_t)bench_arg(argc, argv, 4, 64, (double)min_size, 1 << 20);
+  writes = (long)bench_arg(argc, argv, 5, 10000, 1, 1e9);
+
+  struct worker *w = aligned_alloc(BENCH_LINE, sizeof *w * (size_t)threads);
+  if (!w) bench_fail(3, "out of memory", NULL, sizeof *w * (size_t)threads);
+  for (int t = 0; t < threads; t++)
+    w[t] = (struct worker){.rng = rng_seed((uint64_t)t)};
+  /* Block k goes to worker k % threads: neighbours belong to different workers. */
+  uint64_t rng = rng_seed(12345);
+  for (int k = 0; k < DEALT * threads; k++) {
+    struct worker *o = &w[k % threads];
+    size_t n = rng_range(&rng, min_size, max_size);
+    o->blk[k / threads] = bench_alloc(n);
+    o->size[k / threads] = n;
+    bench_fill(o->blk[k / threads], n);
+  }
+  double el = bench_run((unsigned)threads, seconds, worker_main, w, sizeof *w, NULL);
+  uint64_t ops = 0;
+  for (int t = 0; t < threads; t++)
+    ops += w[t].ops;
+  free(w);
+  bench_result(ops, el, NULL);
+  return 0;
+}

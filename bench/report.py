@@ -1,0 +1,240 @@
+#!/usr/bin/python3
+"""Turns bench/run.sh's per-run records into latest.md, latest.json and the
+chart data. Standard library only, so Debian's /usr/bin/python3 runs it.
+
+Raw record (tab-separated, one per run):
+  workload alloc threads run status code ops maxrss_kb minflt wall_s extra detail
+status is ok, exit, signal, timeout, noresult or error; extra holds the
+workload's key=value fields after "ops/s" (fragment's RSS figures).
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+
+FIELDS = ["workload", "alloc", "threads", "run", "status", "code", "ops", "maxrss_kb", "minflt",
+          "wall_s", "extra", "detail"]
+
+
+def read_raw(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            parts += [""] * (len(FIELDS) - len(parts))
+            r = dict(zip(FIELDS, parts))
+            r["threads"] = int(r["threads"])
+            r["ok"] = r["status"] == "ok" and r["ops"] != ""
+            r["extras"] = {}
+            for kv in r["extra"].split():
+                k, _, v = kv.partition("=")
+                try:
+                    r["extras"][k] = float(v)
+                except ValueError:
+                    pass
+            rows.append(r)
+    return rows
+
+
+def num(v):
+    return float(v) if v not in ("", None) else None
+
+
+def summarize(runs):
+    """Median/min/max over the good runs of one cell, and its failures."""
+    good = [r for r in runs if r["ok"]]
+    bad = [r for r in runs if not r["ok"]]
+    cell = {"runs": len(good), "failed": len(bad), "bad": bad}
+    ops = [float(r["ops"]) for r in good]
+    rss = [num(r["maxrss_kb"]) for r in good if num(r["maxrss_kb"]) is not None]
+    flt = [num(r["minflt"]) for r in good if num(r["minflt"]) is not None]
+    cell["median"] = statistics.median(ops) if ops else None
+    cell["min"] = min(ops) if ops else None
+    cell["max"] = max(ops) if ops else None
+    cell["rss"] = statistics.median(rss) if rss else None
+    cell["flt"] = statistics.median(flt) if flt else None
+    keys = sorted({k for r in good for k in r["extras"]})
+    cell["extras"] = {}
+    for k in keys:
+        vals = [r["extras"][k] for r in good if k in r["extras"]]
+        cell["extras"][k] = (statistics.median(vals), min(vals), max(vals))
+    return cell
+
+
+def fmt_ops(v):
+    if v is None:
+        return "-"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return "%.2f%s" % (v / div, suf)
+    return "%.0f" % v
+
+
+def fmt(v, pattern):
+    return "-" if v is None else pattern % v
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def geomean(xs):
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for opt in ("raw", "meta", "notes", "out", "allocs", "threads", "workloads", "chart",
+                "chart-data"):
+        ap.add_argument("--" + opt, required=True)
+    a = ap.parse_args()
+    allocs = a.allocs.split(",")
+    threads = [int(t) for t in a.threads.split(",")]
+    workloads = a.workloads.split(",")
+    meta = dict(line.rstrip("\n").split("=", 1) for line in open(a.meta) if "=" in line)
+    notes = [line.rstrip("\n") for line in open(a.notes) if line.strip()]
+
+    rows = read_raw(a.raw)
+    cells = {}
+    for w in workloads:
+        for al in allocs:
+            for t in threads:
+                runs = [r for r in rows if (r["workload"], r["alloc"], r["threads"]) == (w, al, t)]
+                if runs:
+                    cells[w, al, t] = summarize(runs)
+
+    # Ratios are to hakmem; before hakmem exists, to the first allocator run.
+    base = "hakmem" if "hakmem" in allocs else allocs[0]
+
+    def med(w, al, t, key="median"):
+        c = cells.get((w, al, t))
+        return c[key] if c and not c["failed"] else None
+
+    # JSON: one object per cell and metric.
+    out = []
+    for (w, al, t), c in cells.items():
+        common = {"workload": w, "allocator": al, "threads": t, "peak_rss_kb": c["rss"],
+                  "minor_faults": c["flt"], "runs": c["runs"], "failed": c["failed"],
+                  "status": "crash" if c["failed"] else "ok"}
+        out.append(dict(common, metric="throughput", unit="ops/s", median=c["median"],
+                        min=c["min"], max=c["max"]))
+        for k, (m, lo, hi) in c["extras"].items():
+            out.append(dict(common, metric=k, unit="KiB" if k.endswith("_kb") else "",
+                            median=m, min=lo, max=hi))
+    with open(os.path.join(a.out, "latest.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+    md = ["# hakmem benchmarks", ""]
+    md.append("%s, commit %s, %s (%s cpus), kernel %s. %s runs of %s s per cell%s, median; "
+              "pinning: %s; took %s s." % (meta.get("date"), meta.get("commit"), meta.get("cpu"),
+                                           meta.get("cpus"), meta.get("kernel"), meta.get("runs"),
+                                           meta.get("secs"),
+                                           " (BENCH_FULL)" if meta.get("full") == "1" else "",
+                                           meta.get("pinning"), meta.get("elapsed")))
+    md.append("")
+    md.append("Columns per thread count: median ops/s, peak RSS (MiB), minor faults, and "
+              "throughput relative to %s (above 1 = faster than %s). CRASH = a run crashed, "
+              "timed out or detected corruption (see Failures)." % (base, base))
+    md.append("")
+    failures = []
+    for w in workloads:
+        md.append("## %s" % w)
+        md.append("")
+        head = ["allocator"]
+        for t in threads:
+            head += ["ops/s %dT" % t, "RSS MiB %dT" % t, "faults %dT" % t, "vs %s %dT" % (base, t)]
+        md.append("| " + " | ".join(head) + " |")
+        md.append("|" + "---|" * len(head))
+        for al in allocs:
+            line = [al]
+            for t in threads:
+                c = cells.get((w, al, t))
+                if not c:
+                    line += ["-"] * 4
+                    continue
+                if c["failed"]:
+                    line += ["CRASH (%d/%d)" % (c["failed"], c["failed"] + c["runs"])]
+                    line += ["-"] * 3
+                    failures += [(w, al, t, r) for r in c["bad"]]
+                    continue
+                line += [fmt_ops(c["median"]),
+                         fmt(c["rss"] / 1024 if c["rss"] is not None else None, "%.1f"),
+                         fmt(c["flt"], "%.0f"),
+                         fmt(ratio(c["median"], med(w, base, t)), "%.2f")]
+            md.append("| " + " | ".join(line) + " |")
+        md.append("")
+        keys = sorted({k for al in allocs for t in threads
+                       for k in (cells.get((w, al, t)) or {"extras": {}})["extras"]})
+        if keys:
+            head = ["allocator"] + ["%s %dT" % (k.replace("_kb", " MiB"), t)
+                                    for t in threads for k in keys]
+            md.append("| " + " | ".join(head) + " |")
+            md.append("|" + "---|" * len(head))
+            for al in allocs:
+                line = [al]
+                for t in threads:
+                    c = cells.get((w, al, t))
+                    for k in keys:
+                        v = c["extras"].get(k) if c and not c["failed"] else None
+                        scale = 1024 if k.endswith("_kb") else 1
+                        line.append(fmt(v[0] / scale if v else None, "%.1f"))
+                md.append("| " + " | ".join(line) + " |")
+            md.append("")
+
+    md.append("## Summary")
+    md.append("")
+    md.append("Geometric mean over all workloads and thread counts where both ran cleanly, "
+              "relative to %s: throughput above 1 is faster, peak RSS above 1 uses more "
+              "memory." % base)
+    md.append("")
+    md.append("| allocator | throughput vs %s | peak RSS vs %s | cells | crashed cells |" %
+              (base, base))
+    md.append("|---|---|---|---|---|")
+    for al in allocs:
+        tp, rss, n = [], [], 0
+        crashed = sum(1 for (w, x, t), c in cells.items() if x == al and c["failed"])
+        for w in workloads:
+            for t in threads:
+                r = ratio(med(w, al, t), med(w, base, t))
+                if r is None:
+                    continue
+                n += 1
+                tp.append(r)
+                rss.append(ratio(med(w, al, t, "rss"), med(w, base, t, "rss")))
+        md.append("| %s | %s | %s | %d | %d |" % (al, fmt(geomean(tp), "%.2f"),
+                                                   fmt(geomean(rss), "%.2f"), n, crashed))
+    md.append("")
+
+    if a.chart == "yes":
+        md.append("![throughput relative to glibc](latest.png)")
+        md.append("")
+        with open(a.chart_data, "w") as f:
+            f.write("case " + " ".join(allocs) + "\n")
+            for w in workloads:
+                for t in threads:
+                    vals = [ratio(med(w, al, t), med(w, "glibc", t)) for al in allocs]
+                    f.write("%s/%dT " % (w, t) + " ".join(fmt(v, "%.4f") if v else "?"
+                                                          for v in vals) + "\n")
+
+    if failures:
+        md.append("## Failures")
+        md.append("")
+        for w, al, t, r in failures:
+            md.append("- %s, %s, %dT, run %s: %s" % (w, al, t, r["run"],
+                                                     r["detail"] or r["status"]))
+        md.append("")
+    if notes:
+        md.append("## Notes")
+        md.append("")
+        md += ["- " + n for n in notes]
+        md.append("")
+
+    with open(os.path.join(a.out, "latest.md"), "w") as f:
+        f.write("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Runs the bench/ workloads under glibc, hakmem and the peer allocators and
+# writes bench/results/latest.md (also printed), latest.json and latest.png.
+#
+# Each cell (workload x allocator x thread count) runs BENCH_RUNS times and
+# reports the median. Allocators are interleaved run by run (A B C, A B C, ...)
+# so a noisy neighbour on the machine hits all of them alike. Each run is
+# pinned to the first N cpus and node 0's memory with numactl when it works.
+# A crash, corruption or timeout is recorded as a result (CRASH), never aborts.
+#
+# Environment:
+#   BENCH_ONLY=larson,fragment     workloads (default: all)
+#   BENCH_ALLOCS=glibc,hakmem,...  allocators (default: glibc,hakmem,mimalloc,jemalloc,tcmalloc);
+#                                  NAME=/path/to/lib.so adds any preloadable allocator
+#   BENCH_THREADS=1,2              thread counts (default: 1,2)
+#   BENCH_RUNS=5                   runs per cell (default: 5)
+#   BENCH_FULL=1                   longer runs (3 s) and bigger working sets
+#   BENCH_SECS=0.4                 seconds per run (default: 0.4, or 3 with BENCH_FULL=1)
+#   BENCH_OUT=bench/results        output folder
+set -u
+cd "$(dirname "$0")/.." || exit 1
+root=$PWD
+
+all_workloads=(larson prodcons churn_small churn_mid pingpong falseshare realloc_grow fragment)
+workloads=("${all_workloads[@]}")
+[ -n "${BENCH_ONLY:-}" ] && IFS=, read -r -a workloads <<<"$BENCH_ONLY"
+IFS=, read -r -a allocs <<<"${BENCH_ALLOCS:-glibc,hakmem,mimalloc,jemalloc,tcmalloc}"
+IFS=, read -r -a threads <<<"${BENCH_THREADS:-1,2}"
+runs=${BENCH_RUNS:-5}
+full=${BENCH_FULL:-0}
+[ "$full" = 1 ] && secs=${BENCH_SECS:-3} || secs=${BENCH_SECS:-0.4}
+out=${BENCH_OUT:-bench/results}
+bin=build/bench
+
+for w in "${workloads[@]}"; do
+  [[ " ${all_workloads[*]} " == *" $w "* ]] || { echo "run.sh: unknown workload '$w'" >&2; exit 64; }
+done
+
+# Builds only the bench binaries: the library may be another developer's work in progress.
+targets=("$bin/runone")
+for w in "${workloads[@]}"; do targets+=("$bin/$w"); done
+make -s --no-print-directory "${targets[@]}" || { echo "run.sh: build failed" >&2; exit 1; }
+
+mkdir -p "$out"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+raw=$tmp/raw.tsv
+notes=$tmp/notes.txt
+: >"$raw"
+: >"$notes"
+note() { echo "$*" >>"$notes"; echo "run.sh: $*" >&2; }
+
+# Where Debian (any architecture) and others put the peers.
+find_lib() {
+  local d
+  for d in /usr/lib/*-linux-gnu /usr/lib64 /usr/lib /usr/local/lib; do
+    [ -e "$d/$1" ] && { echo "$d/$1"; return 0; }
+  done
+  return 1
+}
+
+# Resolves each allocator to the library to preload ("" = glibc); skips the missing.
+names=()
+libs=()
+for a in "${allocs[@]}"; do
+  lib=
+  case $a in
+    glibc) ;;
+    hakmem) lib=$root/build/libhakmem.so ;;
+    mimalloc) lib=$(find_lib libmimalloc.so.2) ;;
+    jemalloc) lib=$(find_lib libjemalloc.so.2) ;;
+    tcmalloc) lib=$(find_lib libtcmalloc_minimal.so.4) ;;
+    *=*) lib=${a#*=}; a=${a%%=*} ;;
+    *) note "$a: unknown allocator (use NAME=/path/lib.so): skipped"; continue ;;
+  esac
+  if [ "$a" != glibc ] && [ ! -e "$lib" ]; then
+    case $a in
+      hakmem) note "hakmem: build/libhakmem.so missing (make lib): skipped" ;;
+      *) note "$a: library not found: skipped" ;;
+    esac
+    continue
+  fi
+  # ld.so only warns when it cannot preload, and the run would silently be glibc.
+  if [ -n "$lib" ] && LD_PRELOAD=$lib /bin/true 2>&1 | grep -q 'cannot be preloaded'; then
+    note "$a: $lib cannot be preloaded: skipped"
+    continue
+  fi
+  names+=("$a")
+  libs+=("$lib")
+done
+[ ${#names[@]} -gt 0 ] || { echo "run.sh: no allocator to run" >&2; exit 1; }
+
+# Pinning: the first N cpus we may use, and node 0's memory, if numactl works here.
+pin=none
+cpus=()
+if command -v numactl >/dev/null; then
+  read -r -a cpus <<<"$(numactl --show | sed -n 's/^physcpubind: *//p')"
+  if numactl --physcpubind="${cpus[0]}" --membind=0 true 2>/dev/null; then
+    pin=membind
+  elif numactl --physcpubind="${cpus[0]}" true 2>/dev/null; then
+    pin=cpu
+    note "numactl --membind=0 refused here: pinned to cpus only"
+  fi
+fi
+[ "$pin" = none ] && note "numactl missing or not permitted: runs are not pinned"
+pin_cmd() { # $1 = threads
+  [ "$pin" = none ] && return
+  local n=$1 list
+  [ "$n" -gt ${#cpus[@]} ] && n=${#cpus[@]}
+  list=$(echo "${cpus[@]:0:$n}" | tr ' ' ,)
+  echo numactl --physcpubind="$list"
+  [ "$pin" = membind ] && echo --membind=0
+}
+for t in "${threads[@]}"; do
+  [ "$pin" != none ] && [ "$t" -gt ${#cpus[@]} ] &&
+    note "$t threads on ${#cpus[@]} cpus: oversubscribed"
+done
+
+# Arguments of each workload for one run (see the usage comment of bench/NAME.c).
+args_for() { # $1 = workload, $2 = threads
+  local w=$1 t=$2 big=$full
+  case $w in
+    larson) [ "$big" = 1 ] && echo "$secs 8 1000 5000 20000 4141 $t" || echo "$secs 8 1000 1000 10000 4141 $t" ;;
+    prodcons) echo "$secs $t 2048 32768 64" ;;
+    churn_small) [ "$big" = 1 ] && echo "$secs $t 8 512 65536" || echo "$secs $t 8 512 4096" ;;
+    churn_mid) [ "$big" = 1 ] && echo "$secs $t 2048 32768 4096" || echo "$secs $t 2048 32768 256" ;;
+    pingpong) echo "$secs $t 16 512 64" ;;
+    falseshare) echo "$secs $t 8 64 10000" ;;
+    realloc_grow) [ "$big" = 1 ] && echo "$secs $t 16777216" || echo "$secs $t 4194304" ;;
+    fragment) [ "$big" = 1 ] && echo "$secs $t 10000 20000 4194304" || echo "$secs $t 2000 2000 1048576" ;;
+  esac
+}
+
+# A hung allocator must not hang the runner.
+timeout=$(awk -v s="$secs" 'BEGIN { printf "%d", s * 10 + 30 }')
+
+# Value of key $1 in runone's stat line $2.
+stat_get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+# One run: appends a record to $raw and prints a progress line.
+# Record: workload alloc threads run status code ops maxrss_kb minflt wall_s extra detail
+run_one() { # $1 workload $2 allocator index $3 threads $4 run
+  local w=$1 a=${names[$2]} lib=${libs[$2]} t=$3 r=$4 st ops extra detail status code
+  rm -f "$tmp/stat"
+  # shellcheck disable=SC2046 # word splitting of the pin and argument lists is wanted
+  $(pin_cmd "$t") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
+    "$bin/$w" $(args_for "$w" "$t") >"$tmp/out" 2>"$tmp/err" </dev/null
+  st=$(cat "$tmp/stat" 2>/dev/null)
+  status=$(sed -n 's/.*status=\([a-z]*\).*/\1/p' <<<"$st")
+  code=$(sed -n 's/.* code=\([0-9]*\).*/\1/p' <<<"$st")
+  ops=$(sed -n "s/^$w: \([0-9.]*\) ops\/s.*/\1/p" "$tmp/out" | head -n 1)
+  extra=$(sed -n "s/^$w: [0-9.]* ops\/s *//p" "$tmp/out" | head -n 1)
+  detail=
+  if [ -z "$status" ]; then
+    status=error detail="runone failed: $(tail -n 1 "$tmp/err")"
+  elif grep -q 'cannot be preloaded' "$tmp/err"; then
+    status=error detail="$lib cannot be preloaded"
+  elif [ "$status" = ok ] && [ -z "$ops" ]; then
+    status=noresult detail="no result line: $(tail -n 1 "$tmp/err")"
+  elif [ "$status" = signal ]; then
+    detail="killed by SIG$(kill -l "$code" 2>/dev/null || echo "$code")"
+  elif [ "$status" = timeout ]; then
+    detail="timed out after ${timeout}s"
+  elif [ "$status" != ok ]; then
+    detail="$status $code: $(grep -v "^$w: t=" "$tmp/err" | tail -n 1)"
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$a" "$t" "$r" "$status" \
+    "${code:-0}" "$ops" "$(stat_get maxrss_kb "$st")" "$(stat_get minflt "$st")" "$(stat_get wall_s "$st")" "$extra" \
+    "$(tr '\t\n' '  ' <<<"$detail" | sed 's/ *$//')" >>"$raw"
+  done_runs=$((done_runs + 1))
+  if [ "$status" = ok ]; then
+    printf '[%d/%d] %-12s %-8s %2sT run %d: %s ops/s\n' "$done_runs" "$total" "$w" "$a" "$t" "$r" "$ops" >&2
+  else
+    printf '[%d/%d] %-12s %-8s %2sT run %d: CRASH (%s)\n' "$done_runs" "$total" "$w" "$a" "$t" "$r" "$detail" >&2
+  fi
+}
+
+total=$((${#workloads[@]} * ${#threads[@]} * runs * ${#names[@]}))
+done_runs=0
+started=$(date +%s)
+echo "run.sh: ${#workloads[@]} workloads x ${#threads[@]} thread counts x ${#names[@]} allocators x $runs runs = $total runs of ${secs}s (pinning: $pin)" >&2
+for w in "${workloads[@]}"; do
+  for t in "${threads[@]}"; do
+    for ((r = 1; r <= runs; r++)); do
+      for i in "${!names[@]}"; do
+        run_one "$w" "$i" "$t" "$r"
+      done
+    done
+  done
+done
+elapsed=$(($(date +%s) - started))
+
+# Chart only when it can be drawn: gnuplot present and glibc measured.
+chart=no
+if ! command -v gnuplot >/dev/null; then
+  note "gnuplot missing: no chart"
+elif [[ " ${names[*]} " != *" glibc "* ]]; then
+  note "glibc not measured: no chart (it is the chart's baseline)"
+else
+  chart=yes
+fi
+
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "cpu=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)"
+  echo "cpus=$(nproc)"
+  echo "kernel=$(uname -r)"
+  echo "runs=$runs"
+  echo "secs=$secs"
+  echo "full=$full"
+  echo "pinning=$pin"
+  echo "elapsed=$elapsed"
+} >"$tmp/meta"
+
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+"$py" bench/report.py --raw "$raw" --meta "$tmp/meta" --notes "$notes" --out "$out" \
+  --allocs "$(IFS=,; echo "${names[*]}")" --threads "$(IFS=,; echo "${threads[*]}")" \
+  --workloads "$(IFS=,; echo "${workloads[*]}")" --chart "$chart" --chart-data "$tmp/chart.dat" ||
+  { echo "run.sh: report failed" >&2; exit 1; }
+
+if [ "$chart" = yes ]; then
+  rm -f "$out/latest.png"
+  gnuplot -e "datafile='$tmp/chart.dat'; outfile='$out/latest.png'; ncols=${#names[@]}" \
+    bench/chart.gp || echo "run.sh: gnuplot failed: no chart" >&2
+else
+  rm -f "$out/latest.png"
+fi
+
+cat "$out/latest.md"
+echo "run.sh: $total runs in ${elapsed}s; wrote $out/latest.md, latest.json$([ "$chart" = yes ] && echo ', latest.png')" >&2
