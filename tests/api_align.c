@@ -11,8 +11,13 @@
 #define STRIDE (1024 * 1024)
 
 static void *blocks[MAX_BLOCKS];
-static size_t block_size[MAX_BLOCKS];
+static size_t block_size[MAX_BLOCKS]; /* bytes filled: usable, or requested if sparse */
+static int sparse[MAX_BLOCKS];
 static int nblocks;
+
+/* Up to this usable size the whole usable area is filled: an aligned block
+ * inside a bigger one must not claim bytes past its end. */
+#define FULL_FILL (4u << 20)
 
 static void keep(void *p, size_t align, size_t n, const char *fn) {
   CHECK(p != NULL, "%s(align %zu, size %zu) failed", fn, align, n);
@@ -20,9 +25,14 @@ static void keep(void *p, size_t align, size_t n, const char *fn) {
   CHECK(malloc_usable_size(p) >= n, "%s(align %zu, size %zu): usable size %zu", fn, align, n,
         malloc_usable_size(p));
   CHECK(hak_owns(p), "%s(align %zu, size %zu) = %p is not hakmem memory", fn, align, n, p);
-  fill_sparse(p, n, STRIDE);
-  blocks[nblocks] = p;
-  block_size[nblocks++] = n;
+  size_t usable = malloc_usable_size(p);
+  sparse[nblocks] = usable > FULL_FILL;
+  block_size[nblocks] = sparse[nblocks] ? n : usable;
+  if (sparse[nblocks])
+    fill_sparse(p, n, STRIDE);
+  else
+    fill_pattern(p, usable);
+  blocks[nblocks++] = p;
 }
 
 /* Whether the machine can reserve the address space an alignment needs at
@@ -49,7 +59,8 @@ static void one_alignment(size_t align) {
   }
   /* All blocks of this alignment are live together: none may overlap. */
   for (int i = 0; i < nblocks; i++) {
-    size_t bad = check_sparse(blocks[i], block_size[i], STRIDE);
+    size_t bad = sparse[i] ? check_sparse(blocks[i], block_size[i], STRIDE)
+                           : check_pattern(blocks[i], block_size[i]);
     CHECK(bad == SIZE_MAX, "aligned block %p (size %zu, align %zu) overwritten at %zu", blocks[i],
           block_size[i], align, bad);
   }

@@ -121,7 +121,7 @@ run_bin dlopen "$repo/build/libhakmem-dlopen.so"
 
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
-run_sanitized stress_mt_tsan tsan -fsanitize=thread 8 4000
+run_sanitized stress_mt_tsan tsan -fsanitize=thread 8 10000
 run_sanitized stress_mt_ubsan ubsan -fsanitize=undefined 8 20000
 unset TSAN_OPTIONS UBSAN_OPTIONS
 
