@@ -131,17 +131,11 @@ static inline int bench_stopped(void) {
   return atomic_load_explicit(&bench_stop_flag, memory_order_relaxed);
 }
 
-struct bench_thread {
-  pthread_t tid;
-  void *(*fn)(void *);
-  void *arg;
-  pthread_barrier_t *go;
-};
-
-static inline void *bench_trampoline(void *p) {
-  struct bench_thread *t = p;
-  pthread_barrier_wait(t->go); /* time starts once every thread exists */
-  return t->fn(t->arg);
+/* Workers call bench_go() once, after their own setup, so that setup (say,
+ * filling a working set) is not timed: the clock starts when all are ready. */
+static pthread_barrier_t bench_barrier;
+static inline void bench_go(void) {
+  pthread_barrier_wait(&bench_barrier);
 }
 
 static inline void bench_start(pthread_t *tid, void *(*fn)(void *), void *arg) {
@@ -151,20 +145,18 @@ static inline void bench_start(pthread_t *tid, void *(*fn)(void *), void *arg) {
   }
 }
 
-/* Runs fn(args + i * size) on n threads for `seconds`, calling poll (if any)
- * about every 50 ms with the elapsed time. Returns the measured seconds,
- * from the common start until the stop flag was raised. */
+/* Runs fn(args + i * size) on n threads, each of which calls bench_go()
+ * when ready, for `seconds`; calls poll (if any) about every 50 ms with the
+ * elapsed time. Returns the measured seconds, from the moment all threads
+ * were ready until the stop flag was raised. */
 static inline double bench_run(unsigned n, double seconds, void *(*fn)(void *), void *args,
                                size_t size, void (*poll)(double)) {
-  struct bench_thread *t = calloc(n, sizeof *t);
-  pthread_barrier_t go;
-  if (!t) bench_fail(3, "out of memory", NULL, n * sizeof *t);
-  pthread_barrier_init(&go, NULL, n + 1);
-  for (unsigned i = 0; i < n; i++) {
-    t[i] = (struct bench_thread){.fn = fn, .arg = (char *)args + (size_t)i * size, .go = &go};
-    bench_start(&t[i].tid, bench_trampoline, &t[i]);
-  }
-  pthread_barrier_wait(&go);
+  pthread_t *tid = calloc(n, sizeof *tid);
+  if (!tid) bench_fail(3, "out of memory", NULL, n * sizeof *tid);
+  pthread_barrier_init(&bench_barrier, NULL, n + 1);
+  for (unsigned i = 0; i < n; i++)
+    bench_start(&tid[i], fn, (char *)args + (size_t)i * size);
+  bench_go();
   double start = bench_now(), el;
   while ((el = bench_now() - start) < seconds) {
     double left = seconds - el < 0.05 ? seconds - el : 0.05;
@@ -175,9 +167,9 @@ static inline double bench_run(unsigned n, double seconds, void *(*fn)(void *), 
   atomic_store(&bench_stop_flag, 1);
   el = bench_now() - start;
   for (unsigned i = 0; i < n; i++)
-    pthread_join(t[i].tid, NULL);
-  pthread_barrier_destroy(&go);
-  free(t);
+    pthread_join(tid[i], NULL);
+  pthread_barrier_destroy(&bench_barrier);
+  free(tid);
   return el;
 }
 

@@ -33,6 +33,7 @@ static void *churn_thread(void *arg) {
     blk[i] = bench_alloc(size[i]);
     bench_fill(blk[i], size[i]);
   }
+  bench_go();
   while (!bench_stopped()) {
     for (int k = 0; k < 1024; k++) {
       size_t i = (size_t)(rng_next(&rng) % churn_slots);

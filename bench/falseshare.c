@@ -46,6 +46,7 @@ static uint64_t hammer(void *p) {
 static void *worker_main(void *arg) {
   struct worker *w = arg;
   uint64_t rng = w->rng, ops = 0;
+  bench_go();
   for (int i = 0; i < DEALT && !bench_stopped(); i++) {
     ops += hammer(w->blk[i]);
     bench_fill(w->blk[i], w->size[i]);

@@ -52,6 +52,7 @@ static void *worker_main(void *arg) {
   uint64_t rng = w->rng, ops = 0;
   void **blk = bench_alloc(wave * sizeof *blk);
   size_t *size = bench_alloc(wave * sizeof *size);
+  bench_go();
   while (!bench_stopped()) {
     for (size_t i = 0; i < wave; i++) {
       size[i] = pick_size(&rng);

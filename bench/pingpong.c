@@ -51,6 +51,7 @@ static void *side_main(void *arg) {
   struct item mine[MAX_BATCH], theirs[MAX_BATCH];
   uint64_t rng = w->rng, ops = 0;
   int have = 0;
+  bench_go();
   while (!bench_stopped()) {
     if (!have) {
       for (size_t i = 0; i < batch; i++) {

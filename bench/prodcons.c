@@ -89,6 +89,7 @@ static void consume(struct worker *w) {
 
 static void *worker_main(void *arg) {
   struct worker *w = arg;
+  bench_go();
   if (w->producer)
     produce(w);
   else

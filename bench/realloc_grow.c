@@ -84,6 +84,7 @@ static void *worker_main(void *arg) {
   struct worker *w = arg;
   uint64_t rng = w->rng, ops = 0;
   struct buf vec[NBUF] = {0}, str[NBUF] = {0};
+  bench_go();
   while (!bench_stopped()) {
     for (int i = 0; i < NBUF; i++) {
       vec_step(&vec[i], &rng);

@@ -13,6 +13,18 @@ import math
 import os
 import statistics
 
+# One line under each table heading; bench/NAME.c has the details.
+ABOUT = {
+    "larson": "Server simulation: random free+malloc of 8-1000 B, arrays handed to new threads.",
+    "prodcons": "Producers allocate 2-32 KiB blocks, consumers free them. T = pairs (2T threads).",
+    "churn_small": "Random replace of 8-512 B blocks in per-thread working sets.",
+    "churn_mid": "Random replace of 2-32 KiB blocks in per-thread working sets.",
+    "pingpong": "Pairs free each other's 16-512 B blocks in batches. T = pairs (2T threads).",
+    "falseshare": "Counter increments in small blocks; slow if threads share cache lines.",
+    "realloc_grow": "Vectors doubling to 4 MiB, strings growing by 1-128 B appends. One op = one realloc.",
+    "fragment": "Waves of 16 B - 1 MiB blocks, 10% survive; RSS at the end vs live bytes below.",
+}
+
 FIELDS = ["workload", "alloc", "threads", "run", "status", "code", "ops", "maxrss_kb", "minflt",
           "wall_s", "extra", "detail"]
 
@@ -143,6 +155,9 @@ def main():
     for w in workloads:
         md.append("## %s" % w)
         md.append("")
+        if w in ABOUT:
+            md.append(ABOUT[w])
+            md.append("")
         head = ["allocator"]
         for t in threads:
             head += ["ops/s %dT" % t, "RSS MiB %dT" % t, "faults %dT" % t, "vs %s %dT" % (base, t)]

@@ -127,7 +127,7 @@ args_for() { # $1 = workload, $2 = threads
     pingpong) echo "$secs $t 16 512 64" ;;
     falseshare) echo "$secs $t 8 64 10000" ;;
     realloc_grow) [ "$big" = 1 ] && echo "$secs $t 16777216" || echo "$secs $t 4194304" ;;
-    fragment) [ "$big" = 1 ] && echo "$secs $t 10000 20000 4194304" || echo "$secs $t 2000 2000 1048576" ;;
+    fragment) [ "$big" = 1 ] && echo "$secs $t 10000 10000 2097152" || echo "$secs $t 2000 2000 1048576" ;;
   esac
 }
 
