@@ -42,7 +42,7 @@ size_t hak_usable_size(const void *p) {
   }
   if (kind != REGION_SMALL) return 0;
   hak_page_t *page = page_of(r, p);
-  if (page->block_size == 0 || (const char *)p < page->start) return 0;
+  if (page->block_size == 0 || (const char *)p < page_start(page)) return 0;
   const char *start = hak_block_start(page, p);
   return page->block_size - (size_t)((const char *)p - start);
 }
@@ -98,7 +98,10 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
       char *p = hak_alloc_inline(size + align - 1);
       if (!p) return NULL;
       char *q = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
-      if (q != p) page_of(region_of(p), p)->flags |= PAGE_HAS_ALIGNED;
+      if (q != p) {
+        hak_page_t *page = page_of(region_of(p), p);
+        page_flags_set(page, page_flags(page) | PAGE_HAS_ALIGNED);
+      }
       return q;
     }
     if (size <= LARGE_MAX) {

@@ -46,7 +46,7 @@ void hak_heap_retire(hak_heap_t *heap, hak_page_t *page) {
 }
 
 static void page_unfull(hak_heap_t *heap, hak_page_t *page) {
-  page->flags &= (uint8_t)~PAGE_IN_FULL;
+  page_flags_set(page, page_flags(page) & ~PAGE_IN_FULL);
   queue_remove(&heap->full, page);
   queue_push_back(&heap->queues[page->cls], page);
   heap_sync_direct(heap, page->cls);
@@ -58,7 +58,7 @@ void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   b->next = page->local_free;
   page->local_free = b;
   page->used--;
-  if (page->flags & PAGE_IN_FULL) page_unfull(heap, page);
+  if (page_flags(page) & PAGE_IN_FULL) page_unfull(heap, page);
   if (page->used == 0) hak_heap_retire(heap, page);
 }
 
@@ -107,15 +107,15 @@ void hak_free_slow(hak_region_t *r, void *p) {
     return;
   }
   hak_page_t *page = page_of(r, p);
-  if (page->block_size == 0 || (char *)p < page->start) {
+  if (page->block_size == 0 || (char *)p < page_start(page)) {
     hak_invalid_free(p);
     return;
   }
-  if (page->flags & PAGE_LARGE) {
+  if (page_flags(page) & PAGE_LARGE) {
     hak_span_free(page);
     return;
   }
-  if (page->flags & PAGE_HAS_ALIGNED) p = hak_block_start(page, p);
+  if (page_flags(page) & PAGE_HAS_ALIGNED) p = hak_block_start(page, p);
   hak_heap_t *heap = hak_tls_heap;
   hak_heap_t *owner = page_heap(page);
   if (owner == heap) {

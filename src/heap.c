@@ -67,7 +67,7 @@ static void abandon_list(hak_heap_t *heap, hak_page_t *first, hak_page_t **keep)
     next = p->next;
     hak_page_collect(p);
     p->prev = NULL;
-    p->flags &= (uint8_t)~PAGE_IN_FULL;
+    page_flags_set(p, page_flags(p) & ~PAGE_IN_FULL);
     if (p->used == 0) {
       p->next = NULL;
       hak_span_free(p);

@@ -55,24 +55,22 @@ enum { REMOTE_PLAIN = 0, REMOTE_NOTIFY = 1, REMOTE_FREEING = 2, REMOTE_NEVER = 3
 enum { PAGE_IN_FULL = 1, PAGE_HAS_ALIGNED = 2, PAGE_LARGE = 4 };
 
 typedef struct hak_page {
-  /* owner-only, hot */
-  hak_block_t *free;       /* malloc pops here */
-  uint32_t used;           /* blocks out, remote frees not yet collected included */
-  uint32_t block_size;
-  hak_block_t *local_free; /* owner's frees */
+  hak_block_t *free;               /* malloc pops here (owner) */
+  hak_block_t *local_free;         /* owner's frees */
   _Atomic(struct hak_heap *) heap; /* owner; NULL when abandoned or free */
-  uint8_t flags;
-  uint8_t free_is_zero; /* blocks on `free` are zero but for their first word */
+  uint16_t used; /* blocks out, remote frees not yet collected included */
+  _Atomic uint8_t flags; /* written by the owner only; read by freers */
   uint8_t cls;
-  uint8_t fresh_zero;   /* not yet carved blocks are zero */
-  uint16_t capacity;    /* blocks the span holds */
-  uint16_t reserved;    /* blocks carved so far */
-  uint32_t back;        /* bytes back to the span's head descriptor */
-  uint16_t span_pages;
-  _Atomic uint8_t abandoned; /* on its node's abandoned list (pool lock) */
-  char *start; /* first block */
-  _Atomic uintptr_t remote; /* other threads' frees | state */
-  struct hak_page *next, *prev; /* heap queue or abandoned list */
+  uint32_t block_size;
+  uint16_t capacity;             /* blocks the span holds */
+  uint16_t reserved;             /* blocks carved so far */
+  uint8_t free_is_zero : 1;      /* blocks on `free` are zero but for their first word */
+  uint8_t fresh_zero : 1;        /* not yet carved blocks are zero */
+  _Atomic uint8_t abandoned;     /* on its node's abandoned list (pool lock) */
+  uint8_t span_pages;
+  uint8_t back;                  /* descriptors back to the span's head */
+  _Atomic uintptr_t remote;      /* other threads' frees | state */
+  struct hak_page *next, *prev;  /* heap queue or abandoned list */
 } hak_page_t;
 
 enum { REGION_SMALL = 1, REGION_HUGE = 2 };
@@ -93,6 +91,7 @@ typedef struct hak_region {
 } hak_region_t;
 
 _Static_assert(sizeof(hak_region_t) <= REGION_HEADER_SIZE, "region header too big");
+_Static_assert(sizeof(hak_page_t) == 64, "a descriptor is one cache line: free indexes by shift");
 
 /* ---- heaps -------------------------------------------------------------- */
 
@@ -146,7 +145,26 @@ static inline int region_kind(const hak_region_t *r) {
 
 static inline hak_page_t *page_of(hak_region_t *r, const void *p) {
   hak_page_t *d = &r->pages[((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT];
-  return (hak_page_t *)((char *)d - d->back);
+  return d - d->back;
+}
+
+static inline hak_region_t *region_of_page(const hak_page_t *page) {
+  return (hak_region_t *)((uintptr_t)page & ~(uintptr_t)(REGION_SIZE - 1));
+}
+
+/* First block of a span: its page's address, past the header on page 0. */
+static inline char *page_start(const hak_page_t *page) {
+  hak_region_t *r = region_of_page(page);
+  size_t idx = (size_t)(page - r->pages);
+  return (char *)r + (idx ? idx * PAGE_SIZE : REGION_HEADER_SIZE);
+}
+
+static inline uint8_t page_flags(const hak_page_t *pg) {
+  return atomic_load_explicit(&((hak_page_t *)pg)->flags, memory_order_relaxed);
+}
+
+static inline void page_flags_set(hak_page_t *pg, unsigned f) {
+  atomic_store_explicit(&pg->flags, (uint8_t)f, memory_order_relaxed);
 }
 
 static inline hak_heap_t *page_heap(const hak_page_t *pg) {
@@ -235,6 +253,7 @@ void *hak_block_start(const hak_page_t *page, const void *p);
 /* ---- allocation paths ---------------------------------------------------- */
 
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero);
+void *hak_malloc_mid(hak_heap_t *heap, size_t size);
 void hak_free_slow(hak_region_t *r, void *p);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
@@ -275,19 +294,25 @@ static inline void heap_sync_direct(hak_heap_t *heap, unsigned cls) {
   heap->direct[cls] = heap->queues[cls].first ? heap->queues[cls].first : &hak_page_empty;
 }
 
-/* The fast path: pop from the current page of the size class. */
+static inline void *page_pop(hak_page_t *page) {
+  hak_block_t *b = page->free;
+  if (likely(b != NULL)) {
+    page->free = b->next;
+    page->used++;
+  }
+  return b;
+}
+
+/* The fast path: pop from the current page of the size class. Sizes past
+ * the direct table take one tail call more (hak_malloc_mid). */
 static inline void *hak_alloc_inline(size_t size) {
   hak_heap_t *heap = hak_tls_heap;
-  if (likely(size <= SMALL_MAX)) {
-    hak_page_t *page = heap->direct[class_of(size)];
-    hak_block_t *b = page->free;
-    if (likely(b != NULL)) {
-      page->free = b->next;
-      page->used++;
-      return b;
-    }
+  if (likely(size <= DIRECT_MAX)) {
+    void *b = page_pop(heap->direct[hak_class_direct[(size + MIN_ALIGN - 1) / MIN_ALIGN]]);
+    if (likely(b != NULL)) return b;
+    return hak_malloc_slow(heap, size, false);
   }
-  return hak_malloc_slow(heap, size, false);
+  return hak_malloc_mid(heap, size);
 }
 
 /* The fast path of free: a block of a page this thread owns, no flags set. */
@@ -296,7 +321,7 @@ static inline void hak_free_inline(void *p) {
   if (likely(region_kind(r) == REGION_SMALL)) {
     hak_page_t *page = page_of(r, p);
     hak_heap_t *heap = hak_tls_heap;
-    if (likely(page_heap(page) == heap && page->flags == 0)) {
+    if (likely(page_heap(page) == heap && page_flags(page) == 0)) {
       hak_block_t *b = (hak_block_t *)p;
       b->next = page->local_free;
       page->local_free = b;

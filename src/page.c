@@ -7,26 +7,19 @@
 
 #define EXTEND_BYTES 16384 /* carve at most this much at a time: RSS follows use */
 
-static char *page_address(hak_page_t *page) {
-  hak_region_t *r = (hak_region_t *)((uintptr_t)page & ~(uintptr_t)(REGION_SIZE - 1));
-  return (char *)r + (size_t)(page - r->pages) * PAGE_SIZE;
-}
-
 void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero) {
-  char *base = page_address(page);
-  char *start = base == (char *)region_of(base + 1) ? base + REGION_HEADER_SIZE : base;
-  size_t bytes = page->span_pages * PAGE_SIZE - (size_t)(start - base);
+  char *start = page_start(page);
+  size_t bytes = page->span_pages * PAGE_SIZE - ((uintptr_t)start & (PAGE_SIZE - 1));
   page->block_size = hak_class_size[cls];
   page->capacity = (uint16_t)(bytes / page->block_size);
   page->reserved = 0;
   page->used = 0;
   page->free = NULL;
   page->local_free = NULL;
-  page->flags = 0;
+  page_flags_set(page, 0);
   page->cls = (uint8_t)cls;
   page->fresh_zero = zero;
   page->free_is_zero = zero;
-  page->start = start;
   atomic_store_explicit(&page->remote, REMOTE_PLAIN, memory_order_relaxed);
   atomic_store_explicit(&page->heap, heap, memory_order_release);
 }
@@ -38,10 +31,10 @@ void hak_page_extend(hak_page_t *page) {
   unsigned n = page->capacity - page->reserved;
   unsigned max = bs >= EXTEND_BYTES ? 1 : (unsigned)(EXTEND_BYTES / bs);
   if (n > max) n = max;
-  char *p = page->start + (size_t)page->reserved * bs;
+  char *first = page_start(page) + (size_t)page->reserved * bs, *p = first;
   for (unsigned i = 0; i + 1 < n; i++, p += bs) ((hak_block_t *)p)->next = (hak_block_t *)(p + bs);
   ((hak_block_t *)p)->next = NULL;
-  page->free = (hak_block_t *)(page->start + (size_t)page->reserved * bs);
+  page->free = (hak_block_t *)first;
   page->free_is_zero = page->fresh_zero;
   page->reserved += n;
 }
@@ -62,7 +55,7 @@ size_t hak_page_collect_remote(hak_page_t *page) {
   tail->next = page->free;
   page->free = head;
   page->free_is_zero = 0;
-  page->used -= (uint32_t)n;
+  page->used = (uint16_t)(page->used - n);
   return n;
 }
 
@@ -102,6 +95,7 @@ void hak_page_set_never(hak_page_t *page) {
 }
 
 void *hak_block_start(const hak_page_t *page, const void *p) {
-  size_t off = (size_t)((const char *)p - page->start);
-  return page->start + off - off % page->block_size;
+  char *start = page_start(page);
+  size_t off = (size_t)((const char *)p - start);
+  return start + off - off % page->block_size;
 }

@@ -13,6 +13,7 @@ typedef struct hak_pool {
   hak_region_t *buckets[PAGES_PER_REGION + 1]; /* by number of free pages */
   uint64_t last_purge_scan_ms;
   hak_page_t *abandoned[NUM_CLASSES];
+  _Atomic uint32_t nabandoned[NUM_CLASSES]; /* read without the lock */
 } hak_pool_t;
 
 static hak_pool_t pools[MAX_NODES] = {[0 ... MAX_NODES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
@@ -109,9 +110,9 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   for (unsigned i = 0; i < npages; i++) {
     hak_page_t *d = &r->pages[first + i];
     memset(d, 0, sizeof *d);
-    d->back = (uint32_t)(i * sizeof(hak_page_t));
+    d->back = (uint8_t)i;
   }
-  head->span_pages = npages;
+  head->span_pages = (uint8_t)npages;
   return head;
 }
 
@@ -138,7 +139,7 @@ static void purge_expired(hak_pool_t *pool, uint64_t now) {
 }
 
 static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
-  hak_region_t *r = (hak_region_t *)((uintptr_t)span & ~(uintptr_t)(REGION_SIZE - 1));
+  hak_region_t *r = region_of_page(span);
   unsigned first = (unsigned)(span - r->pages), n = span->span_pages;
   uint32_t run = (n == 32 ? 0xFFFFFFFFu : ((1u << n) - 1)) << first;
   atomic_store_explicit(&span->heap, NULL, memory_order_relaxed);
@@ -156,7 +157,7 @@ static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
 }
 
 void hak_span_free(hak_page_t *span) {
-  hak_region_t *r = (hak_region_t *)((uintptr_t)span & ~(uintptr_t)(REGION_SIZE - 1));
+  hak_region_t *r = region_of_page(span);
   hak_pool_t *pool = pool_of(r->node);
   pthread_mutex_lock(&pool->lock);
   span_free_locked(pool, span);
@@ -170,6 +171,12 @@ static void list_remove(hak_page_t **head, hak_page_t *p) {
   p->next = p->prev = NULL;
 }
 
+static void abandoned_remove(hak_pool_t *pool, hak_page_t *p) {
+  list_remove(&pool->abandoned[p->cls], p);
+  atomic_store_explicit(&p->abandoned, 0, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&pool->nabandoned[p->cls], 1, memory_order_relaxed);
+}
+
 void hak_abandoned_push(int node, hak_page_t *pages) {
   hak_pool_t *pool = pool_of(node);
   pthread_mutex_lock(&pool->lock);
@@ -181,6 +188,7 @@ void hak_abandoned_push(int node, hak_page_t *pages) {
     if (*head) (*head)->prev = p;
     *head = p;
     atomic_store_explicit(&p->abandoned, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool->nabandoned[p->cls], 1, memory_order_relaxed);
   }
   pthread_mutex_unlock(&pool->lock);
 }
@@ -189,15 +197,12 @@ void hak_abandoned_push(int node, hak_page_t *pages) {
  * into an abandoned page: the blocks a dead thread left are mostly freed by
  * the thread that inherited its work, which then reuses the page locally. */
 bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap) {
-  hak_region_t *r = (hak_region_t *)((uintptr_t)page & ~(uintptr_t)(REGION_SIZE - 1));
+  hak_region_t *r = region_of_page(page);
   if (r->node != heap->node) return false;
   hak_pool_t *pool = pool_of(r->node);
   pthread_mutex_lock(&pool->lock);
   bool ok = atomic_load_explicit(&page->abandoned, memory_order_relaxed);
-  if (ok) {
-    list_remove(&pool->abandoned[page->cls], page);
-    atomic_store_explicit(&page->abandoned, 0, memory_order_relaxed);
-  }
+  if (ok) abandoned_remove(pool, page);
   pthread_mutex_unlock(&pool->lock);
   if (ok) {
     atomic_store_explicit(&page->heap, heap, memory_order_release);
@@ -210,15 +215,14 @@ bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap) {
  * Pages found empty on the way go back to their region. */
 hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
   hak_pool_t *pool = pool_of(node);
-  if (!pool->abandoned[cls]) return NULL; /* racy peek: a miss only costs a fresh page */
+  if (!atomic_load_explicit(&pool->nabandoned[cls], memory_order_relaxed)) return NULL;
   pthread_mutex_lock(&pool->lock);
   hak_page_t *p = pool->abandoned[cls];
   for (unsigned i = 0; p && i < ADOPT_SCAN; i++) {
     hak_page_t *next = p->next;
     hak_page_collect(p);
     if (p->free || p->reserved < p->capacity) {
-      list_remove(&pool->abandoned[cls], p);
-      atomic_store_explicit(&p->abandoned, 0, memory_order_relaxed);
+      abandoned_remove(pool, p);
       pthread_mutex_unlock(&pool->lock);
       atomic_store_explicit(&p->heap, heap, memory_order_release);
       hak_page_set_remote_state(p, 1u << REMOTE_NEVER, REMOTE_PLAIN);
@@ -243,8 +247,7 @@ size_t hak_pool_trim(void) {
         next = p->next;
         hak_page_collect(p);
         if (p->used == 0) {
-          list_remove(&pool->abandoned[c], p);
-          atomic_store_explicit(&p->abandoned, 0, memory_order_relaxed);
+          abandoned_remove(pool, p);
           span_free_locked(pool, p);
         }
       }

@@ -19,7 +19,7 @@ static bool page_park_full(hak_heap_t *heap, hak_page_t *page) {
   }
   queue_remove(&heap->queues[page->cls], page);
   queue_push_back(&heap->full, page);
-  page->flags |= PAGE_IN_FULL;
+  page_flags_set(page, page_flags(page) | PAGE_IN_FULL);
   return true;
 }
 
@@ -69,6 +69,14 @@ static hak_page_t *page_find(hak_heap_t *heap, unsigned cls) {
   return page;
 }
 
+void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
+  if (likely(size <= SMALL_MAX)) {
+    void *b = page_pop(heap->direct[hak_class_of_large(size)]);
+    if (likely(b != NULL)) return b;
+  }
+  return hak_malloc_slow(heap, size, false);
+}
+
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   if (heap == &hak_heap_empty) {
     heap = hak_heap_for_thread();
@@ -113,14 +121,12 @@ void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align) {
     errno = ENOMEM;
     return NULL;
   }
-  hak_region_t *r = (hak_region_t *)((uintptr_t)span & ~(uintptr_t)(REGION_SIZE - 1));
-  span->start = (char *)r + (size_t)(span - r->pages) * PAGE_SIZE;
   span->block_size = npages * (uint32_t)PAGE_SIZE;
   span->capacity = span->reserved = 1;
   span->used = 1;
-  span->flags = PAGE_LARGE;
+  page_flags_set(span, PAGE_LARGE);
   span->fresh_zero = zero;
   stat_inc(&heap->stats.pages_activated, npages);
   stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
-  return span->start;
+  return page_start(span);
 }
