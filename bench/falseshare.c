@@ -4,26 +4,25 @@
  *   seconds  run time (default 1.5)
  *   threads  worker threads (default 2)
  *   min,max  block size range in bytes (default 8 64)
- *   writes   writes to a block between its malloc and free (default 10000)
+ *   writes   increments per block between its malloc and free (default 1000)
  *
  * Before the run, the main thread allocates 64 small blocks per worker, back
  * to back, and deals neighbouring blocks to different workers. Each worker
- * first writes to each of its dealt blocks in a tight loop, then frees them,
- * then for the rest of the run allocates a block, writes to it in a tight
- * loop and frees it. The dealt blocks share cache lines whatever the
- * allocator does (active false sharing of the caller's own making, a short
- * warm-up); what the allocator decides is where the workers' own blocks go:
- * one that hands a thread the memory another thread's neighbours just freed,
- * or that packs blocks of several threads into one line, makes the cores
- * fight over the line and the writes slow (passive false sharing).
- * One op = one increment. Prints "falseshare: N ops/s" (writes/s). */
+ * increments a counter in each of its dealt blocks, all in turn, then frees
+ * them; for the rest of the run it allocates 64 blocks of the same sizes,
+ * increments their counters the same way and frees them, over and over.
+ * The dealt blocks share cache lines whatever the allocator does (a short
+ * warm-up); what the allocator decides is where the workers' own blocks go.
+ * One that hands a thread back the blocks it just freed (the other workers'
+ * neighbours), or packs blocks of several threads into one line, makes the
+ * cores fight over the lines and the increments slow (passive false sharing).
+ * One op = one increment. Prints "falseshare: N ops/s" (increments/s). */
 #include "bench.h"
 
 #define DEALT 64
 
 struct worker {
-  _Alignas(BENCH_LINE) uint64_t rng;
-  uint64_t ops;
+  _Alignas(BENCH_LINE) uint64_t ops;
   void *blk[DEALT];
   size_t size[DEALT];
 };
@@ -31,34 +30,42 @@ struct worker {
 static size_t min_size, max_size;
 static long writes;
 
-/* Increments a counter at the start of p `writes` times. A load+store per
- * write: plain stores to one address merge in the store buffer and hide the
- * line bouncing between cores. volatile keeps every access. */
-static uint64_t hammer(void *p) {
-  volatile uint32_t *v = p;
-  *v = 0;
+/* Increments a counter at the start of each of the worker's blocks, one
+ * block after the other, `writes` times over, so all its blocks stay hot at
+ * once, like per-object counters. A load and a store per increment: plain
+ * stores to one address merge in the store buffer and hide a line bouncing
+ * between cores. volatile keeps every access. */
+static uint64_t hammer(struct worker *w) {
+  volatile uint32_t *v[DEALT];
+  for (int i = 0; i < DEALT; i++) {
+    v[i] = w->blk[i];
+    *v[i] = 0;
+  }
   for (long j = 0; j < writes; j++)
-    *v = *v + 1;
-  if (*v != (uint32_t)writes) bench_fail(2, "block written by another thread", p, 4);
-  return (uint64_t)writes;
+    for (int i = 0; i < DEALT; i++)
+      *v[i] = *v[i] + 1;
+  for (int i = 0; i < DEALT; i++) {
+    if (*v[i] != (uint32_t)writes) bench_fail(2, "block written by another thread", w->blk[i], 4);
+    bench_fill(w->blk[i], w->size[i]);
+  }
+  return (uint64_t)writes * DEALT;
 }
 
 static void *worker_main(void *arg) {
   struct worker *w = arg;
-  uint64_t rng = w->rng, ops = 0;
+  uint64_t ops = 0;
   bench_go();
-  for (int i = 0; i < DEALT && !bench_stopped(); i++) {
-    ops += hammer(w->blk[i]);
-    bench_fill(w->blk[i], w->size[i]);
-  }
+  ops += hammer(w); /* the dealt blocks: shared lines whatever the allocator */
   for (int i = 0; i < DEALT; i++)
     bench_check_free(w->blk[i], w->size[i]);
+  /* Same sizes again: a cache that hands back what this thread just freed
+   * returns the dealt blocks, the other workers' neighbours. */
   while (!bench_stopped()) {
-    size_t n = rng_range(&rng, min_size, max_size);
-    void *p = bench_alloc(n);
-    ops += hammer(p);
-    bench_fill(p, n);
-    bench_check_free(p, n);
+    for (int i = 0; i < DEALT; i++)
+      w->blk[i] = bench_alloc(w->size[i]);
+    ops += hammer(w);
+    for (int i = 0; i < DEALT; i++)
+      bench_check_free(w->blk[i], w->size[i]);
   }
   w->ops = ops;
   return NULL;
@@ -67,18 +74,18 @@ static void *worker_main(void *arg) {
 int main(int argc, char **argv) {
   bench_name = "falseshare";
   bench_usage_text = "usage: falseshare [seconds [threads [min [max [writes]]]]]\n"
-                     "  defaults: 1.5 2 8 64 10000\n";
+                     "  defaults: 1.5 2 8 64 1000\n";
   bench_args(argc, argv, 5);
   double seconds = bench_arg(argc, argv, 1, 1.5, 0.01, 1e6);
   int threads = (int)bench_arg(argc, argv, 2, 2, 1, 1024);
   min_size = (size_t)bench_arg(argc, argv, 3, 8, 4, 1 << 20);
   max_size = (size_t)bench_arg(argc, argv, 4, 64, (double)min_size, 1 << 20);
-  writes = (long)bench_arg(argc, argv, 5, 10000, 1, 1e9);
+  writes = (long)bench_arg(argc, argv, 5, 1000, 1, 1e9);
 
   struct worker *w = aligned_alloc(BENCH_LINE, sizeof *w * (size_t)threads);
   if (!w) bench_fail(3, "out of memory", NULL, sizeof *w * (size_t)threads);
   for (int t = 0; t < threads; t++)
-    w[t] = (struct worker){.rng = rng_seed((uint64_t)t)};
+    w[t] = (struct worker){0};
   /* Block k goes to worker k % threads: neighbours belong to different workers. */
   uint64_t rng = rng_seed(12345);
   for (int k = 0; k < DEALT * threads; k++) {

@@ -125,7 +125,7 @@ args_for() { # $1 = workload, $2 = threads
     churn_small) [ "$big" = 1 ] && echo "$secs $t 8 512 65536" || echo "$secs $t 8 512 4096" ;;
     churn_mid) [ "$big" = 1 ] && echo "$secs $t 2048 32768 4096" || echo "$secs $t 2048 32768 256" ;;
     pingpong) echo "$secs $t 16 512 64" ;;
-    falseshare) echo "$secs $t 8 64 10000" ;;
+    falseshare) echo "$secs $t 8 64 1000" ;;
     realloc_grow) [ "$big" = 1 ] && echo "$secs $t 16777216" || echo "$secs $t 4194304" ;;
     fragment) [ "$big" = 1 ] && echo "$secs $t 10000 10000 2097152" || echo "$secs $t 2000 2000 1048576" ;;
   esac
