@@ -74,6 +74,11 @@ def summarize(runs):
     return cell
 
 
+def tidy(v):
+    """Whole numbers as ints in the JSON."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def fmt_ops(v):
     if v is None:
         return "-"
@@ -135,6 +140,7 @@ def main():
         for k, (m, lo, hi) in c["extras"].items():
             out.append(dict(common, metric=k, unit="KiB" if k.endswith("_kb") else "",
                             median=m, min=lo, max=hi))
+    out = [{k: tidy(v) for k, v in o.items()} for o in out]
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
