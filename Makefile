@@ -65,7 +65,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -Iuapi -O2 -g -o $@ $< $(BUILD)/libhakmem.a $(LDLIBS)
 # Benchmarks link nothing of ours: the runner picks the allocator with LD_PRELOAD.
-$(BUILD)/bench/%: bench/%.c
+$(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
 

@@ -63,6 +63,8 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
   }
   /* stay in place while the block fits and is not mostly empty */
   if (size <= old && size >= old / 2) return p;
+  hak_region_t *r = region_of(p);
+  if (size > old && region_kind(r) == REGION_HUGE && hak_huge_resize(r, size)) return p;
   void *q = hak_alloc_inline(size);
   if (!q) return NULL; /* errno set; the old block is untouched */
   memcpy(q, p, size < old ? size : old);
@@ -110,7 +112,8 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
       return hak_large_alloc(heap, size, align);
     }
   }
-  return hak_huge_alloc(size, align);
+  bool zero;
+  return hak_huge_alloc(size, align, &zero);
 }
 
 static bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
@@ -175,7 +178,8 @@ HAK_EXPORT int hak_malloc_trim(size_t pad) {
   hak_heap_t *heap = hak_tls_heap;
   if (heap != &hak_heap_empty && atomic_load_explicit(&heap->delayed, memory_order_relaxed))
     hak_heap_drain_delayed(heap);
-  return hak_pool_trim() > 0;
+  size_t released = hak_pool_trim() + hak_huge_trim();
+  return released > 0;
 }
 
 HAK_EXPORT int hak_owns(const void *p) { return p && hak_usable_size(p) > 0; }

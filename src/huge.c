@@ -1,11 +1,107 @@
 /* Huge blocks (beyond LARGE_MAX, or aligned beyond 64 KiB): each its own
  * mapping. Its header sits on the 2 MiB boundary just below the block, so
- * region_of() finds it exactly as for regions. */
+ * region_of() finds it exactly as for regions.
+ *
+ * Freed mappings are kept for HAKMEM_PURGE_DELAY_MS and reused by a later
+ * request of about the same size: a program that frees and allocates big
+ * buffers in a loop must not pay an mmap and a fault per page every time. */
 #include "internal.h"
 
 #include <errno.h>
+#include <string.h>
 
-void *hak_huge_alloc(size_t size, size_t align) {
+#define CACHE_SLOTS 8
+#define CACHE_MAX_BYTES ((size_t)32 << 20)
+
+typedef struct cached_map {
+  char *base;
+  size_t len;
+  uint64_t freed_ms;
+} cached_map_t;
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static cached_map_t cache[CACHE_SLOTS];
+static size_t cache_bytes;
+
+static void unmap(char *base, size_t len) {
+  hak_committed_add(-(int64_t)len);
+  kmem_unmap(base, len);
+}
+
+/* Unmaps cached mappings freed more than the purge delay ago (all if force).
+ * Called with cache_lock held; returns the bytes released. */
+static size_t cache_expire(uint64_t now, bool force) {
+  size_t released = 0;
+  for (int i = 0; i < CACHE_SLOTS; i++) {
+    cached_map_t *c = &cache[i];
+    if (c->base && (force || now - c->freed_ms >= hak_opt.purge_delay_ms)) {
+      unmap(c->base, c->len);
+      cache_bytes -= c->len;
+      released += c->len;
+      c->base = NULL;
+    }
+  }
+  return released;
+}
+
+/* A cached mapping of at least len bytes and at most twice that. */
+static char *cache_take(size_t len, size_t *got) {
+  pthread_mutex_lock(&cache_lock);
+  cached_map_t *best = NULL;
+  for (int i = 0; i < CACHE_SLOTS; i++) {
+    cached_map_t *c = &cache[i];
+    if (c->base && c->len >= len && c->len / 2 <= len && (!best || c->len < best->len)) best = c;
+  }
+  char *base = NULL;
+  if (best) {
+    base = best->base;
+    *got = best->len;
+    cache_bytes -= best->len;
+    best->base = NULL;
+  }
+  cache_expire(hak_now_ms(), false);
+  pthread_mutex_unlock(&cache_lock);
+  return base;
+}
+
+static bool cache_put(char *base, size_t len) {
+  pthread_mutex_lock(&cache_lock);
+  uint64_t now = hak_now_ms();
+  cache_expire(now, false);
+  bool kept = false;
+  if (hak_opt.purge_delay_ms > 0 && cache_bytes + len <= CACHE_MAX_BYTES) {
+    for (int i = 0; i < CACHE_SLOTS && !kept; i++) {
+      if (!cache[i].base) {
+        cache[i] = (cached_map_t){base, len, now};
+        cache_bytes += len;
+        kept = true;
+      }
+    }
+  }
+  pthread_mutex_unlock(&cache_lock);
+  return kept;
+}
+
+size_t hak_huge_trim(void) {
+  pthread_mutex_lock(&cache_lock);
+  size_t released = cache_expire(0, true);
+  pthread_mutex_unlock(&cache_lock);
+  return released;
+}
+
+static void *huge_setup(char *base, size_t len, size_t off) {
+  char *block = base + off;
+  hak_region_t *r = region_of(block);
+  r->kind = REGION_HUGE;
+  r->map_base = base;
+  r->map_len = len;
+  r->huge_usable = len - off;
+  atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_HUGE,
+                        memory_order_release);
+  return block;
+}
+
+void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) hak_init();
   size_t off = align > PAGE_SIZE ? align : PAGE_SIZE; /* header page before the block */
   size_t map_align = align > REGION_SIZE ? align : REGION_SIZE;
@@ -15,27 +111,41 @@ void *hak_huge_alloc(size_t size, size_t align) {
     return NULL;
   }
   size_t len = (off + size + ps - 1) & ~(ps - 1);
-  char *base = kmem_map_aligned(len, map_align);
+  atomic_fetch_add_explicit(&hak_gstats.huge_allocs, 1, memory_order_relaxed);
+  size_t got;
+  char *base = map_align == REGION_SIZE ? cache_take(len, &got) : NULL;
+  if (base) {
+    *zero = false;
+    return huge_setup(base, got, off);
+  }
+  base = kmem_map_aligned(len, map_align);
   if (!base) {
     errno = ENOMEM;
     return NULL;
   }
-  char *block = base + off;
-  hak_region_t *r = region_of(block);
-  r->kind = REGION_HUGE;
-  r->map_base = base;
-  r->map_len = len;
-  r->huge_usable = len - off;
   hak_committed_add((int64_t)len);
-  atomic_fetch_add_explicit(&hak_gstats.huge_allocs, 1, memory_order_relaxed);
-  atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_HUGE,
-                        memory_order_release);
-  return block;
+  *zero = true;
+  return huge_setup(base, len, off);
 }
 
 void hak_huge_free(hak_region_t *r) {
+  char *base = r->map_base;
   size_t len = r->map_len;
+  bool cacheable = (char *)r == base; /* alignment beyond 2 MiB is not reused */
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
-  hak_committed_add(-(int64_t)len);
-  kmem_unmap(r->map_base, len);
+  if (!cacheable || !cache_put(base, len)) unmap(base, len);
+}
+
+/* Grows or shrinks a huge block where it lies; false if the address space
+ * after it is taken. */
+bool hak_huge_resize(hak_region_t *r, size_t size) {
+  size_t ps = kmem_os_page_size();
+  size_t off = r->map_len - r->huge_usable;
+  size_t len = (off + size + ps - 1) & ~(ps - 1);
+  if (len < r->map_len) return false; /* shrinking: keep the mapping as it is */
+  if (!kmem_resize_inplace(r->map_base, r->map_len, len)) return false;
+  hak_committed_add((int64_t)(len - r->map_len));
+  r->map_len = len;
+  r->huge_usable = len - off;
+  return true;
 }

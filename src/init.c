@@ -39,6 +39,7 @@ void hak_init(void) {
     return;
   }
   hak_options_read();
+  hak_options_banner();
   hak_classes_init();
   kmem_config_t cfg = {.thp = hak_opt.thp};
   kmem_init(&cfg);

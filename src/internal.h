@@ -205,6 +205,7 @@ typedef struct hak_options {
 
 extern hak_options_t hak_opt;
 void hak_options_read(void);
+void hak_options_banner(void);
 void hak_warn(const char *a, const char *b, const char *c); /* one stderr line */
 
 /* ---- process state ------------------------------------------------------- */
@@ -259,8 +260,10 @@ void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
 void hak_heap_drain_delayed(hak_heap_t *heap);
 void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align);
-void *hak_huge_alloc(size_t size, size_t align);
+void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
+bool hak_huge_resize(hak_region_t *r, size_t size);
+size_t hak_huge_trim(void); /* unmaps every cached huge mapping */
 size_t hak_usable_size(const void *p);
 void hak_invalid_free(const void *p);
 

@@ -78,3 +78,21 @@ void hak_options_read(void) {
     else hak_warn("unknown variable ", name, " ignored (see README for the HAKMEM_* list)");
   }
 }
+
+/* HAKMEM_VERBOSE=1: one line at start-up with the settings in force. */
+void hak_options_banner(void) {
+  if (!hak_opt.verbose) return;
+  static const char *stats_names[] = {"0", "text", "json"};
+  char mem[256];
+  hak_buf_t b = {mem, 0, sizeof mem};
+  buf_str(&b, "hakmem " HAKMEM_VERSION ": THP=");
+  buf_str(&b, hak_opt.thp ? "1" : "0");
+  buf_str(&b, " PURGE_DELAY_MS=");
+  buf_u64(&b, hak_opt.purge_delay_ms);
+  buf_str(&b, " STATS=");
+  buf_str(&b, stats_names[hak_opt.stats]);
+  buf_str(&b, " ABORT_ON_ERROR=");
+  buf_str(&b, hak_opt.abort_on_error ? "1" : "0");
+  buf_str(&b, "\n");
+  buf_write(2, &b);
+}

@@ -83,12 +83,16 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     if (!heap) return NULL;
   }
   if (size > SMALL_MAX) {
-    void *p = size > LARGE_MAX ? hak_huge_alloc(size, 0) : hak_large_alloc(heap, size, 0);
-    if (p && zero) {
-      hak_region_t *r = region_of(p);
-      /* fresh pages and new mappings are zero already */
-      if (r->kind == REGION_SMALL && !page_of(r, p)->fresh_zero) memset(p, 0, size);
+    /* fresh pages and new mappings are zero already */
+    bool fresh;
+    void *p;
+    if (size > LARGE_MAX) {
+      p = hak_huge_alloc(size, 0, &fresh);
+    } else {
+      p = hak_large_alloc(heap, size, 0);
+      fresh = p && page_of(region_of(p), p)->fresh_zero;
     }
+    if (p && zero && !fresh) memset(p, 0, size);
     return p;
   }
   heap->slow_calls++;
