@@ -16,6 +16,7 @@ import statistics
 # One line under each table heading; bench/NAME.c has the details.
 ABOUT = {
     "larson": "Server simulation: random free+malloc of 8-1000 B, arrays handed to new threads.",
+    "larson_mid": "The same with the seed's 2-32 KiB blocks.",
     "prodcons": "Producers allocate 2-32 KiB blocks, consumers free them. T = pairs (2T threads).",
     "churn_small": "Random replace of 8-512 B blocks in per-thread working sets.",
     "churn_mid": "Random replace of 2-32 KiB blocks in per-thread working sets.",

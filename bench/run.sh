@@ -21,7 +21,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-all_workloads=(larson prodcons churn_small churn_mid pingpong falseshare realloc_grow fragment)
+all_workloads=(larson larson_mid prodcons churn_small churn_mid pingpong falseshare realloc_grow fragment)
 workloads=("${all_workloads[@]}")
 [ -n "${BENCH_ONLY:-}" ] && IFS=, read -r -a workloads <<<"$BENCH_ONLY"
 IFS=, read -r -a allocs <<<"${BENCH_ALLOCS:-glibc,hakmem,mimalloc,jemalloc,tcmalloc}"
@@ -38,7 +38,10 @@ done
 
 # Builds only the bench binaries: the library may be another developer's work in progress.
 targets=("$bin/runone")
-for w in "${workloads[@]}"; do targets+=("$bin/$w"); done
+# A workload is a program run with its own arguments; larson_mid is larson
+# with the seed's 2-32 KiB blocks.
+program_of() { [ "$1" = larson_mid ] && echo larson || echo "$1"; }
+for w in "${workloads[@]}"; do targets+=("$bin/$(program_of "$w")"); done
 make -s --no-print-directory "${targets[@]}" || { echo "run.sh: build failed" >&2; exit 1; }
 
 mkdir -p "$out"
@@ -121,6 +124,7 @@ args_for() { # $1 = workload, $2 = threads
   local w=$1 t=$2 big=$full
   case $w in
     larson) [ "$big" = 1 ] && echo "$secs 8 1000 5000 20000 4141 $t" || echo "$secs 8 1000 1000 10000 4141 $t" ;;
+    larson_mid) [ "$big" = 1 ] && echo "$secs 2048 32768 5000 20000 4141 $t" || echo "$secs 2048 32768 1000 10000 4141 $t" ;;
     prodcons) echo "$secs $t 2048 32768 64" ;;
     churn_small) [ "$big" = 1 ] && echo "$secs $t 8 512 65536" || echo "$secs $t 8 512 4096" ;;
     churn_mid) [ "$big" = 1 ] && echo "$secs $t 2048 32768 4096" || echo "$secs $t 2048 32768 256" ;;
@@ -144,12 +148,14 @@ run_one() { # $1 workload $2 allocator index $3 threads $4 run
   rm -f "$tmp/stat"
   # shellcheck disable=SC2046 # word splitting of the pin and argument lists is wanted
   $(pin_cmd "$t") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
-    "$bin/$w" $(args_for "$w" "$t") >"$tmp/out" 2>"$tmp/err" </dev/null
+    "$bin/$(program_of "$w")" $(args_for "$w" "$t") >"$tmp/out" 2>"$tmp/err" </dev/null
   st=$(cat "$tmp/stat" 2>/dev/null)
   status=$(sed -n 's/.*status=\([a-z]*\).*/\1/p' <<<"$st")
   code=$(sed -n 's/.* code=\([0-9]*\).*/\1/p' <<<"$st")
-  ops=$(sed -n "s/^$w: \([0-9.]*\) ops\/s.*/\1/p" "$tmp/out" | head -n 1)
-  extra=$(sed -n "s/^$w: [0-9.]* ops\/s *//p" "$tmp/out" | head -n 1)
+  local prog
+  prog=$(program_of "$w")
+  ops=$(sed -n "s/^$prog: \([0-9.]*\) ops\/s.*/\1/p" "$tmp/out" | head -n 1)
+  extra=$(sed -n "s/^$prog: [0-9.]* ops\/s *//p" "$tmp/out" | head -n 1)
   detail=
   if [ -z "$status" ]; then
     status=error detail="runone failed: $(tail -n 1 "$tmp/err")"

@@ -1,4 +1,5 @@
 /* Address-space reservation, aligned mappings and purging. */
+#define _GNU_SOURCE /* mremap */
 #include "kmem.h"
 
 #include <pthread.h>
@@ -6,10 +7,14 @@
 #include <unistd.h>
 
 #define RESERVE_CHUNK ((size_t)64 << 20) /* 32 regions per reservation */
+/* A huge page makes a region's first touch commit 2 MiB: only worth it once
+ * the heap is past a few regions, so small programs keep a small footprint. */
+#define THP_AFTER_REGIONS 4
 
 static kmem_config_t config;
 static pthread_mutex_t reserve_lock = PTHREAD_MUTEX_INITIALIZER;
 static uintptr_t chunk_next, chunk_end; /* the rest of the current reservation */
+static size_t regions_carved;
 
 void kmem_init(const kmem_config_t *cfg) { config = *cfg; }
 
@@ -37,12 +42,15 @@ void *kmem_map_aligned(size_t len, size_t align) {
 
 void kmem_unmap(void *p, size_t len) { munmap(p, len); }
 
+bool kmem_resize_inplace(void *p, size_t old_len, size_t new_len) {
+  return mremap(p, old_len, new_len, 0) != MAP_FAILED;
+}
+
 void *kmem_reserve_sparse(size_t len) { return map_anon(len); }
 
 static bool reserve_chunk(size_t len) {
   char *p = kmem_map_aligned(len, KMEM_REGION_SIZE);
   if (!p) return false;
-  if (config.thp) madvise(p, len, MADV_HUGEPAGE);
   chunk_next = (uintptr_t)p;
   chunk_end = (uintptr_t)p + len;
   return true;
@@ -57,6 +65,7 @@ void *kmem_region_alloc(void) {
       reserve_chunk(KMEM_REGION_SIZE)) {
     r = (void *)chunk_next;
     chunk_next += KMEM_REGION_SIZE;
+    if (config.thp && ++regions_carved > THP_AFTER_REGIONS) madvise(r, KMEM_REGION_SIZE, MADV_HUGEPAGE);
   }
   pthread_mutex_unlock(&reserve_lock);
   return r;

@@ -29,7 +29,7 @@ void hak_classes_init(void) {
     hak_class_size[c] = (uint32_t)bs;
     /* at least 8 blocks per span keeps span churn low for mid sizes */
     unsigned k = 1;
-    while (k * PAGE_SIZE / bs < 8) k *= 2;
+    while (k * PAGE_SIZE / bs < 4) k *= 2;
     hak_class_pages[c] = (uint8_t)k;
   }
   for (size_t i = 0; i <= DIRECT_MAX / MIN_ALIGN; i++)
