@@ -24,6 +24,8 @@ void *kmem_region_alloc(void);
  * align (a power of two >= 4 KiB). NULL on failure. */
 void *kmem_map_aligned(size_t len, size_t align);
 void kmem_unmap(void *p, size_t len);
+/* Grows a mapping from old_len to new_len without moving it. */
+bool kmem_resize_inplace(void *p, size_t old_len, size_t new_len);
 
 /* Address space for metadata that is read sparsely (pages commit on touch). */
 void *kmem_reserve_sparse(size_t len);

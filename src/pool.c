@@ -68,23 +68,31 @@ static uint32_t run_starts(uint32_t mask, unsigned n) {
   return (uint32_t)m;
 }
 
-/* A run of npages free pages from the fullest region that has one (so the
- * emptiest regions drain and go back to the kernel whole). */
+#define SEARCH_MAX 64 /* regions looked at per pass: bounds the time under the lock */
+
+/* The fullest region with a run of npages free pages (so the emptiest
+ * regions drain and go back to the kernel whole); with dirty_only, a run of
+ * pages already touched, which costs no new memory. */
+static hak_region_t *find_run(hak_pool_t *pool, unsigned npages, uint32_t skip, bool dirty_only,
+                              uint32_t *starts) {
+  unsigned seen = 0;
+  for (unsigned nf = npages; nf <= PAGES_PER_REGION; nf++) {
+    for (hak_region_t *c = pool->buckets[nf]; c; c = c->next) {
+      uint32_t mask = c->free_mask & ~skip & (dirty_only ? c->dirty_mask : ~0u);
+      if ((*starts = run_starts(mask, npages)) != 0) return c;
+      if (++seen == SEARCH_MAX) return NULL;
+    }
+  }
+  return NULL;
+}
+
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero) {
   hak_pool_t *pool = pool_of(node);
   uint32_t skip = allow_page0 ? 0 : 1;
-  pthread_mutex_lock(&pool->lock);
-  hak_region_t *r = NULL;
   uint32_t starts = 0;
-  for (unsigned nf = npages; nf <= PAGES_PER_REGION && !r; nf++) {
-    for (hak_region_t *c = pool->buckets[nf]; c; c = c->next) {
-      starts = run_starts(c->free_mask & ~skip, npages);
-      if (starts) {
-        r = c;
-        break;
-      }
-    }
-  }
+  pthread_mutex_lock(&pool->lock);
+  hak_region_t *r = find_run(pool, npages, skip, true, &starts);
+  if (!r) r = find_run(pool, npages, skip, false, &starts);
   if (!r) {
     r = region_new(node);
     if (!r) {
@@ -265,3 +273,4 @@ void hak_pool_fork_prepare(void) {
 void hak_pool_fork_release(void) {
   for (int n = MAX_NODES - 1; n >= 0; n--) pthread_mutex_unlock(&pools[n].lock);
 }
+
