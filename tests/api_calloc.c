@@ -55,7 +55,28 @@ static void neighbour_sizes(size_t n) {
   }
 }
 
+/* Huge blocks dirtied, shrunk in place by realloc and freed, then calloc'd
+ * smaller, equal and larger: a cached mapping that is reused (or grown in
+ * place) must not come back with the old bytes. */
+static void huge_reuse(void) {
+  size_t sizes[] = {4 << 20, 5 << 20, 20 << 20, 24 << 20};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    char *p = malloc(opaque_size(20 << 20));
+    CHECK(p, "malloc(20 MiB) failed");
+    memset(p, 0xAB, 20 << 20);
+    char *q = realloc(p, 5 << 20);
+    CHECK(q, "realloc(20 MiB -> 5 MiB) failed");
+    free(q);
+    unsigned char *z = calloc(1, opaque_size(sizes[i]));
+    CHECK(z, "calloc(%zu) failed", sizes[i]);
+    check_zero(z, sizes[i], "calloc after a huge realloc", sizes[i]);
+    memset(z, 0xCD, sizes[i]);
+    free(z);
+  }
+}
+
 int main(void) {
+  huge_reuse();
   for (size_t n = 1; n <= 1024; n++)
     dirty_then_calloc(n, 8);
   for (size_t n = 1024; n <= 65536; n += n / 16) {

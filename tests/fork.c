@@ -77,13 +77,30 @@ static void *worker(void *arg) {
   return NULL;
 }
 
+/* Large and huge blocks in a tight loop without filling them: the
+ * allocator's locks (region pool, huge-mapping cache, address space) are
+ * then held often, so a fork that does not take one of them in its prepare
+ * hook leaves the child a lock nobody will release. */
+static void *tight_worker(void *arg) {
+  uint64_t s = (uint64_t)(uintptr_t)arg;
+  while (!atomic_load(&stop)) {
+    size_t n = 64 * 1024 + next(&s) % (3 << 20);
+    char *p = malloc(n);
+    CHECK(p, "malloc(%zu) failed", n);
+    p[0] = 1;
+    p[n - 1] = 2;
+    free(p);
+  }
+  return NULL;
+}
+
 static void *child_thread(void *arg) {
   churn((uint64_t)(uintptr_t)arg, 3000);
   return NULL;
 }
 
 static void child(int round) {
-  alarm(60); /* a deadlock shows as SIGALRM instead of a hung suite */
+  alarm(20); /* a deadlock shows as SIGALRM instead of a hung suite */
   /* Blocks the parent's workers allocated: their heaps do not exist here. */
   for (int k = 0; k < SHARED; k++) {
     drop(shared[k], shared_n[k]);
@@ -103,7 +120,8 @@ static void child(int round) {
 int main(void) {
   pthread_t w[WORKERS];
   for (int i = 0; i < WORKERS; i++)
-    CHECK(pthread_create(&w[i], NULL, worker, (void *)(uintptr_t)(i + 1)) == 0,
+    CHECK(pthread_create(&w[i], NULL, i == 0 ? tight_worker : worker, (void *)(uintptr_t)(i + 1)) ==
+              0,
           "pthread_create failed");
   for (int round = 0; round < FORKS; round++) {
     churn((uint64_t)round + 99, 2000); /* the workers run meanwhile */

@@ -118,6 +118,10 @@ run_bin thread_exit
 run_bin thread_done
 run_bin fork
 run_bin dlopen "$repo/build/libhakmem-dlopen.so"
+# Immediate purging: memory returned to the kernel and marked known-zero
+# while other blocks (and threads) reuse it.
+run_one api_calloc_purge0 env HAKMEM_PURGE_DELAY_MS=0 "$bin/api_calloc"
+run_one stress_mt_purge0 env HAKMEM_PURGE_DELAY_MS=0 "$bin/stress_mt" 8 20000
 
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
