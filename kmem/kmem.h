@@ -26,6 +26,9 @@ void *kmem_map_aligned(size_t len, size_t align);
 void kmem_unmap(void *p, size_t len);
 /* Grows a mapping from old_len to new_len without moving it. */
 bool kmem_resize_inplace(void *p, size_t old_len, size_t new_len);
+/* Moves a mapping's pages (no copy, no new faults) to a new align-aligned
+ * place of new_len bytes; returns it, or NULL with the old mapping intact. */
+void *kmem_move(void *p, size_t old_len, size_t new_len, size_t align);
 
 /* Address space for metadata that is read sparsely (pages commit on touch). */
 void *kmem_reserve_sparse(size_t len);

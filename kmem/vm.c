@@ -46,6 +46,16 @@ bool kmem_resize_inplace(void *p, size_t old_len, size_t new_len) {
   return mremap(p, old_len, new_len, 0) != MAP_FAILED;
 }
 
+void *kmem_move(void *p, size_t old_len, size_t new_len, size_t align) {
+  void *dst = kmem_map_aligned(new_len, align); /* reserves an aligned place */
+  if (!dst) return NULL;
+  if (mremap(p, old_len, new_len, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == MAP_FAILED) {
+    munmap(dst, new_len);
+    return NULL;
+  }
+  return dst;
+}
+
 void *kmem_reserve_sparse(size_t len) { return map_anon(len); }
 
 static bool reserve_chunk(size_t len) {

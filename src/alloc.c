@@ -64,7 +64,10 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
   /* stay in place while the block fits and is not mostly empty */
   if (size <= old && size >= old / 2) return p;
   hak_region_t *r = region_of(p);
-  if (size > old && region_kind(r) == REGION_HUGE && hak_huge_resize(r, size)) return p;
+  if (size > old && region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE) {
+    void *q = hak_huge_grow(r, size);
+    if (q) return q;
+  }
   void *q = hak_alloc_inline(size);
   if (!q) return NULL; /* errno set; the old block is untouched */
   memcpy(q, p, size < old ? size : old);

@@ -136,16 +136,33 @@ void hak_huge_free(hak_region_t *r) {
   if (!cacheable || !cache_put(base, len)) unmap(base, len);
 }
 
-/* Grows or shrinks a huge block where it lies; false if the address space
- * after it is taken. */
-bool hak_huge_resize(hak_region_t *r, size_t size) {
+/* Grows a huge block: where it lies if the address space after it is free,
+ * else by moving its pages to a larger mapping (the kernel moves page table
+ * entries: no copy, no new faults). Returns the block, or NULL if neither
+ * worked (the caller copies). */
+void *hak_huge_grow(hak_region_t *r, size_t size) {
   size_t ps = kmem_os_page_size();
   size_t off = r->map_len - r->huge_usable;
   size_t len = (off + size + ps - 1) & ~(ps - 1);
-  if (len < r->map_len) return false; /* shrinking: keep the mapping as it is */
-  if (!kmem_resize_inplace(r->map_base, r->map_len, len)) return false;
-  hak_committed_add((int64_t)(len - r->map_len));
+  if ((char *)r != (char *)r->map_base || off + size < size) return NULL;
+  size_t old_len = r->map_len;
+  if (!kmem_resize_inplace(r->map_base, old_len, len)) {
+    /* unmark before the move: once moved, another mapping may take the old
+     * place and mark it */
+    _Atomic(uint8_t) *mark = &hak_region_map[(uintptr_t)r >> REGION_SHIFT];
+    atomic_store_explicit(mark, 0, memory_order_relaxed);
+    hak_region_t *moved = kmem_move(r->map_base, old_len, len, REGION_SIZE);
+    if (!moved) {
+      atomic_store_explicit(mark, REGION_HUGE, memory_order_release);
+      return NULL;
+    }
+    r = moved;
+    r->map_base = moved;
+    atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_HUGE,
+                          memory_order_release);
+  }
+  hak_committed_add((int64_t)(len - old_len));
   r->map_len = len;
   r->huge_usable = len - off;
-  return true;
+  return (char *)r + off;
 }

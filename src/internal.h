@@ -262,7 +262,7 @@ void hak_heap_drain_delayed(hak_heap_t *heap);
 void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align);
 void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
-bool hak_huge_resize(hak_region_t *r, size_t size);
+void *hak_huge_grow(hak_region_t *r, size_t size);
 size_t hak_huge_trim(void); /* unmaps every cached huge mapping */
 size_t hak_usable_size(const void *p);
 void hak_invalid_free(const void *p);
