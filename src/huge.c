@@ -166,3 +166,6 @@ void *hak_huge_grow(hak_region_t *r, size_t size) {
   r->huge_usable = len - off;
   return (char *)r + off;
 }
+
+void hak_huge_fork_prepare(void) { pthread_mutex_lock(&cache_lock); }
+void hak_huge_fork_release(void) { pthread_mutex_unlock(&cache_lock); }

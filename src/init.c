@@ -14,6 +14,7 @@ static void thread_exit(void *arg) { hak_heap_abandon((hak_heap_t *)arg); }
 static void fork_prepare(void) {
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) return;
   hak_heaps_fork_prepare();
+  hak_huge_fork_prepare();
   hak_pool_fork_prepare();
   kmem_fork_prepare();
 }
@@ -22,6 +23,7 @@ static void fork_parent(void) {
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) return;
   kmem_fork_release();
   hak_pool_fork_release();
+  hak_huge_fork_release();
   hak_heaps_fork_release();
 }
 
@@ -29,6 +31,7 @@ static void fork_child(void) {
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) return;
   kmem_fork_release();
   hak_pool_fork_release();
+  hak_huge_fork_release();
   hak_heaps_fork_child(hak_tls_heap);
 }
 

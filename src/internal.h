@@ -264,6 +264,8 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);
 size_t hak_huge_trim(void); /* unmaps every cached huge mapping */
+void hak_huge_fork_prepare(void);
+void hak_huge_fork_release(void);
 size_t hak_usable_size(const void *p);
 void hak_invalid_free(const void *p);
 
