@@ -3,7 +3,7 @@
  * frees are cross-thread, and realloc/calloc/memalign along the way. Every
  * block carries its size and an address-derived pattern, checked before it
  * is freed. Two waves of threads: the second frees what the exited first
- * wave left in the slots.
+ * wave left in the slots; half the threads call hak_thread_done midway.
  *
  * Built three ways: plainly by the Makefile (malloc is hakmem's override),
  * and by tests/run.sh with -DSTRESS_HAK against the TSan and UBSan builds of
@@ -143,6 +143,9 @@ static void *worker(void *arg) {
   struct rng r = {(uint64_t)(uintptr_t)arg * 0x9E3779B97F4A7C15ull + 1};
   void *local[LOCAL] = {0};
   for (long op = 0; op < ops_per_thread; op++) {
+    /* Odd threads drop their heap halfway, with blocks still live, while
+     * the others keep freeing into it. */
+    if (op == ops_per_thread / 2 && ((uintptr_t)arg & 1)) hak_thread_done();
     uint64_t k = rnd(&r) % 100;
     if (k < 60) {
       publish(&r, new_block(random_size(&r)));
@@ -189,7 +192,11 @@ int main(int argc, char **argv) {
   uint64_t remote = after.remote_frees + after.remote_frees_cross_node - before.remote_frees -
                     before.remote_frees_cross_node;
   CHECK(remote > 0, "cross-thread frees happened but remote_frees did not move");
-  printf("%d threads x %ld ops x 2 waves: %llu remote frees\n", nthreads, ops_per_thread,
-         (unsigned long long)remote);
+  printf("%d threads x %ld ops x 2 waves: %llu remote frees, %llu collected, "
+         "%llu pages abandoned, %llu adopted\n",
+         nthreads, ops_per_thread, (unsigned long long)remote,
+         (unsigned long long)(after.remote_blocks_collected - before.remote_blocks_collected),
+         (unsigned long long)(after.pages_abandoned - before.pages_abandoned),
+         (unsigned long long)(after.pages_adopted - before.pages_adopted));
   return 0;
 }
