@@ -10,7 +10,6 @@
  * the allocator, which have no malloc override, so the hak_ names are used.
  * Usage: stress_mt [threads [ops-per-thread]] */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
