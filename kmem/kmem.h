@@ -10,15 +10,31 @@
 #define KMEM_REGION_SHIFT 21
 #define KMEM_REGION_SIZE ((size_t)1 << KMEM_REGION_SHIFT)
 
+enum kmem_purge_engine { KMEM_PURGE_URING, KMEM_PURGE_VECTOR, KMEM_PURGE_SYNC };
+
 typedef struct kmem_config {
-  bool thp; /* advise MADV_HUGEPAGE on regions */
+  bool thp;           /* advise MADV_HUGEPAGE on regions */
+  bool hugetlb;       /* regions from hugetlbfs pages, THP when the pool is empty */
+  bool uffd;          /* regions registered with userfaultfd */
+  int purge_engine;   /* enum kmem_purge_engine: the first one tried */
+  bool purge_engine_asked; /* set by the user: a fallback is reported */
+  bool verbose;       /* report every fallback */
 } kmem_config_t;
 
 void kmem_init(const kmem_config_t *cfg);
 
-/* One 2 MiB-aligned region of 2 MiB, carved from a larger reservation.
- * Its memory reads as zero. NULL when address space or memory runs out. */
-void *kmem_region_alloc(void);
+/* Counters kept by kmem. */
+typedef struct kmem_stats {
+  uint64_t purges, purged_bytes, purges_uring, purges_vector;
+  uint64_t uffd_faults;
+  uint64_t hugetlb_bytes; /* regions backed by hugetlbfs pages now */
+} kmem_stats_t;
+void kmem_stats_get(kmem_stats_t *out);
+
+/* One 2 MiB-aligned region of 2 MiB, carved from a larger reservation (or
+ * one hugetlbfs page: *hugetlb, never purged in parts). Its memory reads as
+ * zero. NULL when address space or memory runs out. */
+void *kmem_region_alloc(bool *hugetlb);
 
 /* Zero-filled, never-touched mapping of len bytes whose start is aligned to
  * align (a power of two >= 4 KiB). NULL on failure. */
@@ -30,12 +46,37 @@ bool kmem_resize_inplace(void *p, size_t old_len, size_t new_len);
  * place of new_len bytes; returns it, or NULL with the old mapping intact. */
 void *kmem_move(void *p, size_t old_len, size_t new_len, size_t align);
 
-/* Address space for metadata that is read sparsely (pages commit on touch). */
-void *kmem_reserve_sparse(size_t len);
+/* ---- purge (kmem/purge.c) ----
+ * Memory given back with MADV_DONTNEED reads as zero afterwards. Purges are
+ * queued, then sent in batches by the engine in use: io_uring
+ * (IORING_OP_MADVISE, asynchronous), process_madvise on the own process (up
+ * to 128 ranges a call), or one madvise per range. A queued range must not be
+ * touched until done(cookie, ok) has been called for it; done is called with
+ * no kmem lock held, from kmem_purge_reap. */
+typedef void (*kmem_purge_done_fn)(void *cookie, bool ok);
+/* false when the queue is full: reap, then submit again */
+bool kmem_purge_submit(void *p, size_t len, void *cookie);
+/* Sends what is queued and calls done for every purge finished by now;
+ * with wait, blocks until every submitted purge has finished. Returns the
+ * number of purges it completed. */
+size_t kmem_purge_reap(kmem_purge_done_fn done, bool wait);
+/* Purges at once on the calling thread (madvise). */
+bool kmem_purge_now(void *p, size_t len);
+int kmem_purge_engine(void); /* the engine in use after fallbacks */
 
-/* Gives the physical memory of [p, p+len) back; it reads as zero afterwards.
- * Returns false if the kernel refused. */
-bool kmem_purge(void *p, size_t len);
+/* ---- faults ---- */
+/* Populates [p, p+len) writable now (MADV_POPULATE_WRITE), so first touches
+ * take no fault; false if the kernel cannot. */
+bool kmem_populate(void *p, size_t len);
+
+/* ---- userfaultfd (kmem/uffd.c) ---- */
+/* Starts the handler thread; false (after the fallback message) if the
+ * kernel refuses, and regions then use plain demand paging. */
+bool kmem_uffd_start(void);
+/* Registers a region in missing mode: each fault is served by populating the
+ * whole 64 KiB page around it. No-op unless started. */
+void kmem_uffd_register(void *p, size_t len);
+void kmem_uffd_fork_child(void); /* the child has no handler: demand paging */
 
 /* Small, permanent, zeroed metadata (heap structs). Never freed. */
 void *kmem_meta_alloc(size_t size);
@@ -45,5 +86,9 @@ size_t kmem_os_page_size(void);
 /* fork: take every kmem lock before, release both in parent and child. */
 void kmem_fork_prepare(void);
 void kmem_fork_release(void);
+
+/* Bytes of [regions] backed by transparent huge pages now (AnonHugePages of
+ * /proc/self/smaps, read without allocating); is_ours tells which mappings. */
+uint64_t kmem_thp_bytes(bool (*is_ours)(uintptr_t start, uintptr_t end));
 
 #endif

@@ -1,6 +1,8 @@
 /* Address-space reservation, aligned mappings and purging. */
 #define _GNU_SOURCE /* mremap */
-#include "kmem.h"
+#include "kmem_priv.h"
+
+#include <string.h>
 
 #include <pthread.h>
 #include <sys/mman.h>
@@ -11,12 +13,39 @@
  * the heap is past a few regions, so small programs keep a small footprint. */
 #define THP_AFTER_REGIONS 4
 
-static kmem_config_t config;
+kmem_config_t kmem_cfg;
+kmem_counters_t kmem_counters;
 static pthread_mutex_t reserve_lock = PTHREAD_MUTEX_INITIALIZER;
 static uintptr_t chunk_next, chunk_end; /* the rest of the current reservation */
 static size_t regions_carved;
 
-void kmem_init(const kmem_config_t *cfg) { config = *cfg; }
+void kmem_init(const kmem_config_t *cfg) { kmem_cfg = *cfg; }
+
+void kmem_stats_get(kmem_stats_t *out) {
+  kmem_counters_t *c = &kmem_counters;
+  *out = (kmem_stats_t){
+      .purges = atomic_load_explicit(&c->purges, memory_order_relaxed),
+      .purged_bytes = atomic_load_explicit(&c->purged_bytes, memory_order_relaxed),
+      .purges_uring = atomic_load_explicit(&c->purges_uring, memory_order_relaxed),
+      .purges_vector = atomic_load_explicit(&c->purges_vector, memory_order_relaxed),
+      .uffd_faults = atomic_load_explicit(&c->uffd_faults, memory_order_relaxed),
+      .hugetlb_bytes = atomic_load_explicit(&c->hugetlb_bytes, memory_order_relaxed),
+  };
+}
+
+void kmem_say(const char *a, const char *b, const char *c) {
+  char line[512];
+  size_t n = 0;
+  const char *parts[] = {"hakmem: ", a, b, c, "\n"};
+  for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
+    for (const char *s = parts[i]; *s && n < sizeof line; s++) line[n++] = *s;
+  if (write(2, line, n) < 0) {
+  }
+}
+
+void kmem_fallback(bool asked, const char *feature, const char *why) {
+  if (asked || kmem_cfg.verbose) kmem_say(feature, " unavailable: ", why);
+}
 
 size_t kmem_os_page_size(void) { return 4096; }
 
@@ -56,8 +85,6 @@ void *kmem_move(void *p, size_t old_len, size_t new_len, size_t align) {
   return dst;
 }
 
-void *kmem_reserve_sparse(size_t len) { return map_anon(len); }
-
 static bool reserve_chunk(size_t len) {
   char *p = kmem_map_aligned(len, KMEM_REGION_SIZE);
   if (!p) return false;
@@ -66,22 +93,47 @@ static bool reserve_chunk(size_t len) {
   return true;
 }
 
-void *kmem_region_alloc(void) {
-  pthread_mutex_lock(&reserve_lock);
-  void *r = NULL;
-  /* Large chunks keep VMAs few; when address space is short (ulimit -v),
-   * fall back to a single region. */
-  if (chunk_next < chunk_end || reserve_chunk(RESERVE_CHUNK) ||
-      reserve_chunk(KMEM_REGION_SIZE)) {
-    r = (void *)chunk_next;
-    chunk_next += KMEM_REGION_SIZE;
-    if (config.thp && ++regions_carved > THP_AFTER_REGIONS) madvise(r, KMEM_REGION_SIZE, MADV_HUGEPAGE);
+/* A region of hugetlbfs pages. Without MAP_NORESERVE the kernel reserves
+ * the huge page at map time, so a later fault cannot SIGBUS; an empty pool
+ * fails here instead, and the caller falls back to ordinary pages. */
+static void *hugetlb_region(void) {
+  static _Atomic bool warned;
+  void *p = mmap(NULL, KMEM_REGION_SIZE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | (21 << MAP_HUGE_SHIFT), -1, 0);
+  if (p == MAP_FAILED) {
+    if (!atomic_exchange(&warned, true))
+      kmem_say("HAKMEM_HUGETLB=1: no free 2 MiB hugetlbfs page (vm.nr_hugepages);",
+               " using transparent huge pages instead", "");
+    return NULL;
   }
-  pthread_mutex_unlock(&reserve_lock);
+  if ((uintptr_t)p & (KMEM_REGION_SIZE - 1)) { /* cannot happen for 2 MiB pages */
+    munmap(p, KMEM_REGION_SIZE);
+    return NULL;
+  }
+  kmem_count(&kmem_counters.hugetlb_bytes, KMEM_REGION_SIZE);
+  return p;
+}
+
+void *kmem_region_alloc(bool *hugetlb) {
+  void *r = kmem_cfg.hugetlb ? hugetlb_region() : NULL;
+  *hugetlb = r != NULL;
+  if (!r) {
+    pthread_mutex_lock(&reserve_lock);
+    /* Large chunks keep VMAs few; when address space is short (ulimit -v),
+     * fall back to a single region. */
+    if (chunk_next < chunk_end || reserve_chunk(RESERVE_CHUNK) ||
+        reserve_chunk(KMEM_REGION_SIZE)) {
+      r = (void *)chunk_next;
+      chunk_next += KMEM_REGION_SIZE;
+      if ((kmem_cfg.thp || kmem_cfg.hugetlb) && ++regions_carved > THP_AFTER_REGIONS)
+        madvise(r, KMEM_REGION_SIZE, MADV_HUGEPAGE);
+    }
+    pthread_mutex_unlock(&reserve_lock);
+  }
   return r;
 }
 
-bool kmem_purge(void *p, size_t len) { return madvise(p, len, MADV_DONTNEED) == 0; }
+bool kmem_populate(void *p, size_t len) { return madvise(p, len, MADV_POPULATE_WRITE) == 0; }
 
 static pthread_mutex_t meta_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -109,9 +161,11 @@ void *kmem_meta_alloc(size_t size) {
 void kmem_fork_prepare(void) {
   pthread_mutex_lock(&meta_lock);
   pthread_mutex_lock(&reserve_lock);
+  kmem_purge_fork_prepare();
 }
 
 void kmem_fork_release(void) {
+  kmem_purge_fork_release();
   pthread_mutex_unlock(&reserve_lock);
   pthread_mutex_unlock(&meta_lock);
 }

@@ -82,6 +82,12 @@ static bool cache_put(char *base, size_t len) {
   return kept;
 }
 
+void hak_huge_expire(void) {
+  pthread_mutex_lock(&cache_lock);
+  cache_expire(hak_now_ms(), false);
+  pthread_mutex_unlock(&cache_lock);
+}
+
 size_t hak_huge_trim(void) {
   pthread_mutex_lock(&cache_lock);
   size_t released = cache_expire(0, true);
@@ -133,7 +139,8 @@ void hak_huge_free(hak_region_t *r) {
   size_t len = r->map_len;
   bool cacheable = (char *)r == base; /* alignment beyond 2 MiB is not reused */
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
-  if (!cacheable || !cache_put(base, len)) unmap(base, len);
+  if (cacheable && cache_put(base, len)) hak_background_start();
+  else unmap(base, len);
 }
 
 /* Grows a huge block: where it lies if the address space after it is free,

@@ -32,6 +32,7 @@ static void fork_child(void) {
   kmem_fork_release();
   hak_pool_fork_release();
   hak_huge_fork_release();
+  hak_background_fork_child();
   hak_heaps_fork_child(hak_tls_heap);
 }
 
@@ -44,7 +45,14 @@ void hak_init(void) {
   hak_options_read();
   hak_options_banner();
   hak_classes_init();
-  kmem_config_t cfg = {.thp = hak_opt.thp};
+  kmem_config_t cfg = {
+      .thp = hak_opt.thp,
+      .hugetlb = hak_opt.hugetlb,
+      .uffd = hak_opt.uffd,
+      .purge_engine = hak_opt.purge_engine,
+      .purge_engine_asked = hak_opt.purge_engine_asked,
+      .verbose = hak_opt.verbose,
+  };
   kmem_init(&cfg);
   pthread_key_create(&hak_thread_key, thread_exit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);

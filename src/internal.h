@@ -81,7 +81,11 @@ typedef struct hak_region {
   uint16_t nfree;
   uint16_t node;
   uint8_t kind;
+  uint8_t bucket;         /* pool bucket it is listed in (pool lock) */
+  bool hugetlb;           /* hugetlbfs pages: never purged in parts */
+  uint32_t purging_mask;  /* pages out for purging (pool lock) */
   uint64_t empty_since_ms;
+  uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
   struct hak_region *next, *prev; /* pool bucket */
   /* huge mappings only */
   void *map_base;
@@ -192,15 +196,22 @@ static inline unsigned class_of(size_t size) {
 
 /* ---- options ------------------------------------------------------------- */
 
-enum { STATS_OFF, STATS_TEXT, STATS_JSON };
+enum { STATS_OFF, STATS_TEXT, STATS_JSON, STATS_TEXT_ALIAS };
+enum { PURGE_REGION, PURGE_PAGE, PURGE_OFF };
+enum { PREFAULT_OFF, PREFAULT_PAGE, PREFAULT_AHEAD };
 
 typedef struct hak_options {
   int stats;
   char stats_file[256];
-  bool thp;
+  bool thp, hugetlb, uffd;
+  int purge;        /* PURGE_*: what goes back to the kernel */
+  uint64_t purge_delay_ms;
+  int purge_engine; /* enum kmem_purge_engine */
+  bool purge_engine_asked;
+  bool background;  /* a purger thread returns memory of idle processes */
+  int prefault;     /* PREFAULT_* */
   bool abort_on_error;
   bool verbose;
-  uint64_t purge_delay_ms;
 } hak_options_t;
 
 extern hak_options_t hak_opt;
@@ -223,7 +234,7 @@ void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
 
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
-      remote_frees, purges, purged_bytes, huge_allocs, heaps_created, pages_abandoned,
+      remote_frees, huge_allocs, heaps_created, pages_abandoned,
       pages_adopted, remote_blocks_collected;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
@@ -237,7 +248,16 @@ void hak_span_free(hak_page_t *span);
 void hak_abandoned_push(int node, hak_page_t *pages); /* a list linked by next */
 hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap);
 bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
-size_t hak_pool_trim(void); /* reclaims empty abandoned pages, purges empty regions */
+size_t hak_pool_trim(void); /* reclaims empty abandoned pages, purges every free page */
+size_t hak_pool_purge(bool force, bool wait);
+void hak_pool_purge_maybe(void);
+void hak_pool_populate_after(hak_page_t *span);
+
+/* ---- background thread --------------------------------------------------- */
+
+void hak_background_start(void);
+void hak_background_ahead(hak_page_t *span);
+void hak_background_fork_child(void);
 void hak_pool_fork_prepare(void);
 void hak_pool_fork_release(void);
 
@@ -264,6 +284,7 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);
 size_t hak_huge_trim(void); /* unmaps every cached huge mapping */
+void hak_huge_expire(void); /* unmaps cached mappings past the purge delay */
 void hak_huge_fork_prepare(void);
 void hak_huge_fork_release(void);
 size_t hak_usable_size(const void *p);

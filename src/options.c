@@ -1,5 +1,5 @@
 /* HAKMEM_* environment variables, read once from environ (no getenv: it may
- * run before libc is ready for it) and validated. */
+ * run before libc is ready for it) and validated against one table. */
 #include "format.h"
 #include "internal.h"
 
@@ -7,7 +7,14 @@
 
 extern char **environ;
 
-hak_options_t hak_opt = {.thp = true, .purge_delay_ms = 100};
+hak_options_t hak_opt = {
+    .thp = true,
+    .purge_delay_ms = 100,
+    .purge = PURGE_REGION,
+    .purge_engine = KMEM_PURGE_SYNC,
+    .background = true,
+    .prefault = PREFAULT_OFF,
+};
 
 void hak_warn(const char *a, const char *b, const char *c) {
   char mem[512];
@@ -20,6 +27,32 @@ void hak_warn(const char *a, const char *b, const char *c) {
   buf_write(2, &buf);
 }
 
+enum { OPT_BOOL, OPT_CHOICE, OPT_MS, OPT_PATH };
+
+typedef struct option {
+  const char *name;
+  int type;
+  void *value;               /* bool, int (choice), uint64_t (ms) or char[256] */
+  const char *choices[4];    /* OPT_CHOICE: accepted words, value = index */
+  bool *asked;               /* set when the user gave a valid value */
+} option_t;
+
+static const option_t options[] = {
+    {"HAKMEM_STATS", OPT_CHOICE, &hak_opt.stats, {"0", "1", "json", "text"}, NULL},
+    {"HAKMEM_STATS_FILE", OPT_PATH, hak_opt.stats_file, {0}, NULL},
+    {"HAKMEM_THP", OPT_BOOL, &hak_opt.thp, {0}, NULL},
+    {"HAKMEM_HUGETLB", OPT_BOOL, &hak_opt.hugetlb, {0}, NULL},
+    {"HAKMEM_PURGE", OPT_CHOICE, &hak_opt.purge, {"region", "page", "off"}, NULL},
+    {"HAKMEM_PURGE_DELAY_MS", OPT_MS, &hak_opt.purge_delay_ms, {0}, NULL},
+    {"HAKMEM_PURGE_ENGINE", OPT_CHOICE, &hak_opt.purge_engine, {"uring", "vector", "sync"},
+     &hak_opt.purge_engine_asked},
+    {"HAKMEM_BACKGROUND", OPT_BOOL, &hak_opt.background, {0}, NULL},
+    {"HAKMEM_PREFAULT", OPT_CHOICE, &hak_opt.prefault, {"off", "page", "ahead"}, NULL},
+    {"HAKMEM_UFFD", OPT_BOOL, &hak_opt.uffd, {0}, NULL},
+    {"HAKMEM_ABORT_ON_ERROR", OPT_BOOL, &hak_opt.abort_on_error, {0}, NULL},
+    {"HAKMEM_VERBOSE", OPT_BOOL, &hak_opt.verbose, {0}, NULL},
+};
+
 static void bad_value(const char *name, const char *value, const char *accepted) {
   char mem[256];
   hak_buf_t msg = {mem, 0, sizeof mem};
@@ -31,30 +64,48 @@ static void bad_value(const char *name, const char *value, const char *accepted)
   hak_warn(name, mem, "");
 }
 
-static void parse_bool(const char *name, const char *v, bool *out) {
-  if (!strcmp(v, "0")) *out = false;
-  else if (!strcmp(v, "1")) *out = true;
-  else bad_value(name, v, "0 or 1");
-}
-
-static void parse_ms(const char *name, const char *v, uint64_t *out) {
-  uint64_t x = 0;
-  const char *s = v;
-  for (; *s >= '0' && *s <= '9' && x < 100000000; s++) x = x * 10 + (uint64_t)(*s - '0');
-  if (s == v || *s) bad_value(name, v, "milliseconds, 0 to 100000000");
-  else *out = x;
-}
-
-static void parse_stats(const char *name, const char *v) {
-  if (!strcmp(v, "0")) hak_opt.stats = STATS_OFF;
-  else if (!strcmp(v, "1") || !strcmp(v, "text")) hak_opt.stats = STATS_TEXT;
-  else if (!strcmp(v, "json")) hak_opt.stats = STATS_JSON;
-  else bad_value(name, v, "0, 1, text or json");
-}
-
-static void parse_path(const char *name, const char *v) {
-  if (strlen(v) >= sizeof hak_opt.stats_file) bad_value(name, v, "a path shorter than 256 bytes");
-  else strcpy(hak_opt.stats_file, v);
+static bool parse(const option_t *o, const char *v) {
+  switch (o->type) {
+  case OPT_BOOL:
+    if (strcmp(v, "0") && strcmp(v, "1")) {
+      bad_value(o->name, v, "0 or 1");
+      return false;
+    }
+    *(bool *)o->value = v[0] == '1';
+    return true;
+  case OPT_CHOICE: {
+    char accepted[64];
+    hak_buf_t list = {accepted, 0, sizeof accepted};
+    for (int i = 0; i < 4 && o->choices[i]; i++) {
+      if (!strcmp(v, o->choices[i])) {
+        *(int *)o->value = i;
+        return true;
+      }
+      buf_str(&list, i ? ", " : "");
+      buf_str(&list, o->choices[i]);
+    }
+    bad_value(o->name, v, accepted);
+    return false;
+  }
+  case OPT_MS: {
+    uint64_t x = 0;
+    const char *s = v;
+    for (; *s >= '0' && *s <= '9' && x < 100000000; s++) x = x * 10 + (uint64_t)(*s - '0');
+    if (s == v || *s) {
+      bad_value(o->name, v, "milliseconds, 0 to 100000000");
+      return false;
+    }
+    *(uint64_t *)o->value = x;
+    return true;
+  }
+  default:
+    if (strlen(v) >= sizeof hak_opt.stats_file) {
+      bad_value(o->name, v, "a path shorter than 256 bytes");
+      return false;
+    }
+    strcpy(o->value, v);
+    return true;
+  }
 }
 
 void hak_options_read(void) {
@@ -63,36 +114,41 @@ void hak_options_read(void) {
     if (strncmp(*e, "HAKMEM_", 7)) continue;
     const char *eq = strchr(*e, '=');
     if (!eq) continue;
-    char name[64];
     size_t n = (size_t)(eq - *e);
-    if (n >= sizeof name) n = sizeof name - 1;
-    memcpy(name, *e, n);
-    name[n] = 0;
-    const char *v = eq + 1;
-    if (!strcmp(name, "HAKMEM_STATS")) parse_stats(name, v);
-    else if (!strcmp(name, "HAKMEM_STATS_FILE")) parse_path(name, v);
-    else if (!strcmp(name, "HAKMEM_THP")) parse_bool(name, v, &hak_opt.thp);
-    else if (!strcmp(name, "HAKMEM_ABORT_ON_ERROR")) parse_bool(name, v, &hak_opt.abort_on_error);
-    else if (!strcmp(name, "HAKMEM_PURGE_DELAY_MS")) parse_ms(name, v, &hak_opt.purge_delay_ms);
-    else if (!strcmp(name, "HAKMEM_VERBOSE")) parse_bool(name, v, &hak_opt.verbose);
-    else hak_warn("unknown variable ", name, " ignored (see README for the HAKMEM_* list)");
+    const option_t *o = NULL;
+    for (size_t i = 0; i < sizeof options / sizeof *options && !o; i++)
+      if (strlen(options[i].name) == n && !strncmp(options[i].name, *e, n)) o = &options[i];
+    if (!o) {
+      char name[64];
+      if (n >= sizeof name) n = sizeof name - 1;
+      memcpy(name, *e, n);
+      name[n] = 0;
+      hak_warn("unknown variable ", name, " ignored (see README for the HAKMEM_* list)");
+      continue;
+    }
+    if (parse(o, eq + 1) && o->asked) *o->asked = true;
   }
+  if (hak_opt.stats == STATS_TEXT_ALIAS) hak_opt.stats = STATS_TEXT;
 }
 
 /* HAKMEM_VERBOSE=1: one line at start-up with the settings in force. */
 void hak_options_banner(void) {
   if (!hak_opt.verbose) return;
-  static const char *stats_names[] = {"0", "text", "json"};
-  char mem[256];
+  char mem[512];
   hak_buf_t b = {mem, 0, sizeof mem};
-  buf_str(&b, "hakmem " HAKMEM_VERSION ": THP=");
-  buf_str(&b, hak_opt.thp ? "1" : "0");
-  buf_str(&b, " PURGE_DELAY_MS=");
-  buf_u64(&b, hak_opt.purge_delay_ms);
-  buf_str(&b, " STATS=");
-  buf_str(&b, stats_names[hak_opt.stats]);
-  buf_str(&b, " ABORT_ON_ERROR=");
-  buf_str(&b, hak_opt.abort_on_error ? "1" : "0");
+  buf_str(&b, "hakmem " HAKMEM_VERSION ":");
+  for (size_t i = 0; i < sizeof options / sizeof *options; i++) {
+    const option_t *o = &options[i];
+    buf_str(&b, " ");
+    buf_str(&b, o->name + 7);
+    buf_str(&b, "=");
+    switch (o->type) {
+    case OPT_BOOL: buf_str(&b, *(bool *)o->value ? "1" : "0"); break;
+    case OPT_CHOICE: buf_str(&b, o->choices[*(int *)o->value]); break;
+    case OPT_MS: buf_u64(&b, *(uint64_t *)o->value); break;
+    default: buf_str(&b, *(char *)o->value ? (char *)o->value : "-");
+    }
+  }
   buf_str(&b, "\n");
   buf_write(2, &b);
 }

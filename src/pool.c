@@ -10,8 +10,10 @@
 
 typedef struct hak_pool {
   pthread_mutex_t lock;
-  hak_region_t *buckets[PAGES_PER_REGION + 1]; /* by number of free pages */
-  uint64_t last_purge_scan_ms;
+  /* regions by the longest span they can take: a region found in bucket k
+   * fits every request of up to k pages, so finding one costs no scan */
+  hak_region_t *buckets[PAGES_PER_REGION + 1];
+  _Atomic uint64_t last_purge_scan_ms; /* read without the lock */
   hak_page_t *abandoned[NUM_CLASSES];
   _Atomic uint32_t nabandoned[NUM_CLASSES]; /* read without the lock */
 } hak_pool_t;
@@ -22,18 +24,31 @@ static hak_pool_t *pool_of(int node) {
   return &pools[node >= 0 && node < MAX_NODES ? node : 0];
 }
 
+/* Longest run of free pages; page 0 (after the header) takes only 1-page
+ * spans. */
+static unsigned region_fit(const hak_region_t *r) {
+  uint32_t m = r->free_mask & ~1u;
+  unsigned len = 0;
+  while (m) {
+    m &= m >> 1;
+    len++;
+  }
+  return len ? len : r->free_mask & 1;
+}
+
 static void bucket_remove(hak_pool_t *pool, hak_region_t *r) {
   if (r->prev) r->prev->next = r->next;
-  else pool->buckets[r->nfree] = r->next;
+  else pool->buckets[r->bucket] = r->next;
   if (r->next) r->next->prev = r->prev;
   r->next = r->prev = NULL;
 }
 
 static void bucket_insert(hak_pool_t *pool, hak_region_t *r) {
+  r->bucket = (uint8_t)region_fit(r);
   r->prev = NULL;
-  r->next = pool->buckets[r->nfree];
+  r->next = pool->buckets[r->bucket];
   if (r->next) r->next->prev = r;
-  pool->buckets[r->nfree] = r;
+  pool->buckets[r->bucket] = r;
 }
 
 void hak_committed_add(int64_t delta) {
@@ -47,8 +62,10 @@ void hak_committed_add(int64_t delta) {
 }
 
 static hak_region_t *region_new(int node) {
-  hak_region_t *r = kmem_region_alloc();
+  bool hugetlb;
+  hak_region_t *r = kmem_region_alloc(&hugetlb);
   if (!r) return NULL;
+  r->hugetlb = hugetlb;
   r->free_mask = 0xFFFFFFFFu;
   r->dirty_mask = 0;
   r->nfree = PAGES_PER_REGION;
@@ -68,21 +85,20 @@ static uint32_t run_starts(uint32_t mask, unsigned n) {
   return (uint32_t)m;
 }
 
-#define SEARCH_MAX 64 /* regions looked at per pass: bounds the time under the lock */
+#define DIRTY_SEARCH 8 /* regions looked at for a run of touched pages */
 
-/* The fullest region with a run of npages free pages (so the emptiest
- * regions drain and go back to the kernel whole); with dirty_only, a run of
- * pages already touched, which costs no new memory. */
-static hak_region_t *find_run(hak_pool_t *pool, unsigned npages, uint32_t skip, bool dirty_only,
-                              uint32_t *starts) {
+/* A region with a run of npages free pages: preferably pages already touched
+ * (they cost no new memory), else the region with the shortest run that
+ * fits, which keeps long runs (and empty regions) for later. */
+static hak_region_t *find_run(hak_pool_t *pool, unsigned npages, uint32_t skip, uint32_t *starts) {
   unsigned seen = 0;
-  for (unsigned nf = npages; nf <= PAGES_PER_REGION; nf++) {
-    for (hak_region_t *c = pool->buckets[nf]; c; c = c->next) {
-      uint32_t mask = c->free_mask & ~skip & (dirty_only ? c->dirty_mask : ~0u);
-      if ((*starts = run_starts(mask, npages)) != 0) return c;
-      if (++seen == SEARCH_MAX) return NULL;
-    }
+  for (unsigned k = npages; k <= PAGES_PER_REGION && seen < DIRTY_SEARCH; k++) {
+    for (hak_region_t *c = pool->buckets[k]; c && seen < DIRTY_SEARCH; c = c->next, seen++)
+      if ((*starts = run_starts(c->free_mask & c->dirty_mask & ~skip, npages)) != 0) return c;
   }
+  for (unsigned k = npages; k <= PAGES_PER_REGION; k++)
+    for (hak_region_t *c = pool->buckets[k]; c; c = c->next)
+      if ((*starts = run_starts(c->free_mask & ~skip, npages)) != 0) return c;
   return NULL;
 }
 
@@ -91,8 +107,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   uint32_t skip = allow_page0 ? 0 : 1;
   uint32_t starts = 0;
   pthread_mutex_lock(&pool->lock);
-  hak_region_t *r = find_run(pool, npages, skip, true, &starts);
-  if (!r) r = find_run(pool, npages, skip, false, &starts);
+  hak_region_t *r = find_run(pool, npages, skip, &starts);
   if (!r) {
     r = region_new(node);
     if (!r) {
@@ -124,32 +139,155 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   return head;
 }
 
-static void region_purge(hak_region_t *r) {
-  if (!r->dirty_mask) return;
-  size_t bytes = (size_t)__builtin_popcount(r->dirty_mask) * PAGE_SIZE;
-  /* the header stays: it links the region into its bucket */
-  if (kmem_purge((char *)r + REGION_HEADER_SIZE, REGION_SIZE - REGION_HEADER_SIZE)) {
-    r->dirty_mask = 0;
-    hak_committed_add(-(int64_t)bytes);
-    atomic_fetch_add_explicit(&hak_gstats.purges, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&hak_gstats.purged_bytes, bytes, memory_order_relaxed);
-  }
+/* ---- purging: free pages back to the kernel --------------------------------
+ * Pages chosen for purging leave free_mask (nobody allocates them) for
+ * purging_mask until kmem reports the purge done; the pool lock is not held
+ * across the system calls. */
+
+#define PURGE_BATCH 64
+
+typedef struct purge_run {
+  hak_region_t *r;
+  unsigned first, count;
+} purge_run_t;
+
+static uint32_t run_mask(unsigned first, unsigned count) {
+  return (count == 32 ? 0xFFFFFFFFu : ((1u << count) - 1)) << first;
 }
 
-/* Empty regions are purged once empty for HAKMEM_PURGE_DELAY_MS: memory
- * freed and soon wanted again is not faulted in twice. */
-static void purge_expired(hak_pool_t *pool, uint64_t now) {
+/* Pages of r free and touched, and old enough to purge. */
+static uint32_t purgeable(const hak_region_t *r, uint64_t now, bool force) {
+  uint32_t cand = r->free_mask & r->dirty_mask;
+  if (!cand || r->hugetlb) return 0; /* hugetlbfs pages go back only whole */
+  if (force) return cand;
   uint64_t delay = hak_opt.purge_delay_ms;
-  if (now - pool->last_purge_scan_ms < delay / 2 + 1) return;
-  pool->last_purge_scan_ms = now;
-  for (hak_region_t *r = pool->buckets[PAGES_PER_REGION]; r; r = r->next)
-    if (r->dirty_mask && now - r->empty_since_ms >= delay) region_purge(r);
+  if (r->nfree == PAGES_PER_REGION) return now - r->empty_since_ms >= delay ? cand : 0;
+  if (hak_opt.purge != PURGE_PAGE) return 0;
+  uint32_t old = 0;
+  for (uint32_t m = cand; m; m &= m - 1) {
+    unsigned i = (unsigned)__builtin_ctz(m);
+    if (now - r->page_freed_ms[i] >= delay) old |= 1u << i;
+  }
+  return old;
+}
+
+/* Takes the purgeable pages of one pool out of circulation, as runs. */
+static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purge_run_t *out) {
+  size_t n = 0;
+  /* empty regions all sit in the bucket of 31-page runs */
+  unsigned from = force || hak_opt.purge == PURGE_PAGE ? 0 : PAGES_PER_REGION - 1;
+  for (unsigned nf = from; nf <= PAGES_PER_REGION; nf++) {
+    for (hak_region_t *r = pool->buckets[nf], *next; r && n < PURGE_BATCH; r = next) {
+      next = r->next;
+      uint32_t mask = purgeable(r, now, force);
+      if (!mask) continue;
+      bucket_remove(pool, r);
+      r->free_mask &= ~mask;
+      r->purging_mask |= mask;
+      r->nfree = (uint16_t)(r->nfree - __builtin_popcount(mask));
+      bucket_insert(pool, r);
+      while (mask && n < PURGE_BATCH) {
+        unsigned first = (unsigned)__builtin_ctz(mask);
+        unsigned count = (unsigned)__builtin_ctzll(~(uint64_t)(mask >> first));
+        out[n++] = (purge_run_t){r, first, count};
+        mask &= ~run_mask(first, count);
+      }
+      if (mask) { /* batch full: give the rest back untouched */
+        bucket_remove(pool, r);
+        r->free_mask |= mask;
+        r->purging_mask &= ~mask;
+        r->nfree = (uint16_t)(r->nfree + __builtin_popcount(mask));
+        bucket_insert(pool, r);
+      }
+    }
+  }
+  return n;
+}
+
+/* kmem's completion: the pages return to the free pages, zero if it worked. */
+static void purge_done(void *cookie, bool ok) {
+  uintptr_t c = (uintptr_t)cookie;
+  hak_region_t *r = (hak_region_t *)(c & ~(uintptr_t)(REGION_SIZE - 1));
+  unsigned first = (unsigned)(c >> 6) & 31, count = (unsigned)c & 63;
+  uint32_t mask = run_mask(first, count);
+  hak_pool_t *pool = pool_of(r->node);
+  pthread_mutex_lock(&pool->lock);
+  bucket_remove(pool, r);
+  r->purging_mask &= ~mask;
+  r->free_mask |= mask;
+  r->nfree = (uint16_t)(r->nfree + count);
+  if (ok) {
+    hak_committed_add(-(int64_t)__builtin_popcount(r->dirty_mask & mask) * (int64_t)PAGE_SIZE);
+    r->dirty_mask &= ~mask;
+  }
+  bucket_insert(pool, r);
+  pthread_mutex_unlock(&pool->lock);
+}
+
+static void purge_submit(const purge_run_t *run) {
+  char *start = (char *)run->r + (size_t)run->first * PAGE_SIZE;
+  size_t len = (size_t)run->count * PAGE_SIZE;
+  if (run->first == 0) { /* the header stays: it links the region into its bucket */
+    start += REGION_HEADER_SIZE;
+    len -= REGION_HEADER_SIZE;
+  }
+  void *cookie = (void *)((uintptr_t)run->r | (uintptr_t)run->first << 6 | run->count);
+  while (!kmem_purge_submit(start, len, cookie)) kmem_purge_reap(purge_done, false);
+}
+
+size_t hak_pool_purge(bool force, bool wait) {
+  uint64_t now = hak_now_ms();
+  size_t total = 0;
+  if (hak_opt.purge == PURGE_OFF && !force) return 0;
+  for (int node = 0; node < MAX_NODES; node++) {
+    hak_pool_t *pool = &pools[node];
+    purge_run_t runs[PURGE_BATCH];
+    size_t n;
+    do {
+      pthread_mutex_lock(&pool->lock);
+      n = collect_purgeable(pool, now, force, runs);
+      atomic_store_explicit(&pool->last_purge_scan_ms, now, memory_order_relaxed);
+      pthread_mutex_unlock(&pool->lock);
+      for (size_t i = 0; i < n; i++) purge_submit(&runs[i]);
+      total += n;
+    } while (n == PURGE_BATCH);
+  }
+  kmem_purge_reap(purge_done, wait);
+  return total;
+}
+
+/* From slow paths: purges when the delay has passed since the last look. */
+void hak_pool_purge_maybe(void) {
+  if (hak_opt.purge == PURGE_OFF) return;
+  uint64_t now = hak_now_ms();
+  hak_pool_t *pool = &pools[0];
+  uint64_t last = atomic_load_explicit(&pool->last_purge_scan_ms, memory_order_relaxed);
+  if (now - last >= hak_opt.purge_delay_ms / 2 + 1 || hak_opt.purge_delay_ms == 0)
+    hak_pool_purge(false, false);
+}
+
+#define AHEAD_PAGES 4
+
+/* HAKMEM_PREFAULT=ahead, on the background thread: populates the untouched
+ * free pages right after span, so the heap's next spans take no faults.
+ * Populating a page someone just took is harmless: only missing pages are
+ * filled, with zeros. */
+void hak_pool_populate_after(hak_page_t *span) {
+  hak_region_t *r = region_of_page(span);
+  hak_pool_t *pool = pool_of(r->node);
+  unsigned next = (unsigned)(span - r->pages) + span->span_pages;
+  pthread_mutex_lock(&pool->lock);
+  uint32_t untouched = r->free_mask & ~r->dirty_mask & ~r->purging_mask;
+  unsigned n = 0;
+  while (next + n < PAGES_PER_REGION && n < AHEAD_PAGES && (untouched >> (next + n) & 1)) n++;
+  pthread_mutex_unlock(&pool->lock);
+  if (n) kmem_populate((char *)r + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
 }
 
 static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   hak_region_t *r = region_of_page(span);
   unsigned first = (unsigned)(span - r->pages), n = span->span_pages;
-  uint32_t run = (n == 32 ? 0xFFFFFFFFu : ((1u << n) - 1)) << first;
+  uint32_t run = run_mask(first, n);
   atomic_store_explicit(&span->heap, NULL, memory_order_relaxed);
   span->block_size = 0;
   bucket_remove(pool, r);
@@ -157,11 +295,8 @@ static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   r->nfree = (uint16_t)(r->nfree + n);
   bucket_insert(pool, r);
   uint64_t now = hak_now_ms();
-  if (r->nfree == PAGES_PER_REGION) {
-    r->empty_since_ms = now;
-    if (hak_opt.purge_delay_ms == 0) region_purge(r);
-  }
-  purge_expired(pool, now);
+  for (unsigned i = first; i < first + n; i++) r->page_freed_ms[i] = now;
+  if (r->nfree == PAGES_PER_REGION) r->empty_since_ms = now;
 }
 
 void hak_span_free(hak_page_t *span) {
@@ -169,7 +304,10 @@ void hak_span_free(hak_page_t *span) {
   hak_pool_t *pool = pool_of(r->node);
   pthread_mutex_lock(&pool->lock);
   span_free_locked(pool, span);
+  bool empty = r->nfree == PAGES_PER_REGION;
   pthread_mutex_unlock(&pool->lock);
+  if (empty) hak_background_start();
+  hak_pool_purge_maybe();
 }
 
 static void list_remove(hak_page_t **head, hak_page_t *p) {
@@ -244,9 +382,8 @@ hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
 }
 
 /* Gives back what is free now: abandoned pages whose blocks have all come
- * back, and every empty region. Returns the number of bytes purged. */
+ * back, and every free page. Returns the number of purged runs. */
 size_t hak_pool_trim(void) {
-  uint64_t before = atomic_load_explicit(&hak_gstats.purged_bytes, memory_order_relaxed);
   for (int n = 0; n < MAX_NODES; n++) {
     hak_pool_t *pool = &pools[n];
     pthread_mutex_lock(&pool->lock);
@@ -260,10 +397,9 @@ size_t hak_pool_trim(void) {
         }
       }
     }
-    for (hak_region_t *r = pool->buckets[PAGES_PER_REGION]; r; r = r->next) region_purge(r);
     pthread_mutex_unlock(&pool->lock);
   }
-  return (size_t)(atomic_load_explicit(&hak_gstats.purged_bytes, memory_order_relaxed) - before);
+  return hak_pool_purge(true, true);
 }
 
 void hak_pool_fork_prepare(void) {

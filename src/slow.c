@@ -23,6 +23,18 @@ static bool page_park_full(hak_heap_t *heap, hak_page_t *page) {
   return true;
 }
 
+/* HAKMEM_PREFAULT: fault a fresh span in now (page) or have the background
+ * thread fault the next ones in (ahead), instead of page by page on use. */
+static void hak_prefault(hak_page_t *span, bool zero) {
+  if (hak_opt.prefault == PREFAULT_PAGE && zero) {
+    kmem_populate(page_start(span), (size_t)span->span_pages * PAGE_SIZE -
+                                        ((uintptr_t)page_start(span) & (PAGE_SIZE - 1)));
+  } else if (hak_opt.prefault == PREFAULT_AHEAD) {
+    hak_background_start();
+    hak_background_ahead(span);
+  }
+}
+
 static hak_page_t *page_fresh(hak_heap_t *heap, unsigned cls) {
   hak_page_t *page = hak_abandoned_adopt(heap->node, cls, heap);
   if (page) {
@@ -33,6 +45,7 @@ static hak_page_t *page_fresh(hak_heap_t *heap, unsigned cls) {
     page = hak_span_alloc(heap->node, npages, npages == 1, &zero);
     if (!page) return NULL;
     hak_page_init(page, cls, heap, zero);
+    hak_prefault(page, zero);
     stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
     stat_inc(&heap->stats.pages_activated, npages);
   }
@@ -95,7 +108,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     if (p && zero && !fresh) memset(p, 0, size);
     return p;
   }
-  heap->slow_calls++;
+  if ((++heap->slow_calls & 63) == 0) hak_pool_purge_maybe();
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
   unsigned cls = class_of(size);
   hak_page_t *page = page_find(heap, cls);
@@ -130,6 +143,7 @@ void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align) {
   span->used = 1;
   page_flags_set(span, PAGE_LARGE);
   span->fresh_zero = zero;
+  hak_prefault(span, zero);
   stat_inc(&heap->stats.pages_activated, npages);
   stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
   return page_start(span);

@@ -15,9 +15,18 @@ uint64_t hak_now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Whether [start, end) is one of our regions' mappings, for smaps. */
+static bool hak_is_region(uintptr_t start, uintptr_t end) {
+  for (uintptr_t a = start & ~(uintptr_t)(REGION_SIZE - 1); a < end; a += REGION_SIZE)
+    if (region_kind((hak_region_t *)a) == REGION_SMALL) return true;
+  return false;
+}
+
 HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   hak_heap_stats_t h = {0};
   hak_heaps_stats(&h);
+  kmem_stats_t k;
+  kmem_stats_get(&k);
 #define G(x) atomic_load_explicit(&hak_gstats.x, memory_order_relaxed)
 #define H(x) atomic_load_explicit(&h.x, memory_order_relaxed)
   *out = (hak_stats_t){
@@ -29,8 +38,13 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .remote_blocks_collected = H(remote_blocks_collected),
       .pages_abandoned = H(pages_abandoned),
       .pages_adopted = H(pages_adopted),
-      .purges = G(purges),
-      .purged_bytes = G(purged_bytes),
+      .purges = k.purges,
+      .purged_bytes = k.purged_bytes,
+      .purges_uring = k.purges_uring,
+      .purges_vector = k.purges_vector,
+      .uffd_faults = k.uffd_faults,
+      .hugetlb_bytes = k.hugetlb_bytes,
+      .thp_bytes = kmem_thp_bytes(hak_is_region),
       .committed_bytes = G(committed_bytes),
       .peak_committed_bytes = G(peak_committed_bytes),
       .invalid_frees = G(invalid_frees),
@@ -46,7 +60,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(remote_frees_cross_node) X(remote_blocks_collected) X(batches_sent) X(mailbox_drains)          \
   X(blocks_drained) X(pages_abandoned) X(pages_adopted) X(purges) X(purged_bytes) X(purges_uring)  \
   X(uffd_faults) X(committed_bytes) X(peak_committed_bytes) X(invalid_frees) X(huge_allocs)        \
-  X(heaps_created)
+  X(heaps_created) X(purges_vector) X(thp_bytes) X(hugetlb_bytes)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

@@ -55,6 +55,9 @@ typedef struct hak_stats {
   uint64_t invalid_frees;
   uint64_t huge_allocs;
   uint64_t heaps_created;
+  uint64_t purges_vector;
+  uint64_t thp_bytes;     /* region memory backed by transparent huge pages now */
+  uint64_t hugetlb_bytes; /* region memory from hugetlbfs pages now */
 } hak_stats_t;
 
 void hak_stats_get(hak_stats_t *out);

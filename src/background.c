@@ -1,0 +1,69 @@
+/* The background thread: returns memory of an idle process (slow paths
+ * only purge while the program allocates) and populates pages ahead of use
+ * (HAKMEM_PREFAULT=ahead). Started on demand, outside every allocator lock. */
+#include "internal.h"
+
+#include <time.h>
+
+static _Atomic int state; /* 0 not started, 1 starting or running */
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static _Atomic(hak_page_t *) ahead; /* span after which to populate */
+
+static uint64_t period_ms(void) {
+  uint64_t p = hak_opt.purge_delay_ms / 2;
+  return p < 1 ? 1 : p > 1000 ? 1000 : p;
+}
+
+static void *background_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    uint64_t ns = (uint64_t)until.tv_nsec + period_ms() * 1000000;
+    until.tv_sec += (time_t)(ns / 1000000000);
+    until.tv_nsec = (long)(ns % 1000000000);
+    pthread_mutex_lock(&wake_lock);
+    if (!atomic_load_explicit(&ahead, memory_order_relaxed))
+      pthread_cond_timedwait(&wake, &wake_lock, &until);
+    pthread_mutex_unlock(&wake_lock);
+    hak_page_t *after = atomic_exchange_explicit(&ahead, NULL, memory_order_acquire);
+    if (after) hak_pool_populate_after(after);
+    hak_pool_purge(false, false);
+    hak_huge_expire();
+  }
+  return NULL;
+}
+
+/* Called from slow paths, never with a lock held: pthread_create allocates. */
+void hak_background_start(void) {
+  if (!hak_opt.background || atomic_load_explicit(&state, memory_order_relaxed)) return;
+  int expected = 0;
+  if (!atomic_compare_exchange_strong(&state, &expected, 1)) return;
+  pthread_attr_t attr;
+  pthread_t tid;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 64 << 10);
+  if (pthread_create(&tid, &attr, background_main, NULL) != 0) {
+    hak_opt.background = false; /* slow paths keep purging */
+    if (hak_opt.verbose) hak_warn("HAKMEM_BACKGROUND: ", "no thread could be started", "");
+  }
+  pthread_attr_destroy(&attr);
+}
+
+/* HAKMEM_PREFAULT=ahead: the thread populates the pages after this span. */
+void hak_background_ahead(hak_page_t *span) {
+  atomic_store_explicit(&ahead, span, memory_order_release);
+  pthread_mutex_lock(&wake_lock);
+  pthread_cond_signal(&wake);
+  pthread_mutex_unlock(&wake_lock);
+}
+
+/* The child of a fork has no background thread. */
+void hak_background_fork_child(void) {
+  atomic_store(&state, 0);
+  atomic_store(&ahead, NULL);
+  pthread_mutex_init(&wake_lock, NULL);
+  pthread_cond_init(&wake, NULL);
+}
