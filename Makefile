@@ -7,7 +7,7 @@ WARN    := -std=gnu11 -Wall -Wextra -Werror
 INC     := -Iuapi -Isrc -Ikmem
 CFLAGS_REL := $(WARN) $(INC) -O2 -g -fPIC -fvisibility=hidden -fno-plt -ftls-model=initial-exec
 CFLAGS_DBG := $(WARN) $(INC) -O0 -g -fPIC -fvisibility=hidden -DHAK_DEBUG=1
-LDLIBS  := -lpthread
+LDLIBS  := -luring -lpthread
 
 LIB_SRC  := $(wildcard kmem/*.c) $(filter-out src/override.c,$(wildcard src/*.c))
 ALL_SRC  := $(LIB_SRC) src/override.c
@@ -67,7 +67,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS)
 # Benchmarks link nothing of ours: the runner picks the allocator with LD_PRELOAD.
 $(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) -O2 -g -o $@ $< $(LDLIBS)
+	$(CC) $(WARN) -O2 -g -o $@ $< -lpthread
 
 tests: lib debug sanitize $(TEST_BIN)
 benches: lib $(BENCH_BIN)

@@ -87,7 +87,7 @@ run_sanitized() {
     return
   fi
   if ! cc -std=gnu11 -Wall -Wextra -Werror -Iuapi -O1 -g "$flag" -fno-omit-frame-pointer \
-    -DSTRESS_HAK -o "$out" tests/stress_mt.c "$lib" -lpthread >"$log" 2>&1; then
+    -DSTRESS_HAK -o "$out" tests/stress_mt.c "$lib" -luring -lpthread >"$log" 2>&1; then
     echo "FAIL $name (does not compile with $flag: $(grep -m1 -E 'error|undefined' "$log" | cut -c1-160))"
     failed=$((failed + 1))
     failures+=("$name")
