@@ -11,7 +11,7 @@
 #define RESERVE_CHUNK ((size_t)64 << 20) /* 32 regions per reservation */
 /* A huge page makes a region's first touch commit 2 MiB: only worth it once
  * the heap is past a few regions, so small programs keep a small footprint. */
-#define THP_AFTER_REGIONS 4
+#define THP_AFTER_REGIONS 16
 
 kmem_config_t kmem_cfg;
 kmem_counters_t kmem_counters;
