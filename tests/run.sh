@@ -14,6 +14,9 @@ rm -rf "$logs"
 mkdir -p "$logs"
 
 TIMEOUT=${HAK_TEST_TIMEOUT:-120}
+# Link the sanitizer builds with the libraries the Makefile links tests with.
+LIBS=$(sed -n 's/^LDLIBS[[:space:]]*:=[[:space:]]*//p' Makefile)
+LIBS=${LIBS:--lpthread}
 passed=0 failed=0 skipped=0
 failures=()
 
@@ -87,7 +90,7 @@ run_sanitized() {
     return
   fi
   if ! cc -std=gnu11 -Wall -Wextra -Werror -Iuapi -O1 -g "$flag" -fno-omit-frame-pointer \
-    -DSTRESS_HAK -o "$out" tests/stress_mt.c "$lib" -luring -lpthread >"$log" 2>&1; then
+    -DSTRESS_HAK -o "$out" tests/stress_mt.c "$lib" $LIBS >"$log" 2>&1; then
     echo "FAIL $name (does not compile with $flag: $(grep -m1 -E 'error|undefined' "$log" | cut -c1-160))"
     failed=$((failed + 1))
     failures+=("$name")
