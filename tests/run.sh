@@ -121,10 +121,25 @@ run_bin thread_exit
 run_bin thread_done
 run_bin fork
 run_bin dlopen "$repo/build/libhakmem-dlopen.so"
-# Immediate purging: memory returned to the kernel and marked known-zero
-# while other blocks (and threads) reuse it.
-run_one api_calloc_purge0 env HAKMEM_PURGE_DELAY_MS=0 "$bin/api_calloc"
-run_one stress_mt_purge0 env HAKMEM_PURGE_DELAY_MS=0 "$bin/stress_mt" 8 20000
+# calloc and the stress again in the allocator's other modes: purging at
+# once through each engine (memory given back and marked known-zero while
+# other blocks and threads reuse it), per-page purge, userfaultfd, and
+# prefaulting from a background thread.
+modes=(
+  "purge0:HAKMEM_PURGE_DELAY_MS=0"
+  "uring:HAKMEM_PURGE_DELAY_MS=0 HAKMEM_PURGE_ENGINE=uring"
+  "vector:HAKMEM_PURGE_DELAY_MS=0 HAKMEM_PURGE_ENGINE=vector"
+  "purgepage:HAKMEM_PURGE_DELAY_MS=0 HAKMEM_PURGE_ENGINE=sync HAKMEM_PURGE=page"
+  "uffd:HAKMEM_UFFD=1"
+  "prefault:HAKMEM_PREFAULT=ahead HAKMEM_BACKGROUND=1 HAKMEM_PURGE_DELAY_MS=1"
+)
+for mode in "${modes[@]}"; do
+  # shellcheck disable=SC2086 # the variables are meant to split
+  run_one "api_calloc_${mode%%:*}" env ${mode#*:} "$bin/api_calloc"
+  # shellcheck disable=SC2086
+  run_one "stress_mt_${mode%%:*}" env ${mode#*:} "$bin/stress_mt" 8 20000
+done
+run_one fork_uffd env HAKMEM_UFFD=1 "$bin/fork"
 
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
