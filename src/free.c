@@ -18,7 +18,8 @@ static void free_remote(hak_page_t *page, hak_block_t *b) {
                                                  (old & ~REMOTE_STATE_MASK) | REMOTE_FREEING,
                                                  memory_order_acquire, memory_order_relaxed))
         continue;
-      hak_heap_t *owner = atomic_load_explicit(&page->heap, memory_order_acquire);
+      hak_heap_t *owner = (hak_heap_t *)(atomic_load_explicit(&page->owner, memory_order_acquire) &
+                                          ~PAGE_FLAG_MASK);
       hak_block_t *head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
       do {
         b->next = head;

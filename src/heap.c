@@ -72,7 +72,7 @@ static void abandon_list(hak_heap_t *heap, hak_page_t *first, hak_page_t **keep)
       p->next = NULL;
       hak_span_free(p);
     } else {
-      atomic_store_explicit(&p->heap, NULL, memory_order_release);
+      page_set_heap(p, NULL);
       p->next = *keep;
       *keep = p;
       stat_inc(&heap->stats.pages_abandoned, 1);

@@ -51,15 +51,18 @@ struct hak_heap;
 enum { REMOTE_PLAIN = 0, REMOTE_NOTIFY = 1, REMOTE_FREEING = 2, REMOTE_NEVER = 3 };
 #define REMOTE_STATE_MASK ((uintptr_t)3)
 
-/* page->flags: any bit set sends the owner's free to the slow path. */
+/* Flags in the low bits of page->owner (heaps are 64-byte aligned): any bit
+ * set sends the owner's free to the slow path. */
 enum { PAGE_IN_FULL = 1, PAGE_HAS_ALIGNED = 2, PAGE_LARGE = 4 };
+#define PAGE_FLAG_MASK ((uintptr_t)63)
 
 typedef struct hak_page {
   hak_block_t *free;               /* malloc pops here (owner) */
   hak_block_t *local_free;         /* owner's frees */
-  _Atomic(struct hak_heap *) heap; /* owner; NULL when abandoned or free */
+  /* owning heap | PAGE_* flags, one word so free's fast path is one compare;
+   * written by the owner only (or under the pool lock when it has none) */
+  _Atomic uintptr_t owner;
   uint16_t used; /* blocks out, remote frees not yet collected included */
-  _Atomic uint8_t flags; /* written by the owner only; read by freers */
   uint8_t cls;
   uint32_t block_size;
   uint16_t capacity;             /* blocks the span holds */
@@ -76,6 +79,7 @@ typedef struct hak_page {
 enum { REGION_SMALL = 1, REGION_HUGE = 2 };
 
 typedef struct hak_region {
+  hak_page_t pages[PAGES_PER_REGION]; /* first: free indexes it from the region base */
   uint32_t free_mask;  /* pages not in any span (pool lock) */
   uint32_t dirty_mask; /* pages touched since last purge (pool lock) */
   uint16_t nfree;
@@ -91,7 +95,6 @@ typedef struct hak_region {
   void *map_base;
   size_t map_len;
   size_t huge_usable;
-  hak_page_t pages[PAGES_PER_REGION];
 } hak_region_t;
 
 _Static_assert(sizeof(hak_region_t) <= REGION_HEADER_SIZE, "region header too big");
@@ -109,7 +112,7 @@ typedef struct hak_heap_stats {
       remote_blocks_collected, pages_abandoned, pages_adopted;
 } hak_heap_stats_t;
 
-typedef struct hak_heap {
+typedef struct __attribute__((aligned(64))) hak_heap {
   hak_page_t *direct[NUM_CLASSES]; /* first page of each queue, or the empty page */
   hak_queue_t queues[NUM_CLASSES];
   hak_queue_t full; /* full pages and large spans */
@@ -163,16 +166,27 @@ static inline char *page_start(const hak_page_t *page) {
   return (char *)r + (idx ? idx * PAGE_SIZE : REGION_HEADER_SIZE);
 }
 
-static inline uint8_t page_flags(const hak_page_t *pg) {
-  return atomic_load_explicit(&((hak_page_t *)pg)->flags, memory_order_relaxed);
+static inline uintptr_t page_owner(const hak_page_t *pg) {
+  return atomic_load_explicit(&((hak_page_t *)pg)->owner, memory_order_relaxed);
 }
 
-static inline void page_flags_set(hak_page_t *pg, unsigned f) {
-  atomic_store_explicit(&pg->flags, (uint8_t)f, memory_order_relaxed);
+static inline unsigned page_flags(const hak_page_t *pg) {
+  return (unsigned)(page_owner(pg) & PAGE_FLAG_MASK);
 }
 
 static inline hak_heap_t *page_heap(const hak_page_t *pg) {
-  return atomic_load_explicit(&((hak_page_t *)pg)->heap, memory_order_relaxed);
+  return (hak_heap_t *)(page_owner(pg) & ~PAGE_FLAG_MASK);
+}
+
+static inline void page_flags_set(hak_page_t *pg, unsigned f) {
+  atomic_store_explicit(&pg->owner, (page_owner(pg) & ~PAGE_FLAG_MASK) | f, memory_order_relaxed);
+}
+
+/* A new owner (NULL: none); the flags stay. Release: the page's lists as
+ * they are now are the new owner's. */
+static inline void page_set_heap(hak_page_t *pg, struct hak_heap *heap) {
+  atomic_store_explicit(&pg->owner, (uintptr_t)heap | (page_owner(pg) & PAGE_FLAG_MASK),
+                        memory_order_release);
 }
 
 static inline void stat_inc(_Atomic uint64_t *c, uint64_t n) {
@@ -347,7 +361,7 @@ static inline void hak_free_inline(void *p) {
   if (likely(region_kind(r) == REGION_SMALL)) {
     hak_page_t *page = page_of(r, p);
     hak_heap_t *heap = hak_tls_heap;
-    if (likely(page_heap(page) == heap && page_flags(page) == 0)) {
+    if (likely(page_owner(page) == (uintptr_t)heap)) {
       hak_block_t *b = (hak_block_t *)p;
       b->next = page->local_free;
       page->local_free = b;

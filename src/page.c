@@ -16,12 +16,11 @@ void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero) 
   page->used = 0;
   page->free = NULL;
   page->local_free = NULL;
-  page_flags_set(page, 0);
   page->cls = (uint8_t)cls;
   page->fresh_zero = zero;
   page->free_is_zero = zero;
   atomic_store_explicit(&page->remote, REMOTE_PLAIN, memory_order_relaxed);
-  atomic_store_explicit(&page->heap, heap, memory_order_release);
+  atomic_store_explicit(&page->owner, (uintptr_t)heap, memory_order_release);
 }
 
 /* Called when `free` is empty: links the next not yet carved blocks, in

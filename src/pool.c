@@ -288,7 +288,7 @@ static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   hak_region_t *r = region_of_page(span);
   unsigned first = (unsigned)(span - r->pages), n = span->span_pages;
   uint32_t run = run_mask(first, n);
-  atomic_store_explicit(&span->heap, NULL, memory_order_relaxed);
+  atomic_store_explicit(&span->owner, 0, memory_order_relaxed);
   span->block_size = 0;
   bucket_remove(pool, r);
   r->free_mask |= run;
@@ -351,7 +351,7 @@ bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap) {
   if (ok) abandoned_remove(pool, page);
   pthread_mutex_unlock(&pool->lock);
   if (ok) {
-    atomic_store_explicit(&page->heap, heap, memory_order_release);
+    page_set_heap(page, heap);
     hak_page_set_remote_state(page, 1u << REMOTE_NEVER, REMOTE_PLAIN);
   }
   return ok;
@@ -370,7 +370,7 @@ hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
     if (p->free || p->reserved < p->capacity) {
       abandoned_remove(pool, p);
       pthread_mutex_unlock(&pool->lock);
-      atomic_store_explicit(&p->heap, heap, memory_order_release);
+      page_set_heap(p, heap);
       hak_page_set_remote_state(p, 1u << REMOTE_NEVER, REMOTE_PLAIN);
       hak_page_collect_remote(p); /* frees that raced the state change */
       return p;
