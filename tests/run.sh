@@ -140,6 +140,10 @@ for mode in "${modes[@]}"; do
   run_one "stress_mt_${mode%%:*}" env ${mode#*:} "$bin/stress_mt" 8 20000
 done
 run_one fork_uffd env HAKMEM_UFFD=1 "$bin/fork"
+# userfaultfd in detail: faults per 64 KiB page, threads, purge, faults
+# taken in the kernel, fork, refusal (as root, uffd_refused sets
+# vm.unprivileged_userfaultfd to 0 for a moment and restores it).
+for t in faults threads read fork refused; do run_bin "uffd_$t"; done
 
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
