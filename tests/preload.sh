@@ -9,7 +9,7 @@ set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 lib=$repo/build/libhakmem.so
 name=${1:?usage: preload.sh python|perl|git|gcc|sort}
-work=${HAK_TEST_BIN:-$repo/build/tests}/preload-$name
+base=${HAK_TEST_BIN:-$repo/build/tests}
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*" >&2; exit 77; }
@@ -52,8 +52,10 @@ prepare() {
 }
 
 [ -f "$lib" ] || fail "$lib is not built"
-rm -rf "$work"
-mkdir -p "$work"
+# A directory of this run's own: runs in the same tree must not mix files.
+# Kept when the test fails, removed when it passes.
+mkdir -p "$base"
+work=$(mktemp -d "$base/preload-$name.XXXXXX") || fail "mktemp failed"
 prepare
 
 "case_$name" "$work/plain.out" 2>"$work/plain.err" || fail "without the preload the $name case fails (exit $?)"
@@ -76,4 +78,5 @@ fi
 grep -Eq '"pages_activated"[[:space:]]*:[[:space:]]*[1-9]' "$work/stats.json" ||
   fail "stats show no pages_activated: $(head -c 400 "$work/stats.json")"
 echo "$name: same output ($(wc -c <"$work/hak.out") bytes) with and without hakmem"
+rm -rf "$work"
 exit 0

@@ -4,14 +4,17 @@
 # then the tails of the failed tests' logs, then "N passed, N failed[, N
 # skipped]". Exits 1 when any test failed. Expects `make tests` to have built
 # the libraries and build/tests/*; builds the sanitizer variants of the
-# stress test itself. Logs: build/tests/logs/NAME.log.
+# stress test itself. Logs: build/tests/logs/NAME.log (logs is a link to
+# this run's own directory, so runs in the same tree do not mix).
 set -u
 cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
 bin=${HAK_TEST_BIN:-$repo/build/tests} # another build's test binaries
-logs=$bin/logs
-rm -rf "$logs"
-mkdir -p "$logs"
+mkdir -p "$bin"
+find "$bin" -maxdepth 1 -name 'logs.*' -mmin +120 -exec rm -rf {} + 2>/dev/null
+logs=$(mktemp -d "$bin/logs.XXXXXX") || exit 2
+rm -rf "$bin/logs"
+ln -sfn "$(basename "$logs")" "$bin/logs"
 
 TIMEOUT=${HAK_TEST_TIMEOUT:-120}
 # Link the sanitizer builds with the libraries the Makefile links tests with.
@@ -82,7 +85,7 @@ run_sanitized() {
     return
   fi
   # Whether this machine can run such a program at all.
-  local probe=$bin/probe-$kind
+  local probe=$logs/probe-$kind
   printf '#include <pthread.h>\nstatic void *f(void *a) { return a; }\nint main(void) { pthread_t t; pthread_create(&t, 0, f, 0); return pthread_join(t, 0); }\n' >"$probe.c"
   if ! cc "$flag" -o "$probe" "$probe.c" -lpthread >"$log" 2>&1 || ! "$probe" >>"$log" 2>&1; then
     echo "SKIP $name (a trivial $flag program does not build or run here: $(head -c 150 "$log" | tr '\n' ' '))"
@@ -90,12 +93,13 @@ run_sanitized() {
     return
   fi
   if ! cc -std=gnu11 -Wall -Wextra -Werror -Iuapi -O1 -g "$flag" -fno-omit-frame-pointer \
-    -DSTRESS_HAK -o "$out" tests/stress_mt.c "$lib" $LIBS >"$log" 2>&1; then
+    -DSTRESS_HAK -o "$out.$$" tests/stress_mt.c "$lib" $LIBS >"$log" 2>&1; then
     echo "FAIL $name (does not compile with $flag: $(grep -m1 -E 'error|undefined' "$log" | cut -c1-160))"
     failed=$((failed + 1))
     failures+=("$name")
     return
   fi
+  mv -f "$out.$$" "$out" # a rename: a concurrent run keeps its own binary
   run_one "$name" "$out" "$@"
 }
 
