@@ -61,7 +61,7 @@ $(BUILD)/ubsan/libhakmem.a: $(UBSAN_OBJ)
 
 # Tests link the release archive (malloc itself is hakmem there too);
 # tests/run.sh builds the sanitizer variants it needs from the same sources.
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS)
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -Iuapi -O2 -g -o $@ $< $(BUILD)/libhakmem.a $(LDLIBS)
 # Benchmarks link nothing of ours: the runner picks the allocator with LD_PRELOAD.

@@ -306,7 +306,8 @@ void hak_span_free(hak_page_t *span) {
   span_free_locked(pool, span);
   bool empty = r->nfree == PAGES_PER_REGION;
   pthread_mutex_unlock(&pool->lock);
-  if (empty) hak_background_start();
+  /* now there is something for an idle process to give back */
+  if (empty || hak_opt.purge == PURGE_PAGE) hak_background_start();
   hak_pool_purge_maybe();
 }
 
