@@ -71,7 +71,8 @@ bool kmem_populate(void *p, size_t len);
 
 /* ---- userfaultfd (kmem/uffd.c) ---- */
 /* Starts the handler thread; false (after the fallback message) if the
- * kernel refuses, and regions then use plain demand paging. */
+ * kernel refuses, and regions then use plain demand paging. Tried once per
+ * process: later calls return the first answer. */
 bool kmem_uffd_start(void);
 /* Registers a region in missing mode: each fault is served by populating the
  * whole 64 KiB page around it. No-op unless started. */

@@ -129,6 +129,7 @@ void *kmem_region_alloc(bool *hugetlb) {
         madvise(r, KMEM_REGION_SIZE, MADV_HUGEPAGE);
     }
     pthread_mutex_unlock(&reserve_lock);
+    if (r) kmem_uffd_register(r, KMEM_REGION_SIZE);
   }
   return r;
 }

@@ -33,6 +33,7 @@ static void fork_child(void) {
   hak_pool_fork_release();
   hak_huge_fork_release();
   hak_background_fork_child();
+  kmem_uffd_fork_child();
   hak_heaps_fork_child(hak_tls_heap);
 }
 
@@ -57,6 +58,8 @@ void hak_init(void) {
   pthread_key_create(&hak_thread_key, thread_exit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
   atomic_store_explicit(&hak_init_state, 2, memory_order_release);
+  /* after start-up is done: creating the handler thread allocates */
+  if (hak_opt.uffd) kmem_uffd_start();
 }
 
 /* Early, so a fork cannot find start-up half done. */
