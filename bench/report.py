@@ -5,13 +5,18 @@ chart data. Standard library only, so Debian's /usr/bin/python3 runs it.
 Raw record (tab-separated, one per run):
   workload alloc threads run status code ops maxrss_kb minflt wall_s extra detail
 status is ok, exit, signal, timeout, noresult or error; extra holds the
-workload's key=value fields after "ops/s" (fragment's RSS figures).
+workload's key=value fields after "ops/s" (fragment's RSS figures, largeheap's
+faults, CPU split and RSS).
+
+`report.py modes ...` makes the mode table (modes.md, modes.json) from the
+same records, one "allocator" per hakmem mode.
 """
 import argparse
 import json
 import math
 import os
 import statistics
+import sys
 
 # One line under each table heading; bench/NAME.c has the details.
 ABOUT = {
@@ -24,7 +29,29 @@ ABOUT = {
     "falseshare": "Counter increments in small blocks; slow if threads share cache lines.",
     "realloc_grow": "Vectors doubling to 4 MiB, strings growing by 1-128 B appends. One op = one realloc.",
     "fragment": "Waves of 16 B - 1 MiB blocks, 10% survive; RSS at the end vs live bytes below.",
+    "largeheap": "A heap of 16-64 KiB blocks (256 MiB, 1 GiB with BENCH_FULL) built, touched, "
+                 "freed and built again, 4 rounds; RSS after 2x the purge delay idle below.",
 }
+
+# Extra fields shown in a workload's second table (all go to the JSON).
+SHOWN = {
+    "largeheap": ["s_per_round", "app_cpu_s", "helper_cpu_s", "freed_rss_kb"],
+}
+
+
+def fmt_extra(k, v):
+    """_kb fields in MiB, seconds with milliseconds, counts whole."""
+    if v is None:
+        return "-"
+    if k.endswith("_kb"):
+        return "%.1f" % (v / 1024)
+    if k.endswith("_s") or k.startswith("s_"):
+        return "%.3f" % v
+    return "%.0f" % v
+
+
+def extra_head(k):
+    return k.replace("_kb", " MiB")
 
 FIELDS = ["workload", "alloc", "threads", "run", "status", "code", "ops", "maxrss_kb", "minflt",
           "wall_s", "extra", "detail"]
@@ -190,9 +217,10 @@ def main():
         md.append("")
         keys = sorted({k for al in allocs for t in threads
                        for k in (cells.get((w, al, t)) or {"extras": {}})["extras"]})
+        if w in SHOWN:
+            keys = [k for k in SHOWN[w] if k in keys]
         if keys:
-            head = ["allocator"] + ["%s %dT" % (k.replace("_kb", " MiB"), t)
-                                    for t in threads for k in keys]
+            head = ["allocator"] + ["%s %dT" % (extra_head(k), t) for t in threads for k in keys]
             md.append("| " + " | ".join(head) + " |")
             md.append("|" + "---|" * len(head))
             for al in allocs:
@@ -201,8 +229,7 @@ def main():
                     c = cells.get((w, al, t))
                     for k in keys:
                         v = c["extras"].get(k) if c and not c["failed"] else None
-                        scale = 1024 if k.endswith("_kb") else 1
-                        line.append(fmt(v[0] / scale if v else None, "%.1f"))
+                        line.append(fmt_extra(k, v[0] if v else None))
                 md.append("| " + " | ".join(line) + " |")
             md.append("")
 
@@ -258,5 +285,95 @@ def main():
         f.write("\n".join(md))
 
 
+# Columns of the mode table: header, largeheap field (None: from runone).
+MODE_COLS = [
+    ("s/round", "s_per_round"),
+    ("ops/s", None),
+    ("minor faults", "minflt"),
+    ("app CPU s", "app_cpu_s"),
+    ("helper CPU s", "helper_cpu_s"),
+    ("peak RSS MiB", "peak_rss_kb"),
+    ("RSS after free MiB", "freed_rss_kb"),
+    ("THP MiB live", "thp_kb"),
+    ("hugetlb MiB live", "hugetlb_kb"),
+    ("purges", "purges"),
+    ("uffd faults", "uffd_faults"),
+]
+
+
+def modes_main(argv):
+    ap = argparse.ArgumentParser(prog="report.py modes")
+    for opt in ("raw", "meta", "notes", "out", "allocs", "threads"):
+        ap.add_argument("--" + opt, required=True)
+    a = ap.parse_args(argv)
+    modes = a.allocs.split(",")
+    threads = [int(t) for t in a.threads.split(",")]
+    meta = dict(line.rstrip("\n").split("=", 1) for line in open(a.meta) if "=" in line)
+    notes = [line.rstrip("\n") for line in open(a.notes) if line.strip()]
+    rows = read_raw(a.raw)
+
+    md = ["# hakmem modes: largeheap", ""]
+    md.append("%s, commit %s, %s (%s cpus), kernel %s. %s runs per cell, median; pinning: %s; "
+              "took %s s." % (meta.get("date"), meta.get("commit"), meta.get("cpu"),
+                              meta.get("cpus"), meta.get("kernel"), meta.get("runs"),
+                              meta.get("pinning"), meta.get("elapsed")))
+    md.append("")
+    md.append("bench/largeheap.c under hakmem with one `HAKMEM_*` setting changed per row "
+              "(default: all defaults), and mimalloc. %s. Time and minor faults cover the "
+              "timed rounds; app CPU is the benchmark's own threads, helper CPU the rest of "
+              "the process (background purger, userfaultfd handler, io_uring workers); RSS "
+              "after free is read after twice the purge delay idle; THP and hugetlb are "
+              "sampled with the whole heap live; purges and uffd faults are hakmem's "
+              "counters." % ABOUT["largeheap"].split(";")[0])
+    md.append("")
+    head = ["mode", "threads"] + [h for h, _ in MODE_COLS]
+    md.append("| " + " | ".join(head) + " |")
+    md.append("|" + "---|" * len(head))
+    out, failures = [], []
+    for t in threads:
+        for m in modes:
+            runs = [r for r in rows if r["alloc"] == m and r["threads"] == t]
+            if not runs:
+                continue
+            c = summarize(runs)
+            if c["failed"]:
+                md.append("| %s | %d | CRASH (%d/%d) |%s" % (m, t, c["failed"], len(runs),
+                                                            " - |" * (len(MODE_COLS) - 1)))
+                failures += [(m, t, r) for r in c["bad"]]
+                continue
+            line = [m, str(t)]
+            obj = {"mode": m, "threads": t, "runs": c["runs"], "ops_per_s": c["median"],
+                   "peak_rss_kb_runone": c["rss"], "minor_faults_runone": c["flt"]}
+            for h, k in MODE_COLS:
+                if k is None:
+                    line.append(fmt_ops(c["median"]))
+                    continue
+                v = c["extras"].get(k)
+                line.append(fmt_extra(k, v[0] if v and v[0] >= 0 else None))
+                obj[k] = v[0] if v else None
+            md.append("| " + " | ".join(line) + " |")
+            out.append({k: tidy(v) for k, v in obj.items()})
+    md.append("")
+    if failures:
+        md.append("## Failures")
+        md.append("")
+        for m, t, r in failures:
+            md.append("- %s, %dT, run %s: %s" % (m, t, r["run"], r["detail"] or r["status"]))
+        md.append("")
+    if notes:
+        md.append("## Notes")
+        md.append("")
+        md += ["- " + n for n in notes]
+        md.append("")
+    with open(os.path.join(a.out, "modes.md"), "w") as f:
+        f.write("\n".join(md))
+    with open(os.path.join(a.out, "modes.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "modes":
+        modes_main(sys.argv[2:])
+    else:
+        main()

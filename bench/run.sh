@@ -17,12 +17,20 @@
 #   BENCH_FULL=1                   longer runs (3 s) and bigger working sets
 #   BENCH_SECS=0.4                 seconds per run (default: 0.4, or 3 with BENCH_FULL=1)
 #   BENCH_OUT=bench/results        output folder
+#   BENCH_MODES=1                  also run the mode table: largeheap under hakmem with each
+#                                  HAKMEM_* mode, and mimalloc (bench/results/modes.md);
+#                                  BENCH_MODES=only runs just that table
+#   BENCH_MODES_RUNS=3             runs per mode table cell (default: 3)
+#   BENCH_HUGEPAGES=N              as root: vm.nr_hugepages=N for the HAKMEM_HUGETLB=1 row,
+#                                  restored afterwards (default: leave it as it is)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-all_workloads=(larson larson_mid prodcons churn_small churn_mid pingpong falseshare realloc_grow fragment)
+all_workloads=(larson larson_mid prodcons churn_small churn_mid pingpong falseshare realloc_grow fragment largeheap)
 workloads=("${all_workloads[@]}")
+modes_mode=${BENCH_MODES:-0}
+case $modes_mode in 0 | 1 | only) ;; *) echo "run.sh: BENCH_MODES must be 0, 1 or only" >&2; exit 64 ;; esac
 [ -n "${BENCH_ONLY:-}" ] && IFS=, read -r -a workloads <<<"$BENCH_ONLY"
 IFS=, read -r -a allocs <<<"${BENCH_ALLOCS:-glibc,hakmem,mimalloc,jemalloc,tcmalloc}"
 IFS=, read -r -a threads <<<"${BENCH_THREADS:-1,2}"
@@ -42,6 +50,7 @@ targets=("$bin/runone")
 # with the seed's 2-32 KiB blocks.
 program_of() { [ "$1" = larson_mid ] && echo larson || echo "$1"; }
 for w in "${workloads[@]}"; do targets+=("$bin/$(program_of "$w")"); done
+[ "$modes_mode" != 0 ] && targets+=("$bin/largeheap")
 make -s --no-print-directory "${targets[@]}" || { echo "run.sh: build failed" >&2; exit 1; }
 
 mkdir -p "$out"
@@ -65,6 +74,7 @@ find_lib() {
 # Resolves each allocator to the library to preload ("" = glibc); skips the missing.
 names=()
 libs=()
+envs=() # HAKMEM_* settings of a run, "" for none (the mode table's rows)
 for a in "${allocs[@]}"; do
   lib=
   case $a in
@@ -90,8 +100,9 @@ for a in "${allocs[@]}"; do
   fi
   names+=("$a")
   libs+=("$lib")
+  envs+=("")
 done
-[ ${#names[@]} -gt 0 ] || { echo "run.sh: no allocator to run" >&2; exit 1; }
+[ ${#names[@]} -gt 0 ] || [ "$modes_mode" = only ] || { echo "run.sh: no allocator to run" >&2; exit 1; }
 
 # Pinning: the first N cpus we may use, and node 0's memory, if numactl works here.
 pin=none
@@ -132,6 +143,8 @@ args_for() { # $1 = workload, $2 = threads
     falseshare) echo "$secs $t 8 64 1000" ;;
     realloc_grow) [ "$big" = 1 ] && echo "$secs $t 16777216" || echo "$secs $t 4194304" ;;
     fragment) [ "$big" = 1 ] && echo "$secs $t 10000 10000 2097152" || echo "$secs $t 2000 2000 1048576" ;;
+    # heap MiB, threads, rounds: a run does not depend on BENCH_SECS
+    largeheap) [ "$big" = 1 ] && echo "1024 $t 4" || echo "256 $t 4" ;;
   esac
 }
 
@@ -146,8 +159,8 @@ stat_get() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" <<<"$2"; }
 run_one() { # $1 workload $2 allocator index $3 threads $4 run
   local w=$1 a=${names[$2]} lib=${libs[$2]} t=$3 r=$4 st ops extra detail status code
   rm -f "$tmp/stat"
-  # shellcheck disable=SC2046 # word splitting of the pin and argument lists is wanted
-  $(pin_cmd "$t") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
+  # shellcheck disable=SC2046 # word splitting of the env, pin and argument lists is wanted
+  env ${envs[$2]} $(pin_cmd "$t") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
     "$bin/$(program_of "$w")" $(args_for "$w" "$t") >"$tmp/out" 2>"$tmp/err" </dev/null
   st=$(cat "$tmp/stat" 2>/dev/null)
   status=$(sed -n 's/.*status=\([a-z]*\).*/\1/p' <<<"$st")
@@ -181,58 +194,157 @@ run_one() { # $1 workload $2 allocator index $3 threads $4 run
   fi
 }
 
-total=$((${#workloads[@]} * ${#threads[@]} * runs * ${#names[@]}))
-done_runs=0
-started=$(date +%s)
-echo "run.sh: ${#workloads[@]} workloads x ${#threads[@]} thread counts x ${#names[@]} allocators x $runs runs = $total runs of ${secs}s (pinning: $pin)" >&2
-for w in "${workloads[@]}"; do
-  for t in "${threads[@]}"; do
-    for ((r = 1; r <= runs; r++)); do
-      for i in "${!names[@]}"; do
-        run_one "$w" "$i" "$t" "$r"
+# The machine and the run, for the reports' header.
+write_meta() { # $1 file $2 runs $3 elapsed
+  {
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "cpu=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)"
+    echo "cpus=$(nproc)"
+    echo "kernel=$(uname -r)"
+    echo "runs=$2"
+    echo "secs=$secs"
+    echo "full=$full"
+    echo "pinning=$pin"
+    echo "elapsed=$3"
+  } >"$1"
+}
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+
+# In a virtual machine the first touch of guest memory the host has not
+# backed yet costs a host fault per page, seen as system time of whichever
+# run gets that memory first (mostly huge pages, taken whole from the free
+# lists). One untimed largeheap run under hakmem (THP) first, so the timed
+# runs of large heaps start from memory that has been touched before.
+warm_memory() {
+  local lib=$root/build/libhakmem.so
+  [ -e "$lib" ] || lib=
+  "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/warm" -- \
+    "$bin/largeheap" $(args_for largeheap 1 | cut -d' ' -f1) 1 1 >/dev/null 2>&1 </dev/null
+}
+
+# Every workload under every allocator: latest.md, latest.json, latest.png.
+compare() {
+  total=$((${#workloads[@]} * ${#threads[@]} * runs * ${#names[@]}))
+  done_runs=0
+  started=$(date +%s)
+  echo "run.sh: ${#workloads[@]} workloads x ${#threads[@]} thread counts x ${#names[@]} allocators x $runs runs = $total runs of ${secs}s (pinning: $pin)" >&2
+  for w in "${workloads[@]}"; do
+    [ "$w" = largeheap ] && warm_memory
+    for t in "${threads[@]}"; do
+      for ((r = 1; r <= runs; r++)); do
+        for i in "${!names[@]}"; do
+          run_one "$w" "$i" "$t" "$r"
+        done
       done
     done
   done
-done
-elapsed=$(($(date +%s) - started))
+  elapsed=$(($(date +%s) - started))
 
-# Chart only when it can be drawn: gnuplot present and glibc measured.
-chart=no
-if ! command -v gnuplot >/dev/null; then
-  note "gnuplot missing: no chart"
-elif [[ " ${names[*]} " != *" glibc "* ]]; then
-  note "glibc not measured: no chart (it is the chart's baseline)"
-else
-  chart=yes
-fi
+  # Chart only when it can be drawn: gnuplot present and glibc measured.
+  chart=no
+  if ! command -v gnuplot >/dev/null; then
+    note "gnuplot missing: no chart"
+  elif [[ " ${names[*]} " != *" glibc "* ]]; then
+    note "glibc not measured: no chart (it is the chart's baseline)"
+  else
+    chart=yes
+  fi
 
-{
-  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "cpu=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -n 1)"
-  echo "cpus=$(nproc)"
-  echo "kernel=$(uname -r)"
-  echo "runs=$runs"
-  echo "secs=$secs"
-  echo "full=$full"
-  echo "pinning=$pin"
-  echo "elapsed=$elapsed"
-} >"$tmp/meta"
+  write_meta "$tmp/meta" "$runs" "$elapsed"
+  "$py" bench/report.py --raw "$raw" --meta "$tmp/meta" --notes "$notes" --out "$out" \
+    --allocs "$(IFS=,; echo "${names[*]}")" --threads "$(IFS=,; echo "${threads[*]}")" \
+    --workloads "$(IFS=,; echo "${workloads[*]}")" --chart "$chart" --chart-data "$tmp/chart.dat" ||
+    { echo "run.sh: report failed" >&2; exit 1; }
 
-py=/usr/bin/python3
-[ -x "$py" ] || py=python3
-"$py" bench/report.py --raw "$raw" --meta "$tmp/meta" --notes "$notes" --out "$out" \
-  --allocs "$(IFS=,; echo "${names[*]}")" --threads "$(IFS=,; echo "${threads[*]}")" \
-  --workloads "$(IFS=,; echo "${workloads[*]}")" --chart "$chart" --chart-data "$tmp/chart.dat" ||
-  { echo "run.sh: report failed" >&2; exit 1; }
+  if [ "$chart" = yes ]; then
+    rm -f "$out/latest.png"
+    gnuplot -e "datafile='$tmp/chart.dat'; outfile='$out/latest.png'; ncols=${#names[@]}" \
+      bench/chart.gp || echo "run.sh: gnuplot failed: no chart" >&2
+  else
+    rm -f "$out/latest.png"
+  fi
 
-if [ "$chart" = yes ]; then
-  rm -f "$out/latest.png"
-  gnuplot -e "datafile='$tmp/chart.dat'; outfile='$out/latest.png'; ncols=${#names[@]}" \
-    bench/chart.gp || echo "run.sh: gnuplot failed: no chart" >&2
-else
-  rm -f "$out/latest.png"
-fi
+  cat "$out/latest.md"
+  echo "run.sh: $total runs in ${elapsed}s; wrote $out/latest.md, latest.json$([ "$chart" = yes ] && echo ', latest.png')" >&2
+}
 
-cat "$out/latest.md"
-echo "run.sh: $total runs in ${elapsed}s; wrote $out/latest.md, latest.json$([ "$chart" = yes ] && echo ', latest.png')" >&2
+# The mode table: largeheap under hakmem in each of its HAKMEM_* modes, and
+# mimalloc for comparison: bench/results/modes.md and modes.json.
+mode_list=(default HAKMEM_PREFAULT=page HAKMEM_PREFAULT=ahead HAKMEM_UFFD=1 HAKMEM_PURGE=page
+  HAKMEM_PURGE=off HAKMEM_BACKGROUND=0 HAKMEM_PURGE_ENGINE=uring HAKMEM_PURGE_ENGINE=vector
+  HAKMEM_PURGE_ENGINE=sync HAKMEM_THP=0 HAKMEM_HUGETLB=1)
+hugepages_file=/proc/sys/vm/nr_hugepages
+hugepages_old=
+
+restore_hugepages() { [ -z "$hugepages_old" ] || echo "$hugepages_old" >"$hugepages_file" 2>/dev/null; }
+
+modes() {
+  local hak=$root/build/libhakmem.so mi m i t r mruns=${BENCH_MODES_RUNS:-3} hp=${BENCH_HUGEPAGES:-}
+  : >"$notes"
+  if [ ! -e "$hak" ] || LD_PRELOAD=$hak /bin/true 2>&1 | grep -q 'cannot be preloaded'; then
+    echo "run.sh: mode table: $hak missing or not preloadable (make lib)" >&2
+    exit 1
+  fi
+  names=() libs=() envs=()
+  for m in "${mode_list[@]}"; do
+    names+=("$m")
+    libs+=("$hak")
+    if [ "$m" = default ]; then envs+=(""); else envs+=("$m"); fi
+  done
+  if mi=$(find_lib libmimalloc.so.2); then
+    names+=(mimalloc)
+    libs+=("$mi")
+    envs+=("")
+  else
+    note "mimalloc: library not found: no comparison row"
+  fi
+  if [ -n "$hp" ] && [ "$(id -u)" = 0 ] && [ -w "$hugepages_file" ]; then
+    hugepages_old=$(cat "$hugepages_file")
+    trap 'restore_hugepages; rm -rf "$tmp"' EXIT
+  elif [ -n "$hp" ]; then
+    note "BENCH_HUGEPAGES=$hp needs root: vm.nr_hugepages left at $(cat "$hugepages_file")"
+    hp=
+  fi
+  workloads=(largeheap)
+  raw=$tmp/modes.tsv
+  : >"$raw"
+  total=$((${#threads[@]} * mruns * ${#names[@]}))
+  done_runs=0
+  local started got heap_mib
+  heap_mib=$(args_for largeheap 1 | cut -d' ' -f1)
+  started=$(date +%s)
+  warm_memory
+  echo "run.sh: mode table: ${#names[@]} modes x ${#threads[@]} thread counts x $mruns runs = $total runs of largeheap $heap_mib MiB" >&2
+  for t in "${threads[@]}"; do
+    for ((r = 1; r <= mruns; r++)); do
+      for i in "${!names[@]}"; do
+        # the pool holds its pages away from every other run: only for this row
+        if [ "${names[$i]}" = HAKMEM_HUGETLB=1 ] && [ -n "$hp" ]; then
+          echo "$hp" >"$hugepages_file" 2>/dev/null
+          got=$(cat "$hugepages_file")
+          [ "$r" = 1 ] && [ "$t" = "${threads[0]}" ] &&
+            note "HAKMEM_HUGETLB=1 ran with vm.nr_hugepages=$got (BENCH_HUGEPAGES=$hp; $hugepages_old otherwise)"
+          run_one largeheap "$i" "$t" "$r"
+          restore_hugepages
+        else
+          run_one largeheap "$i" "$t" "$r"
+        fi
+      done
+    done
+  done
+  hugepages_old=
+  if [ -z "$hp" ]; then
+    note "HAKMEM_HUGETLB=1 needs free hugetlbfs pages: vm.nr_hugepages was $(cat "$hugepages_file") (the heap needs about $((heap_mib * 5 / 8 + 8)); as root, BENCH_HUGEPAGES=N sets it for that row); without them hakmem falls back to THP and hugetlb MiB stays 0"
+  fi
+  write_meta "$tmp/meta_modes" "$mruns" $(($(date +%s) - started))
+  "$py" bench/report.py modes --raw "$raw" --meta "$tmp/meta_modes" --notes "$notes" --out "$out" \
+    --allocs "$(IFS=,; echo "${names[*]}")" --threads "$(IFS=,; echo "${threads[*]}")" ||
+    { echo "run.sh: mode report failed" >&2; exit 1; }
+  cat "$out/modes.md"
+  echo "run.sh: mode table: $total runs in $(($(date +%s) - started))s; wrote $out/modes.md, modes.json" >&2
+}
+
+[ "$modes_mode" = only ] || compare
+[ "$modes_mode" = 0 ] || modes

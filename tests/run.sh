@@ -148,6 +148,12 @@ run_one fork_uffd env HAKMEM_UFFD=1 "$bin/fork"
 # taken in the kernel, fork, refusal (as root, uffd_refused sets
 # vm.unprivileged_userfaultfd to 0 for a moment and restores it).
 for t in faults threads read fork refused; do run_bin "uffd_$t"; done
+# Lazy zero, purge and huge pages through the allocator, each in children
+# with HAKMEM_* set: calloc zero on fresh/dirty/purged memory, RSS given back
+# (background, on activity, never with off), per-page purge, prefault fault
+# counts, THP and hugetlbfs (as root kmem_hugetlb changes the 2 MiB pool for
+# a moment and restores it), bad values of every variable.
+for t in calloc_zero rss_return purge_page prefault thp hugetlb bad_env; do run_bin "kmem_$t"; done
 
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
