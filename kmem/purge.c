@@ -66,21 +66,21 @@ static size_t nqueued;
 static uint64_t next_seq;
 
 static pthread_mutex_t reap_lock = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic int engine = -1; /* enum kmem_purge_engine; -1 before the first reap */
-static int first_try = -1;      /* the engine to try first; -1: kmem_cfg's */
+static _Atomic int engine = -1;       /* enum kmem_purge_engine; -1 before the first reap */
+static int first_try = -1;            /* the engine to try first; -1: kmem_cfg's */
 static purge_req_t staged[BATCH_MAX]; /* taken from the queue by this step */
 static struct iovec iovs[BATCH_MAX];
 
 static struct io_uring ring;
-static bool ring_up;         /* mapped; may outlive the uring engine until drained */
-static bool ring_fd_ours;    /* false once io_uring_enter says the fd is not our ring */
+static bool ring_up;                 /* mapped; may outlive the uring engine until drained */
+static bool ring_fd_ours;            /* false once io_uring_enter says the fd is not our ring */
 static purge_req_t flight[RING_MAX]; /* by SQE user_data */
 static bool in_ring[RING_MAX];
 static uint16_t free_slots[RING_MAX];
 static size_t nfree_slots, ring_inflight;
 
-static int self_pidfd = -1;  /* PIDFD_SELF_THREAD or our pidfd_open's fd */
-static bool pidfd_ours;      /* an fd of ours: closed in a forked child */
+static int self_pidfd = -1; /* PIDFD_SELF_THREAD or our pidfd_open's fd */
+static bool pidfd_ours;     /* an fd of ours: closed in a forked child */
 
 static void count_purge(size_t len, _Atomic uint64_t *via) {
   kmem_count(&kmem_counters.purges, 1);
@@ -94,7 +94,7 @@ bool kmem_purge_now(void *p, size_t len) {
   return true;
 }
 
-/* "what: ENAME, and" appended names, built without malloc or stdio. */
+/* Reports leaving engine from: "what: ENAME; trying the next" (no malloc). */
 static void fallback(int from, const char *what, int err) {
   static const char *const feature[] = {"HAKMEM_PURGE_ENGINE=uring", "HAKMEM_PURGE_ENGINE=vector"};
   static const char *const next[] = {"; trying vector", "; using sync"};
@@ -103,7 +103,8 @@ static void fallback(int from, const char *what, int err) {
   const char *parts[] = {what, name ? ": " : "", name ? name : "", next[from]};
   size_t n = 0;
   for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
-    for (const char *s = parts[i]; *s && n + 1 < sizeof why; s++) why[n++] = *s;
+    for (const char *s = parts[i]; *s && n + 1 < sizeof why; s++)
+      why[n++] = *s;
   why[n] = 0;
   kmem_fallback(kmem_cfg.purge_engine_asked, feature[from], why);
 }
@@ -142,7 +143,8 @@ static size_t queue_length(void) {
 }
 
 static size_t sync_send(size_t k, purge_fin_t *fin, size_t n) {
-  for (size_t i = 0; i < k; i++) fin[n++] = (purge_fin_t){staged[i].cookie, kmem_purge_now(staged[i].p, staged[i].len)};
+  for (size_t i = 0; i < k; i++)
+    fin[n++] = (purge_fin_t){staged[i].cookie, kmem_purge_now(staged[i].p, staged[i].len)};
   return n;
 }
 
@@ -174,10 +176,11 @@ static bool vector_setup(void) {
   bool ok = r == 4096 && *(volatile char *)page == 0;
   munmap(page, 4096);
   if (ok) return true;
+  bool no_pidfd = self_pidfd < 0;
   if (pidfd_ours) close(self_pidfd);
   self_pidfd = -1;
   pidfd_ours = false;
-  fallback(KMEM_PURGE_VECTOR, pidfd_ours || err != EBADF ? "process_madvise" : "pidfd_open", err);
+  fallback(KMEM_PURGE_VECTOR, no_pidfd ? "pidfd_open" : "process_madvise", err);
   return false;
 }
 
@@ -190,7 +193,8 @@ static void vector_refused(int err) {
 }
 
 static size_t vector_send(size_t k, purge_fin_t *fin, size_t n) {
-  for (size_t i = 0; i < k; i++) iovs[i] = (struct iovec){staged[i].p, staged[i].len};
+  for (size_t i = 0; i < k; i++)
+    iovs[i] = (struct iovec){staged[i].p, staged[i].len};
   for (size_t i = 0; i < k;) {
     long r = -1;
     int err = 0;
@@ -230,7 +234,8 @@ static size_t vector_send(size_t k, purge_fin_t *fin, size_t n) {
 static void ring_forget(void) {
   munmap(ring.sq.sqes, ring.sq.ring_entries * sizeof(struct io_uring_sqe));
   munmap(ring.sq.ring_ptr, ring.sq.ring_sz);
-  if (ring.cq.ring_ptr && ring.cq.ring_ptr != ring.sq.ring_ptr) munmap(ring.cq.ring_ptr, ring.cq.ring_sz);
+  if (ring.cq.ring_ptr && ring.cq.ring_ptr != ring.sq.ring_ptr)
+    munmap(ring.cq.ring_ptr, ring.cq.ring_sz);
   if (ring_fd_ours) close(ring.ring_fd);
   memset(&ring, 0, sizeof ring);
   ring_up = false;
@@ -265,7 +270,8 @@ static bool uring_setup(void) {
   ring_up = ring_fd_ours = true;
   ring_inflight = 0;
   nfree_slots = RING_MAX;
-  for (size_t i = 0; i < RING_MAX; i++) free_slots[i] = (uint16_t)(RING_MAX - 1 - i);
+  for (size_t i = 0; i < RING_MAX; i++)
+    free_slots[i] = (uint16_t)(RING_MAX - 1 - i);
   return true;
 }
 
@@ -307,7 +313,8 @@ static size_t uring_harvest(purge_fin_t *fin, size_t n) {
     } else {
       /* -ECANCELED when the submitting thread exited, or a refusal. */
       ok = kmem_purge_now(q->p, q->len);
-      if (ok && refusal(-res) && atomic_load_explicit(&engine, memory_order_relaxed) == KMEM_PURGE_URING)
+      if (ok && refusal(-res) &&
+          atomic_load_explicit(&engine, memory_order_relaxed) == KMEM_PURGE_URING)
         uring_leave("IORING_OP_MADVISE failed where madvise worked", -res);
     }
     fin[n++] = (purge_fin_t){q->cookie, ok};
@@ -364,7 +371,10 @@ static void choose_engine(void) {
 /* Sends what the engine can take, collects what finished; with block, waits
  * for at least one in-flight purge when nothing else finished. */
 static size_t step(purge_fin_t *fin, bool block) {
-  if (atomic_load_explicit(&engine, memory_order_relaxed) < 0) choose_engine();
+  if (atomic_load_explicit(&engine, memory_order_relaxed) < 0) {
+    if (!queue_length()) return 0; /* a process that never purges sets nothing up */
+    choose_engine();
+  }
   size_t n = ring_up ? uring_harvest(fin, 0) : 0;
   int e = atomic_load_explicit(&engine, memory_order_relaxed);
   if (e == KMEM_PURGE_URING) {
@@ -389,7 +399,8 @@ static bool pending_before(uint64_t seq) {
     if (in_ring[i] && flight[i].seq < seq) return true;
   bool found = false;
   pthread_mutex_lock(&queue_lock);
-  for (size_t i = 0; i < nqueued && !found; i++) found = queued[i].seq < seq;
+  for (size_t i = 0; i < nqueued && !found; i++)
+    found = queued[i].seq < seq;
   pthread_mutex_unlock(&queue_lock);
   return found;
 }
@@ -397,11 +408,8 @@ static bool pending_before(uint64_t seq) {
 /* A reap that does not wait leaves the ring to a reap already running
  * (which sends the queue too), unless the queue is full. */
 static bool lock_reap(bool wait) {
-  if (wait || pthread_mutex_trylock(&reap_lock) == 0) {
-    if (wait) pthread_mutex_lock(&reap_lock);
-    return true;
-  }
-  if (atomic_load_explicit(&engine, memory_order_relaxed) == KMEM_PURGE_URING &&
+  if (!wait && pthread_mutex_trylock(&reap_lock) == 0) return true;
+  if (!wait && atomic_load_explicit(&engine, memory_order_relaxed) == KMEM_PURGE_URING &&
       queue_length() < QUEUE_MAX)
     return false;
   pthread_mutex_lock(&reap_lock);
@@ -430,7 +438,8 @@ size_t kmem_purge_reap(kmem_purge_done_fn done, bool wait) {
     size_t n = step(fin, wait);
     bool more = wait ? pending_before(target) : n == BATCH_MAX && steps < STEPS_MAX;
     pthread_mutex_unlock(&reap_lock);
-    for (size_t i = 0; i < n; i++) done(fin[i].cookie, fin[i].ok);
+    for (size_t i = 0; i < n; i++)
+      done(fin[i].cookie, fin[i].ok);
     total += n;
     if (!more) return total;
   }
