@@ -7,7 +7,7 @@ WARN    := -std=gnu11 -Wall -Wextra -Werror
 INC     := -Iuapi -Isrc -Ikmem
 CFLAGS_REL := $(WARN) $(INC) -O2 -g -fPIC -fvisibility=hidden -fno-plt -ftls-model=initial-exec
 CFLAGS_DBG := $(WARN) $(INC) -O0 -g -fPIC -fvisibility=hidden -DHAK_DEBUG=1
-LDLIBS  := -luring -lpthread
+LDLIBS  := -lnuma -luring -lpthread
 
 LIB_SRC  := $(wildcard kmem/*.c) $(filter-out src/override.c,$(wildcard src/*.c))
 ALL_SRC  := $(LIB_SRC) src/override.c

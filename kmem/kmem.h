@@ -11,6 +11,8 @@
 #define KMEM_REGION_SIZE ((size_t)1 << KMEM_REGION_SHIFT)
 
 enum kmem_purge_engine { KMEM_PURGE_URING, KMEM_PURGE_VECTOR, KMEM_PURGE_SYNC };
+enum kmem_numa_mode { KMEM_NUMA_LOCAL, KMEM_NUMA_STRICT, KMEM_NUMA_INTERLEAVE, KMEM_NUMA_OFF };
+#define KMEM_MAX_NODES 64
 
 typedef struct kmem_config {
   bool thp;           /* advise MADV_HUGEPAGE on regions */
@@ -19,6 +21,8 @@ typedef struct kmem_config {
   int purge_engine;   /* enum kmem_purge_engine: the first one tried */
   bool purge_engine_asked; /* set by the user: a fallback is reported */
   bool verbose;       /* report every fallback */
+  int numa_mode;      /* enum kmem_numa_mode */
+  bool numa_asked;    /* HAKMEM_NUMA set by the user: a fallback is reported */
 } kmem_config_t;
 
 void kmem_init(const kmem_config_t *cfg);
@@ -31,10 +35,19 @@ typedef struct kmem_stats {
 } kmem_stats_t;
 void kmem_stats_get(kmem_stats_t *out);
 
-/* One 2 MiB-aligned region of 2 MiB, carved from a larger reservation (or
- * one hugetlbfs page: *hugetlb, never purged in parts). Its memory reads as
- * zero. NULL when address space or memory runs out. */
-void *kmem_region_alloc(bool *hugetlb);
+/* One 2 MiB-aligned region of 2 MiB for a node, carved from a larger
+ * reservation (or one hugetlbfs page: *hugetlb, never purged in parts), with
+ * the node's memory policy set. Its memory reads as zero. NULL when address
+ * space or memory runs out. */
+void *kmem_region_alloc(int node, bool *hugetlb);
+
+/* ---- NUMA (kmem/numa.c) ----
+ * Topology read once at start (virtual_nodes > 0: HAKMEM_NODES). */
+void kmem_numa_init(int virtual_nodes);
+int kmem_node_count(void);      /* nodes the allocator sees (virtual or real) */
+int kmem_real_node_count(void);
+int kmem_current_node(void);    /* of the calling thread's CPU; slow paths only */
+void kmem_bind(void *p, size_t len, int node); /* policy by kmem_cfg.numa_mode */
 
 /* Zero-filled, never-touched mapping of len bytes whose start is aligned to
  * align (a power of two >= 4 KiB). NULL on failure. */

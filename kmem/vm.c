@@ -114,7 +114,7 @@ static void *hugetlb_region(void) {
   return p;
 }
 
-void *kmem_region_alloc(bool *hugetlb) {
+void *kmem_region_alloc(int node, bool *hugetlb) {
   void *r = kmem_cfg.hugetlb ? hugetlb_region() : NULL;
   *hugetlb = r != NULL;
   if (!r) {
@@ -131,6 +131,7 @@ void *kmem_region_alloc(bool *hugetlb) {
     pthread_mutex_unlock(&reserve_lock);
     if (r) kmem_uffd_register(r, KMEM_REGION_SIZE);
   }
+  if (r) kmem_bind(r, KMEM_REGION_SIZE, node);
   return r;
 }
 

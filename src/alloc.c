@@ -179,8 +179,13 @@ HAK_EXPORT void hak_free_aligned_sized(void *p, size_t align, size_t size) {
 HAK_EXPORT int hak_malloc_trim(size_t pad) {
   (void)pad;
   hak_heap_t *heap = hak_tls_heap;
-  if (heap != &hak_heap_empty && atomic_load_explicit(&heap->delayed, memory_order_relaxed))
-    hak_heap_drain_delayed(heap);
+  if (heap != &hak_heap_empty) {
+    /* every mailbox: frees for pages whose owners are gone end in the pool */
+    hak_mailbox_flush(heap);
+    for (int node = 0; node < kmem_node_count(); node++) hak_mailbox_drain(heap, node, SIZE_MAX);
+    if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
+    hak_heap_trim(heap);
+  }
   size_t released = hak_pool_trim() + hak_huge_trim();
   return released > 0;
 }

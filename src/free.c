@@ -118,9 +118,27 @@ void hak_free_slow(hak_region_t *r, void *p) {
   }
   if (page_flags(page) & PAGE_HAS_ALIGNED) p = hak_block_start(page, p);
   hak_heap_t *heap = hak_tls_heap;
+  if (page_heap(page) != heap) {
+    if (heap != &hak_heap_empty) stat_inc(&heap->stats.remote_frees, 1);
+    else atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
+    if (r->node != heap->node && heap != &hak_heap_empty) {
+      stat_inc(&heap->stats.remote_frees_cross_node, 1);
+      if (hak_opt.mailbox_batch > 1) {
+        hak_mailbox_send(heap, r->node, p);
+        return;
+      }
+    }
+  }
+  hak_free_route(heap, page, p);
+}
+
+/* Where a free goes once it is known not to wait in a mailbox: the caller's
+ * own page, an abandoned page the caller claims (same node only), or the
+ * page's remote list. */
+void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   hak_heap_t *owner = page_heap(page);
   if (owner == heap) {
-    hak_free_local_slow(heap, page, p);
+    hak_free_local_slow(heap, page, b);
     return;
   }
   if (!owner && heap != &hak_heap_empty &&
@@ -131,10 +149,8 @@ void hak_free_slow(hak_region_t *r, void *p) {
     stat_inc(&heap->stats.remote_blocks_collected, n);
     queue_push_back(&heap->queues[page->cls], page);
     heap_sync_direct(heap, page->cls);
-    hak_free_local_slow(heap, page, p);
+    hak_free_local_slow(heap, page, b);
     return;
   }
-  if (heap != &hak_heap_empty) stat_inc(&heap->stats.remote_frees, 1);
-  else atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
-  free_remote(page, p);
+  free_remote(page, b);
 }

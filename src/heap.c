@@ -53,7 +53,7 @@ hak_heap_t *hak_heap_for_thread(void) {
     errno = ENOMEM;
     return NULL;
   }
-  heap->node = 0;
+  heap->node = kmem_current_node();
   hak_tls_heap = heap;
   /* the key's destructor abandons the heap when the thread exits */
   pthread_setspecific(hak_thread_key, heap);
@@ -85,6 +85,9 @@ static void abandon_list(hak_heap_t *heap, hak_page_t *first, hak_page_t **keep)
  * live blocks to the node's abandoned pool. */
 void hak_heap_abandon(hak_heap_t *heap) {
   if (heap == &hak_heap_empty) return;
+  /* cross-node frees leave first; then the node's mailbox, some of it ours */
+  hak_mailbox_flush(heap);
+  hak_mailbox_drain(heap, heap->node, SIZE_MAX);
   for (unsigned c = 0; c < NUM_CLASSES; c++)
     for (hak_page_t *p = heap->queues[c].first; p; p = p->next) hak_page_set_never(p);
   for (hak_page_t *p = heap->full.first; p; p = p->next) hak_page_set_never(p);
@@ -106,6 +109,51 @@ void hak_heap_abandon(hak_heap_t *heap) {
   pthread_mutex_lock(&heaps_lock);
   heap->in_use = false;
   pthread_mutex_unlock(&heaps_lock);
+}
+
+static hak_heap_t *heap_of_caller(void) {
+  hak_heap_t *heap = hak_tls_heap;
+  return heap != &hak_heap_empty ? heap : hak_heap_for_thread();
+}
+
+HAK_EXPORT int hakmem_thread_set_node(int node) {
+  hak_heap_t *heap = heap_of_caller();
+  if (!heap) return -1;
+  if (node < 0 || node >= kmem_node_count()) {
+    errno = EINVAL;
+    return -1;
+  }
+  heap->node = node; /* pages it has stay; new ones come from this node */
+  return 0;
+}
+
+HAK_EXPORT int hakmem_thread_node(void) {
+  hak_heap_t *heap = heap_of_caller();
+  return heap ? heap->node : 0;
+}
+
+HAK_EXPORT void hakmem_flush(void) {
+  hak_heap_t *heap = heap_of_caller();
+  if (!heap) return;
+  hak_mailbox_flush(heap);
+  hak_mailbox_drain(heap, heap->node, SIZE_MAX);
+  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
+}
+
+/* malloc_trim: the caller's empty pages go back too, even the one page per
+ * class a heap otherwise keeps for its next malloc. */
+void hak_heap_trim(hak_heap_t *heap) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++) {
+    for (hak_page_t *p = heap->queues[c].first, *next; p; p = next) {
+      next = p->next;
+      hak_page_collect(p);
+      if (p->used == 0) {
+        queue_remove(&heap->queues[c], p);
+        hak_span_free(p);
+      }
+    }
+    heap_sync_direct(heap, c);
+  }
 }
 
 HAK_EXPORT void hak_thread_done(void) {

@@ -53,8 +53,11 @@ void hak_init(void) {
       .purge_engine = hak_opt.purge_engine,
       .purge_engine_asked = hak_opt.purge_engine_asked,
       .verbose = hak_opt.verbose,
+      .numa_mode = hak_opt.numa,
+      .numa_asked = hak_opt.numa_asked,
   };
   kmem_init(&cfg);
+  kmem_numa_init(hak_opt.nodes);
   pthread_key_create(&hak_thread_key, thread_exit);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
   atomic_store_explicit(&hak_init_state, 2, memory_order_release);

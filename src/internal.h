@@ -109,8 +109,15 @@ typedef struct hak_queue {
 /* Per-thread counters; merged by hak_stats_get. Written by the owner only. */
 typedef struct hak_heap_stats {
   _Atomic uint64_t pages_fresh, pages_reused, pages_activated, remote_frees,
-      remote_blocks_collected, pages_abandoned, pages_adopted;
+      remote_blocks_collected, pages_abandoned, pages_adopted, remote_frees_cross_node,
+      batches_sent, mailbox_drains, blocks_drained;
 } hak_heap_stats_t;
+
+/* Cross-node frees waiting to go to one node's mailbox as one batch. */
+typedef struct hak_outbox {
+  hak_block_t *head, *tail;
+  uint32_t count;
+} hak_outbox_t;
 
 typedef struct __attribute__((aligned(64))) hak_heap {
   hak_page_t *direct[NUM_CLASSES]; /* first page of each queue, or the empty page */
@@ -118,6 +125,8 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   hak_queue_t full; /* full pages and large spans */
   _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
   uint64_t slow_calls;
+  uint64_t out_pending; /* bit n: out[n] holds a partial batch */
+  hak_outbox_t out[KMEM_MAX_NODES];
   int node;
   bool in_use;
   struct hak_heap *pool_next; /* all heaps ever made */
@@ -224,6 +233,10 @@ typedef struct hak_options {
   bool purge_engine_asked;
   bool background;  /* a purger thread returns memory of idle processes */
   int prefault;     /* PREFAULT_* */
+  int numa;         /* enum kmem_numa_mode */
+  bool numa_asked;
+  int nodes;        /* HAKMEM_NODES: virtual nodes, 0 = the machine's */
+  int mailbox_batch; /* cross-node frees per mailbox batch */
   bool abort_on_error;
   bool verbose;
 } hak_options_t;
@@ -239,6 +252,7 @@ void hak_init(void);
 extern _Atomic int hak_init_state; /* 0 none, 1 running, 2 done */
 hak_heap_t *hak_heap_for_thread(void);   /* creates the calling thread's heap */
 void hak_heap_abandon(hak_heap_t *heap); /* thread exit */
+void hak_heap_trim(hak_heap_t *heap);    /* returns its empty pages */
 void hak_heaps_fork_prepare(void);
 void hak_heaps_fork_release(void);
 void hak_heaps_fork_child(hak_heap_t *survivor);
@@ -249,7 +263,7 @@ void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
       remote_frees, huge_allocs, heaps_created, pages_abandoned,
-      pages_adopted, remote_blocks_collected;
+      pages_adopted, remote_blocks_collected, node_fallbacks;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);
@@ -266,6 +280,15 @@ size_t hak_pool_trim(void); /* reclaims empty abandoned pages, purges every free
 size_t hak_pool_purge(bool force, bool wait);
 void hak_pool_purge_maybe(void);
 void hak_pool_populate_after(hak_page_t *span);
+
+/* ---- node mailboxes (mailbox.c) ------------------------------------------ */
+
+void hak_mailbox_send(hak_heap_t *heap, int node, hak_block_t *b);
+void hak_mailbox_flush(hak_heap_t *heap);
+void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_bytes);
+void hak_mailbox_drain_slow(hak_heap_t *heap); /* own node, bounded */
+bool hak_mailbox_waiting(int node);
+void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 
 /* ---- background thread --------------------------------------------------- */
 

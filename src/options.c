@@ -14,6 +14,8 @@ hak_options_t hak_opt = {
     .purge_engine = KMEM_PURGE_SYNC,
     .background = true,
     .prefault = PREFAULT_OFF,
+    .numa = KMEM_NUMA_LOCAL,
+    .mailbox_batch = 64,
 };
 
 void hak_warn(const char *a, const char *b, const char *c) {
@@ -27,30 +29,36 @@ void hak_warn(const char *a, const char *b, const char *c) {
   buf_write(2, &buf);
 }
 
-enum { OPT_BOOL, OPT_CHOICE, OPT_MS, OPT_PATH };
+enum { OPT_BOOL, OPT_CHOICE, OPT_MS, OPT_PATH, OPT_INT };
 
 typedef struct option {
   const char *name;
   int type;
   void *value;               /* bool, int (choice), uint64_t (ms) or char[256] */
-  const char *choices[4];    /* OPT_CHOICE: accepted words, value = index */
+  const char *choices[4];    /* OPT_CHOICE: accepted words, value = index;
+                                OPT_INT: the accepted range as text */
   bool *asked;               /* set when the user gave a valid value */
+  int min, max;              /* OPT_INT */
 } option_t;
 
 static const option_t options[] = {
-    {"HAKMEM_STATS", OPT_CHOICE, &hak_opt.stats, {"0", "1", "json", "text"}, NULL},
-    {"HAKMEM_STATS_FILE", OPT_PATH, hak_opt.stats_file, {0}, NULL},
-    {"HAKMEM_THP", OPT_BOOL, &hak_opt.thp, {0}, NULL},
-    {"HAKMEM_HUGETLB", OPT_BOOL, &hak_opt.hugetlb, {0}, NULL},
-    {"HAKMEM_PURGE", OPT_CHOICE, &hak_opt.purge, {"region", "page", "off"}, NULL},
-    {"HAKMEM_PURGE_DELAY_MS", OPT_MS, &hak_opt.purge_delay_ms, {0}, NULL},
+    {"HAKMEM_STATS", OPT_CHOICE, &hak_opt.stats, {"0", "1", "json", "text"}, NULL, 0, 0},
+    {"HAKMEM_STATS_FILE", OPT_PATH, hak_opt.stats_file, {0}, NULL, 0, 0},
+    {"HAKMEM_THP", OPT_BOOL, &hak_opt.thp, {0}, NULL, 0, 0},
+    {"HAKMEM_HUGETLB", OPT_BOOL, &hak_opt.hugetlb, {0}, NULL, 0, 0},
+    {"HAKMEM_PURGE", OPT_CHOICE, &hak_opt.purge, {"region", "page", "off"}, NULL, 0, 0},
+    {"HAKMEM_PURGE_DELAY_MS", OPT_MS, &hak_opt.purge_delay_ms, {0}, NULL, 0, 0},
     {"HAKMEM_PURGE_ENGINE", OPT_CHOICE, &hak_opt.purge_engine, {"uring", "vector", "sync"},
-     &hak_opt.purge_engine_asked},
-    {"HAKMEM_BACKGROUND", OPT_BOOL, &hak_opt.background, {0}, NULL},
-    {"HAKMEM_PREFAULT", OPT_CHOICE, &hak_opt.prefault, {"off", "page", "ahead"}, NULL},
-    {"HAKMEM_UFFD", OPT_BOOL, &hak_opt.uffd, {0}, NULL},
-    {"HAKMEM_ABORT_ON_ERROR", OPT_BOOL, &hak_opt.abort_on_error, {0}, NULL},
-    {"HAKMEM_VERBOSE", OPT_BOOL, &hak_opt.verbose, {0}, NULL},
+     &hak_opt.purge_engine_asked, 0, 0},
+    {"HAKMEM_BACKGROUND", OPT_BOOL, &hak_opt.background, {0}, NULL, 0, 0},
+    {"HAKMEM_PREFAULT", OPT_CHOICE, &hak_opt.prefault, {"off", "page", "ahead"}, NULL, 0, 0},
+    {"HAKMEM_UFFD", OPT_BOOL, &hak_opt.uffd, {0}, NULL, 0, 0},
+    {"HAKMEM_NUMA", OPT_CHOICE, &hak_opt.numa, {"local", "strict", "interleave", "off"},
+     &hak_opt.numa_asked, 0, 0},
+    {"HAKMEM_NODES", OPT_INT, &hak_opt.nodes, {"1 to 64"}, NULL, 1, KMEM_MAX_NODES},
+    {"HAKMEM_MAILBOX_BATCH", OPT_INT, &hak_opt.mailbox_batch, {"1 to 4096"}, NULL, 1, 4096},
+    {"HAKMEM_ABORT_ON_ERROR", OPT_BOOL, &hak_opt.abort_on_error, {0}, NULL, 0, 0},
+    {"HAKMEM_VERBOSE", OPT_BOOL, &hak_opt.verbose, {0}, NULL, 0, 0},
 };
 
 static void bad_value(const char *name, const char *value, const char *accepted) {
@@ -86,6 +94,17 @@ static bool parse(const option_t *o, const char *v) {
     }
     bad_value(o->name, v, accepted);
     return false;
+  }
+  case OPT_INT: {
+    long x = 0;
+    const char *s = v;
+    for (; *s >= '0' && *s <= '9' && x <= o->max; s++) x = x * 10 + (*s - '0');
+    if (s == v || *s || x < o->min || x > o->max) {
+      bad_value(o->name, v, o->choices[0]);
+      return false;
+    }
+    *(int *)o->value = (int)x;
+    return true;
   }
   case OPT_MS: {
     uint64_t x = 0;
@@ -146,6 +165,7 @@ void hak_options_banner(void) {
     case OPT_BOOL: buf_str(&b, *(bool *)o->value ? "1" : "0"); break;
     case OPT_CHOICE: buf_str(&b, o->choices[*(int *)o->value]); break;
     case OPT_MS: buf_u64(&b, *(uint64_t *)o->value); break;
+    case OPT_INT: buf_u64(&b, (uint64_t)*(int *)o->value); break;
     default: buf_str(&b, *(char *)o->value ? (char *)o->value : "-");
     }
   }

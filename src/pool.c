@@ -5,7 +5,7 @@
 
 #include <string.h>
 
-#define MAX_NODES 1
+#define MAX_NODES KMEM_MAX_NODES
 #define ADOPT_SCAN 8 /* abandoned pages looked at per adoption attempt */
 
 typedef struct hak_pool {
@@ -16,6 +16,7 @@ typedef struct hak_pool {
   _Atomic uint64_t last_purge_scan_ms; /* read without the lock */
   hak_page_t *abandoned[NUM_CLASSES];
   _Atomic uint32_t nabandoned[NUM_CLASSES]; /* read without the lock */
+  _Atomic uint64_t regions, committed;     /* hak_node_stats_t */
 } hak_pool_t;
 
 static hak_pool_t pools[MAX_NODES] = {[0 ... MAX_NODES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
@@ -61,9 +62,15 @@ void hak_committed_add(int64_t delta) {
   }
 }
 
+/* Bytes of a node's regions in use or not yet purged, globally and per node. */
+static void node_committed_add(int node, int64_t delta) {
+  atomic_fetch_add_explicit(&pools[node].committed, (uint64_t)delta, memory_order_relaxed);
+  hak_committed_add(delta);
+}
+
 static hak_region_t *region_new(int node) {
   bool hugetlb;
-  hak_region_t *r = kmem_region_alloc(&hugetlb);
+  hak_region_t *r = kmem_region_alloc(node, &hugetlb);
   if (!r) return NULL;
   r->hugetlb = hugetlb;
   r->free_mask = 0xFFFFFFFFu;
@@ -72,7 +79,8 @@ static hak_region_t *region_new(int node) {
   r->node = (uint16_t)node;
   r->kind = REGION_SMALL;
   atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed);
-  hak_committed_add((int64_t)REGION_HEADER_SIZE);
+  atomic_fetch_add_explicit(&pools[node].regions, 1, memory_order_relaxed);
+  node_committed_add(node, (int64_t)REGION_HEADER_SIZE);
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_SMALL,
                         memory_order_release);
   return r;
@@ -102,22 +110,35 @@ static hak_region_t *find_run(hak_pool_t *pool, unsigned npages, uint32_t skip, 
   return NULL;
 }
 
+/* A free run in this pool, or in a new region of it (create); locked. */
+static hak_region_t *pool_find(hak_pool_t *pool, int node, unsigned npages, uint32_t skip,
+                               bool create, uint32_t *starts) {
+  hak_region_t *r = find_run(pool, npages, skip, starts);
+  if (r) {
+    bucket_remove(pool, r);
+  } else if (create && (r = region_new(node)) != NULL) {
+    *starts = run_starts(r->free_mask & ~skip, npages);
+  }
+  return r;
+}
+
+/* A run of npages pages from the node's pool; when the node has no room and
+ * no new region can be made, from the next nodes' (node_fallbacks). */
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero) {
-  hak_pool_t *pool = pool_of(node);
   uint32_t skip = allow_page0 ? 0 : 1;
   uint32_t starts = 0;
-  pthread_mutex_lock(&pool->lock);
-  hak_region_t *r = find_run(pool, npages, skip, &starts);
-  if (!r) {
-    r = region_new(node);
-    if (!r) {
-      pthread_mutex_unlock(&pool->lock);
-      return NULL;
-    }
-    starts = run_starts(r->free_mask & ~skip, npages);
-  } else {
-    bucket_remove(pool, r);
+  int nodes = kmem_node_count();
+  hak_region_t *r = NULL;
+  hak_pool_t *pool = NULL;
+  for (int k = 0; k < nodes && !r; k++) {
+    int n = (node + k) % nodes;
+    pool = pool_of(n);
+    pthread_mutex_lock(&pool->lock);
+    r = pool_find(pool, n, npages, skip, k == 0, &starts);
+    if (!r) pthread_mutex_unlock(&pool->lock);
+    else if (k) atomic_fetch_add_explicit(&hak_gstats.node_fallbacks, 1, memory_order_relaxed);
   }
+  if (!r) return NULL;
   unsigned first = (unsigned)__builtin_ctz(starts);
   uint32_t run = (npages == 32 ? 0xFFFFFFFFu : ((1u << npages) - 1)) << first;
   uint32_t newly = run & ~r->dirty_mask;
@@ -127,7 +148,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   r->nfree = (uint16_t)(r->nfree - npages);
   bucket_insert(pool, r);
   pthread_mutex_unlock(&pool->lock);
-  if (newly) hak_committed_add((int64_t)__builtin_popcount(newly) * (int64_t)PAGE_SIZE);
+  if (newly) node_committed_add(r->node, (int64_t)__builtin_popcount(newly) * (int64_t)PAGE_SIZE);
 
   hak_page_t *head = &r->pages[first];
   for (unsigned i = 0; i < npages; i++) {
@@ -217,7 +238,8 @@ static void purge_done(void *cookie, bool ok) {
   r->free_mask |= mask;
   r->nfree = (uint16_t)(r->nfree + count);
   if (ok) {
-    hak_committed_add(-(int64_t)__builtin_popcount(r->dirty_mask & mask) * (int64_t)PAGE_SIZE);
+    node_committed_add(r->node,
+                       -(int64_t)__builtin_popcount(r->dirty_mask & mask) * (int64_t)PAGE_SIZE);
     r->dirty_mask &= ~mask;
   }
   bucket_insert(pool, r);
@@ -239,7 +261,7 @@ size_t hak_pool_purge(bool force, bool wait) {
   uint64_t now = hak_now_ms();
   size_t total = 0;
   if (hak_opt.purge == PURGE_OFF && !force) return 0;
-  for (int node = 0; node < MAX_NODES; node++) {
+  for (int node = 0; node < kmem_node_count(); node++) {
     hak_pool_t *pool = &pools[node];
     purge_run_t runs[PURGE_BATCH];
     size_t n;
@@ -385,7 +407,7 @@ hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
 /* Gives back what is free now: abandoned pages whose blocks have all come
  * back, and every free page. Returns the number of purged runs. */
 size_t hak_pool_trim(void) {
-  for (int n = 0; n < MAX_NODES; n++) {
+  for (int n = 0; n < kmem_node_count(); n++) {
     hak_pool_t *pool = &pools[n];
     pthread_mutex_lock(&pool->lock);
     for (unsigned c = 0; c < NUM_CLASSES; c++) {
@@ -404,10 +426,19 @@ size_t hak_pool_trim(void) {
 }
 
 void hak_pool_fork_prepare(void) {
-  for (int n = 0; n < MAX_NODES; n++) pthread_mutex_lock(&pools[n].lock);
+  for (int n = 0; n < kmem_node_count(); n++) pthread_mutex_lock(&pools[n].lock);
 }
 
 void hak_pool_fork_release(void) {
-  for (int n = MAX_NODES - 1; n >= 0; n--) pthread_mutex_unlock(&pools[n].lock);
+  for (int n = kmem_node_count() - 1; n >= 0; n--) pthread_mutex_unlock(&pools[n].lock);
 }
 
+
+HAK_EXPORT int hak_node_count(void) { return kmem_node_count(); }
+
+HAK_EXPORT int hak_node_stats_get(int node, hak_node_stats_t *out) {
+  if (node < 0 || node >= kmem_node_count()) return -1;
+  out->regions = atomic_load_explicit(&pools[node].regions, memory_order_relaxed);
+  out->committed_bytes = atomic_load_explicit(&pools[node].committed, memory_order_relaxed);
+  return 0;
+}

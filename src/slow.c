@@ -108,8 +108,12 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     if (p && zero && !fresh) memset(p, 0, size);
     return p;
   }
-  if ((++heap->slow_calls & 63) == 0) hak_pool_purge_maybe();
+  if ((++heap->slow_calls & 63) == 0) {
+    hak_mailbox_flush(heap); /* no cross-node free waits for a batch forever */
+    hak_pool_purge_maybe();
+  }
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
+  hak_mailbox_drain_slow(heap);
   unsigned cls = class_of(size);
   hak_page_t *page = page_find(heap, cls);
   heap_sync_direct(heap, cls);

@@ -36,6 +36,11 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .pages_activated = H(pages_activated),
       .remote_frees = H(remote_frees) + G(remote_frees),
       .remote_blocks_collected = H(remote_blocks_collected),
+      .remote_frees_cross_node = H(remote_frees_cross_node),
+      .batches_sent = H(batches_sent),
+      .mailbox_drains = H(mailbox_drains),
+      .blocks_drained = H(blocks_drained),
+      .node_fallbacks = G(node_fallbacks),
       .pages_abandoned = H(pages_abandoned),
       .pages_adopted = H(pages_adopted),
       .purges = k.purges,
@@ -60,7 +65,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(remote_frees_cross_node) X(remote_blocks_collected) X(batches_sent) X(mailbox_drains)          \
   X(blocks_drained) X(pages_abandoned) X(pages_adopted) X(purges) X(purged_bytes) X(purges_uring)  \
   X(uffd_faults) X(committed_bytes) X(peak_committed_bytes) X(invalid_frees) X(huge_allocs)        \
-  X(heaps_created) X(purges_vector) X(thp_bytes) X(hugetlb_bytes)
+  X(heaps_created) X(purges_vector) X(thp_bytes) X(hugetlb_bytes) X(node_fallbacks)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");
@@ -69,7 +74,19 @@ static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_u64(b, s->f);
   FIELDS(X)
 #undef X
-  buf_str(b, "}\n");
+  buf_str(b, ",\"nodes\":[");
+  for (int n = 0; n < hak_node_count(); n++) {
+    hak_node_stats_t ns;
+    hak_node_stats_get(n, &ns);
+    buf_str(b, n ? ",{\"node\":" : "{\"node\":");
+    buf_u64(b, (uint64_t)n);
+    buf_str(b, ",\"regions\":");
+    buf_u64(b, ns.regions);
+    buf_str(b, ",\"committed_bytes\":");
+    buf_u64(b, ns.committed_bytes);
+    buf_str(b, "}");
+  }
+  buf_str(b, "]}\n");
 }
 
 static void format_text(hak_buf_t *b, const hak_stats_t *s) {

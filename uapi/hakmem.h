@@ -58,7 +58,16 @@ typedef struct hak_stats {
   uint64_t purges_vector;
   uint64_t thp_bytes;     /* region memory backed by transparent huge pages now */
   uint64_t hugetlb_bytes; /* region memory from hugetlbfs pages now */
+  uint64_t node_fallbacks; /* regions taken from another node than the heap's */
 } hak_stats_t;
+
+/* Per node (HAKMEM_NODES virtual nodes, or the machine's). */
+typedef struct hak_node_stats {
+  uint64_t regions;         /* regions of this node now */
+  uint64_t committed_bytes; /* their memory in use or not yet purged */
+} hak_node_stats_t;
+int hak_node_count(void);
+int hak_node_stats_get(int node, hak_node_stats_t *out); /* -1 for a bad node */
 
 void hak_stats_get(hak_stats_t *out);
 /* Writes the counters as one JSON object (NUL-terminated, truncated to len).
@@ -66,6 +75,16 @@ void hak_stats_get(hak_stats_t *out);
 size_t hak_stats_json(char *buf, size_t len);
 /* Prints the human table to stderr (or HAKMEM_STATS_FILE). */
 void hak_stats_print(void);
+
+/* NUMA. Binds the calling thread's heap to a node: its new memory comes
+ * from that node's regions (per-node worker pools; tests place threads with
+ * it). Returns 0, or -1 with errno EINVAL for a node that does not exist. */
+int hakmem_thread_set_node(int node);
+/* Sends the calling thread's partial batches of cross-node frees to their
+ * nodes' mailboxes and drains the mailbox of its own node. */
+void hakmem_flush(void);
+/* The node of the calling thread's heap. */
+int hakmem_thread_node(void);
 
 /* Releases the calling thread's heap now, as thread exit would. The thread can
  * keep allocating afterwards (it gets a fresh heap). */
