@@ -166,21 +166,22 @@ static bool vector_setup(void) {
   struct iovec iov = {page, 4096};
   self_pidfd = PIDFD_SELF_THREAD;
   pidfd_ours = false;
+  const char *what = "process_madvise";
   long r = process_madvise_self(&iov, 1);
   if (r < 0 && errno == EBADF) { /* before 6.14 */
     self_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
     pidfd_ours = self_pidfd >= 0;
+    if (!pidfd_ours) what = "pidfd_open";
     r = pidfd_ours ? process_madvise_self(&iov, 1) : -1;
   }
   int err = r < 0 ? errno : 0;
   bool ok = r == 4096 && *(volatile char *)page == 0;
   munmap(page, 4096);
   if (ok) return true;
-  bool no_pidfd = self_pidfd < 0;
   if (pidfd_ours) close(self_pidfd);
   self_pidfd = -1;
   pidfd_ours = false;
-  fallback(KMEM_PURGE_VECTOR, no_pidfd ? "pidfd_open" : "process_madvise", err);
+  fallback(KMEM_PURGE_VECTOR, what, err);
   return false;
 }
 

@@ -154,6 +154,11 @@ for t in faults threads read fork refused; do run_bin "uffd_$t"; done
 # counts, THP and hugetlbfs (as root kmem_hugetlb changes the 2 MiB pool for
 # a moment and restores it), bad values of every variable.
 for t in calloc_zero rss_return purge_page prefault thp hugetlb bad_env; do run_bin "kmem_$t"; done
+# The purge engines (kmem/purge.c) called directly, each case in a fresh
+# child; then through the allocator with each HAKMEM_PURGE_ENGINE, and with
+# io_uring_setup (and process_madvise) forbidden by a seccomp filter.
+run_bin purge_kmem
+run_bin purge_alloc
 
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
