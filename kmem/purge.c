@@ -79,6 +79,8 @@ static bool in_ring[RING_MAX];
 static uint16_t free_slots[RING_MAX];
 static size_t nfree_slots, ring_inflight;
 
+void kmem_purge_fork_child(void);
+
 static int self_pidfd = -1; /* PIDFD_SELF_THREAD or our pidfd_open's fd */
 static bool pidfd_ours;     /* an fd of ours: closed in a forked child */
 
@@ -94,7 +96,7 @@ bool kmem_purge_now(void *p, size_t len) {
   return true;
 }
 
-/* Reports leaving engine from: "what: ENAME; trying the next" (no malloc). */
+/* Says why engine `from` is left: "what: ENAME; trying vector" (no malloc). */
 static void fallback(int from, const char *what, int err) {
   static const char *const feature[] = {"HAKMEM_PURGE_ENGINE=uring", "HAKMEM_PURGE_ENGINE=vector"};
   static const char *const next[] = {"; trying vector", "; using sync"};
@@ -453,17 +455,24 @@ int kmem_purge_engine(void) {
   return e < KMEM_PURGE_URING || e > KMEM_PURGE_SYNC ? KMEM_PURGE_SYNC : e;
 }
 
+static pid_t fork_pid; /* who forks (reap_lock) */
+
 void kmem_purge_fork_prepare(void) {
   pthread_mutex_lock(&reap_lock);
   pthread_mutex_lock(&queue_lock);
+  fork_pid = getpid();
 }
 
+/* In both processes; the child drops what it shares with the parent, so no
+ * caller has to remember to. */
 void kmem_purge_fork_release(void) {
+  if (getpid() != fork_pid) kmem_purge_fork_child();
   pthread_mutex_unlock(&queue_lock);
   pthread_mutex_unlock(&reap_lock);
 }
 
-/* In a forked child (one thread), with kmem's locks held or not. The ring's
+/* In a forked child (one thread), with kmem's locks held or not; more calls
+ * do nothing. The ring's
  * memory and fd are shared with the parent: using them would consume the
  * parent's CQEs and have its io-wq purge the parent's pages. So the child
  * only unmaps and closes its copies, and purges again, with the next engine,

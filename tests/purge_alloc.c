@@ -2,15 +2,17 @@
  * comes back to the kernel (RSS drops), reads zero when handed out again, and
  * is counted as purged by the engine asked for (purges_uring, purges_vector,
  * neither for sync); with HAKMEM_PURGE_DELAY_MS=0 an idle process returns it
- * too (background purger, completions reaped later). A child that forbids
- * io_uring_setup with a seccomp filter (ENOSYS), or io_uring_setup and
- * process_madvise (EPERM), falls back, says so, and still returns memory.
- * Exits 77 when the kernel has no io_uring or no process_madvise on self,
- * after checking the fallbacks. */
+ * too (background purger, completions reaped later). A process forked while
+ * io_uring purges are in flight drops the parent's ring and purges with the
+ * next engine. A child that forbids io_uring_setup with a seccomp filter
+ * (ENOSYS), or io_uring_setup and process_madvise (EPERM), falls back, says
+ * so, and still returns memory. Exits 77 when the kernel has no io_uring or
+ * no process_madvise on self, after checking the fallbacks. */
 #define _GNU_SOURCE
 #include "hakmem.h"
 #include "spawn.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <liburing.h>
 #include <malloc.h>
@@ -142,6 +144,54 @@ static void child(const char *how, int expect) {
          (unsigned long long)(s1.purges_vector - s0.purges_vector));
 }
 
+/* ---- fork with purges in flight ---- */
+
+static int io_uring_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  CHECK(d, "cannot open /proc/self/fd");
+  int n = 0;
+  char path[300], target[256];
+  for (struct dirent *de; (de = readdir(d));) {
+    snprintf(path, sizeof path, "/proc/self/fd/%s", de->d_name);
+    ssize_t len = readlink(path, target, sizeof target - 1);
+    if (len > 0) {
+      target[len] = 0;
+      n += strstr(target, "io_uring") != NULL;
+    }
+  }
+  closedir(d);
+  return n;
+}
+
+/* The parent purges with io_uring and forks while freed memory is being
+ * purged; the child holds no ring and purges with the engine after it. */
+static void child_fork(int expect) {
+  hak_stats_t s0, s1;
+  hak_stats_get(&s0);
+  fill();
+  drain();
+  malloc_trim(0);
+  hak_stats_get(&s1);
+  if (kernel_has(URING))
+    CHECK(s1.purges_uring > s0.purges_uring, "the parent purged nothing via uring");
+  fill();
+  drain(); /* HAKMEM_PURGE_DELAY_MS=0: purges sent as regions empty */
+  fflush(NULL);
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork failed");
+  if (pid == 0) {
+    CHECK(io_uring_fds() == 0, "the forked child holds the parent's io_uring fd");
+    child("trim", expect);
+    fflush(NULL);
+    _exit(0);
+  }
+  malloc_trim(0);
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid, "waitpid failed");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the forked child failed (status %#x)",
+        status);
+}
+
 /* ---- seccomp: forbid the engines' system calls ---- */
 
 #if defined(__x86_64__)
@@ -231,7 +281,10 @@ int main(int argc, char **argv) {
     char *colon = strchr(how, ':');
     CHECK(colon, "mode %s is not how:engine", argv[1]);
     *colon = 0;
-    child(how, engine_of(colon + 1));
+    if (!strcmp(how, "fork"))
+      child_fork(engine_of(colon + 1));
+    else
+      child(how, engine_of(colon + 1));
     return 0;
   }
   bool has[3] = {kernel_has(URING), kernel_has(VECTOR), true};
@@ -254,6 +307,14 @@ int main(int argc, char **argv) {
         CHECK(!strstr(c.err, "unavailable"), "HAKMEM_PURGE_ENGINE=%s says: %s", engine_names[e],
               c.err);
     }
+  snprintf(mode, sizeof mode, "fork:%s", engine_names[has[VECTOR] ? VECTOR : SYNC]);
+  const char *fork_env[] = {"HAKMEM_PURGE_ENGINE=uring", "HAKMEM_PURGE_DELAY_MS=0",
+                            "HAKMEM_BACKGROUND=0", NULL};
+  run_self(mode, fork_env, &c);
+  if (!exited_ok(&c)) {
+    fprintf(stderr, "%s", c.err);
+    FAIL("fork with purges in flight: child failed (status %#x)", c.status);
+  }
   /* io_uring_setup refused (ENOSYS), then both engines refused (EPERM) */
   for (int block = 1; block <= 2; block++) {
     int expect = block == 1 && has[VECTOR] ? VECTOR : SYNC;
