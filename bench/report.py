@@ -322,7 +322,8 @@ def modes_main(argv):
               "(default: all defaults), and mimalloc. %s. Time and minor faults cover the "
               "timed rounds; app CPU is the benchmark's own threads, helper CPU the rest of "
               "the process (background purger, userfaultfd handler, io_uring workers); RSS "
-              "after free is read after twice the purge delay idle; THP and hugetlb are "
+              "after free is read after twice the purge delay idle (RSS does not count "
+              "hugetlbfs pages, which hakmem keeps until exit); THP and hugetlb are "
               "sampled with the whole heap live; purges and uffd faults are hakmem's "
               "counters." % ABOUT["largeheap"].split(";")[0])
     md.append("")

@@ -21,8 +21,8 @@
 #                                  HAKMEM_* mode, and mimalloc (bench/results/modes.md);
 #                                  BENCH_MODES=only runs just that table
 #   BENCH_MODES_RUNS=3             runs per mode table cell (default: 3)
-#   BENCH_HUGEPAGES=N              as root: vm.nr_hugepages=N for the HAKMEM_HUGETLB=1 row,
-#                                  restored afterwards (default: leave it as it is)
+#   BENCH_HUGEPAGES=N              as root: vm.nr_hugepages=N during the mode table (for the
+#                                  HAKMEM_HUGETLB=1 row), restored afterwards (default: leave it)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
@@ -300,9 +300,13 @@ modes() {
   else
     note "mimalloc: library not found: no comparison row"
   fi
+  # Set once for the whole table: a pool made afresh before each run would
+  # hand that run memory never touched before (slow in a VM, see warm_memory).
   if [ -n "$hp" ] && [ "$(id -u)" = 0 ] && [ -w "$hugepages_file" ]; then
     hugepages_old=$(cat "$hugepages_file")
     trap 'restore_hugepages; rm -rf "$tmp"' EXIT
+    echo "$hp" >"$hugepages_file" 2>/dev/null
+    note "HAKMEM_HUGETLB=1 ran with vm.nr_hugepages=$(cat "$hugepages_file") (BENCH_HUGEPAGES=$hp; $hugepages_old otherwise)"
   elif [ -n "$hp" ]; then
     note "BENCH_HUGEPAGES=$hp needs root: vm.nr_hugepages left at $(cat "$hugepages_file")"
     hp=
@@ -312,31 +316,24 @@ modes() {
   : >"$raw"
   total=$((${#threads[@]} * mruns * ${#names[@]}))
   done_runs=0
-  local started got heap_mib
+  local started heap_mib n=${#names[@]}
   heap_mib=$(args_for largeheap 1 | cut -d' ' -f1)
   started=$(date +%s)
   warm_memory
   echo "run.sh: mode table: ${#names[@]} modes x ${#threads[@]} thread counts x $mruns runs = $total runs of largeheap $heap_mib MiB" >&2
   for t in "${threads[@]}"; do
     for ((r = 1; r <= mruns; r++)); do
-      for i in "${!names[@]}"; do
-        # the pool holds its pages away from every other run: only for this row
-        if [ "${names[$i]}" = HAKMEM_HUGETLB=1 ] && [ -n "$hp" ]; then
-          echo "$hp" >"$hugepages_file" 2>/dev/null
-          got=$(cat "$hugepages_file")
-          [ "$r" = 1 ] && [ "$t" = "${threads[0]}" ] &&
-            note "HAKMEM_HUGETLB=1 ran with vm.nr_hugepages=$got (BENCH_HUGEPAGES=$hp; $hugepages_old otherwise)"
-          run_one largeheap "$i" "$t" "$r"
-          restore_hugepages
-        else
-          run_one largeheap "$i" "$t" "$r"
-        fi
+      # each run starts at another mode: a run pays for what the one before
+      # left behind (memory to fault in again), and no mode always comes first
+      for ((k = 0; k < n; k++)); do
+        run_one largeheap $(((k + r - 1) % n)) "$t" "$r"
       done
     done
   done
+  restore_hugepages
   hugepages_old=
   if [ -z "$hp" ]; then
-    note "HAKMEM_HUGETLB=1 needs free hugetlbfs pages: vm.nr_hugepages was $(cat "$hugepages_file") (the heap needs about $((heap_mib * 5 / 8 + 8)); as root, BENCH_HUGEPAGES=N sets it for that row); without them hakmem falls back to THP and hugetlb MiB stays 0"
+    note "HAKMEM_HUGETLB=1 needs free hugetlbfs pages: vm.nr_hugepages was $(cat "$hugepages_file") (the heap needs about $((heap_mib * 5 / 8 + 8)); as root, BENCH_HUGEPAGES=N sets it for the table); without them hakmem falls back to THP and hugetlb MiB stays 0"
   fi
   write_meta "$tmp/meta_modes" "$mruns" $(($(date +%s) - started))
   "$py" bench/report.py modes --raw "$raw" --meta "$tmp/meta_modes" --notes "$notes" --out "$out" \

@@ -7,6 +7,8 @@
  *    little allocation activity afterwards (some malloc/free) returns it;
  *  - HAKMEM_PURGE=off: RSS does not drop, with or without activity.
  * The background case runs with the default purge engine and with io_uring.
+ * A last child frees 256 MiB of mixed 16-64 KiB blocks: what stays resident
+ * must be what hakmem counts as committed (plus a little).
  * The machine may be busy (tests run next to other work), so a drop that
  * comes later than 2x the delay is reported but accepted up to GRACE_MS:
  * what is checked is that an idle process gives its memory back, not how
@@ -59,7 +61,54 @@ static void report_stats(const char *mode, const char *when) {
           (unsigned long long)s.purges_uring, (unsigned long long)s.purges_vector);
 }
 
+/* 256 MiB of 16-64 KiB blocks (spans of 1 to 4 pages, so parts of regions
+ * are never handed out), freed: what stays resident after the idle wait
+ * must be memory hakmem counts as committed. Pages it never handed out but
+ * the kernel filled anyway (a huge page fault fills all 2 MiB) have to be
+ * given back too. */
+static int mixed_main(void) {
+  size_t base = rss_bytes(), live = 0, n = 0;
+  uint64_t rng = 1;
+  while (live < HEAP / 2) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    size_t sz = 16 * KIB + (size_t)(rng >> 33) % (48 * KIB);
+    blocks[n] = malloc(sz);
+    CHECK(blocks[n], "malloc(%zu) failed", sz);
+    touch(blocks[n++], sz);
+    live += sz;
+  }
+  size_t peak = rss_bytes();
+  for (size_t i = 0; i < n; i++)
+    free(blocks[i]);
+  long idle = now_ms();
+  sleep_ms(2 * DELAY_MS);
+  size_t rss = rss_bytes();
+  hak_stats_t s = stats_now();
+  /* 4 MiB: the test's own pages, the allocator's metadata */
+  while ((peak - rss < live / 10 * 9 || rss > base + s.committed_bytes + 4 * MIB) &&
+         now_ms() - idle < GRACE_MS) {
+    sleep_ms(20);
+    rss = rss_bytes();
+    s = stats_now();
+  }
+  fprintf(stderr,
+          "mixed: rss before %zu MiB, %zu MiB live in %zu blocks, touched %zu MiB, %zu MiB "
+          "%ld ms after the frees; committed %llu MiB, thp_bytes %llu MiB\n",
+          base / MIB, live / MIB, n, peak / MIB, rss / MIB, now_ms() - idle,
+          (unsigned long long)(s.committed_bytes / MIB), (unsigned long long)(s.thp_bytes / MIB));
+  CHECK(peak - rss >= live / 10 * 9, "mixed sizes: RSS dropped only from %zu to %zu MiB",
+        peak / MIB, rss / MIB);
+  CHECK(rss <= base + s.committed_bytes + 4 * MIB,
+        "mixed sizes: %zu MiB resident after freeing everything and waiting, but hakmem counts "
+        "only %llu MiB committed (RSS before: %zu MiB): %zu MiB resident that the allocator "
+        "neither tracks nor purges",
+        rss / MIB, (unsigned long long)(s.committed_bytes / MIB), base / MIB,
+        (rss - base - (size_t)s.committed_bytes) / MIB);
+  return 0;
+}
+
 static int child_main(const char *mode) {
+  if (!strcmp(mode, "mixed")) return mixed_main();
   size_t base = rss_bytes();
   for (size_t i = 0; i < NBLK; i++) {
     blocks[i] = malloc(BLOCK);
@@ -147,6 +196,8 @@ int main(int argc, char **argv) {
   child_ok("nobackground", nobg, &c);
   fputs(c.err, stdout);
   child_ok("off", off, &c);
+  fputs(c.err, stdout);
+  child_ok("mixed", bg, &c);
   fputs(c.err, stdout);
   printf("rss return: ok\n");
   return 0;
