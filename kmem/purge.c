@@ -408,8 +408,9 @@ static bool pending_before(uint64_t seq) {
   return found;
 }
 
-/* A reap that does not wait leaves the ring to a reap already running
- * (which sends the queue too), unless the queue is full. */
+/* A reap that does not wait leaves the ring to a reap already running (one
+ * that waits sends the queue too), unless the queue is full: then its caller
+ * could only spin. The synchronous engines always take their turn. */
 static bool lock_reap(bool wait) {
   if (!wait && pthread_mutex_trylock(&reap_lock) == 0) return true;
   if (!wait && atomic_load_explicit(&engine, memory_order_relaxed) == KMEM_PURGE_URING &&
@@ -455,7 +456,7 @@ int kmem_purge_engine(void) {
   return e < KMEM_PURGE_URING || e > KMEM_PURGE_SYNC ? KMEM_PURGE_SYNC : e;
 }
 
-static pid_t fork_pid; /* who forks (reap_lock) */
+static pid_t fork_pid; /* who forks (reap_lock); 0: no prepare seen */
 
 void kmem_purge_fork_prepare(void) {
   pthread_mutex_lock(&reap_lock);
@@ -466,7 +467,7 @@ void kmem_purge_fork_prepare(void) {
 /* In both processes; the child drops what it shares with the parent, so no
  * caller has to remember to. */
 void kmem_purge_fork_release(void) {
-  if (getpid() != fork_pid) kmem_purge_fork_child();
+  if (fork_pid && getpid() != fork_pid) kmem_purge_fork_child();
   pthread_mutex_unlock(&queue_lock);
   pthread_mutex_unlock(&reap_lock);
 }
