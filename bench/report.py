@@ -23,6 +23,9 @@ ABOUT = {
     "larson": "Server simulation: random free+malloc of 8-1000 B, arrays handed to new threads.",
     "larson_mid": "The same with the seed's 2-32 KiB blocks.",
     "prodcons": "Producers allocate 2-32 KiB blocks, consumers free them. T = pairs (2T threads).",
+    "crossnode": "Producer-consumer pairs of 16-1024 B blocks, the two threads of a pair on different "
+                 "nodes (HAKMEM_NODES=2): every free is cross-node. T = pairs (2T threads). "
+                 "hakmem-batch1 = HAKMEM_MAILBOX_BATCH=1.",
     "churn_small": "Random replace of 8-512 B blocks in per-thread working sets.",
     "churn_mid": "Random replace of 2-32 KiB blocks in per-thread working sets.",
     "pingpong": "Pairs free each other's 16-512 B blocks in batches. T = pairs (2T threads).",
@@ -35,6 +38,7 @@ ABOUT = {
 
 # Extra fields shown in a workload's second table (all go to the JSON).
 SHOWN = {
+    "crossnode": ["nodes", "cross_node_frees", "batches"],
     "largeheap": ["s_per_round", "app_cpu_s", "helper_cpu_s", "freed_rss_kb"],
 }
 
@@ -198,6 +202,8 @@ def main():
         md.append("| " + " | ".join(head) + " |")
         md.append("|" + "---|" * len(head))
         for al in allocs:
+            if not any(cells.get((w, al, t)) for t in threads):
+                continue  # a row for other workloads only (hakmem-batch1)
             line = [al]
             for t in threads:
                 c = cells.get((w, al, t))
@@ -224,6 +230,8 @@ def main():
             md.append("| " + " | ".join(head) + " |")
             md.append("|" + "---|" * len(head))
             for al in allocs:
+                if not any(cells.get((w, al, t)) for t in threads):
+                    continue
                 line = [al]
                 for t in threads:
                     c = cells.get((w, al, t))

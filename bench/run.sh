@@ -10,8 +10,10 @@
 #
 # Environment:
 #   BENCH_ONLY=larson,fragment     workloads (default: all)
-#   BENCH_ALLOCS=glibc,hakmem,...  allocators (default: glibc,hakmem,mimalloc,jemalloc,tcmalloc);
-#                                  NAME=/path/to/lib.so adds any preloadable allocator
+#   BENCH_ALLOCS=glibc,hakmem,...  allocators (default: glibc,hakmem,hakmem-batch1,mimalloc,
+#                                  jemalloc,tcmalloc); NAME=/path/to/lib.so adds any preloadable
+#                                  allocator; hakmem-batch1 is hakmem with HAKMEM_MAILBOX_BATCH=1,
+#                                  run on crossnode only
 #   BENCH_THREADS=1,2              thread counts (default: 1,2)
 #   BENCH_RUNS=5                   runs per cell (default: 5)
 #   BENCH_FULL=1                   longer runs (3 s) and bigger working sets
@@ -27,12 +29,12 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-all_workloads=(larson larson_mid prodcons churn_small churn_mid pingpong falseshare realloc_grow fragment largeheap)
+all_workloads=(larson larson_mid prodcons crossnode churn_small churn_mid pingpong falseshare realloc_grow fragment largeheap)
 workloads=("${all_workloads[@]}")
 modes_mode=${BENCH_MODES:-0}
 case $modes_mode in 0 | 1 | only) ;; *) echo "run.sh: BENCH_MODES must be 0, 1 or only" >&2; exit 64 ;; esac
 [ -n "${BENCH_ONLY:-}" ] && IFS=, read -r -a workloads <<<"$BENCH_ONLY"
-IFS=, read -r -a allocs <<<"${BENCH_ALLOCS:-glibc,hakmem,mimalloc,jemalloc,tcmalloc}"
+IFS=, read -r -a allocs <<<"${BENCH_ALLOCS:-glibc,hakmem,hakmem-batch1,mimalloc,jemalloc,tcmalloc}"
 IFS=, read -r -a threads <<<"${BENCH_THREADS:-1,2}"
 runs=${BENCH_RUNS:-5}
 full=${BENCH_FULL:-0}
@@ -75,20 +77,24 @@ find_lib() {
 names=()
 libs=()
 envs=() # HAKMEM_* settings of a run, "" for none (the mode table's rows)
+only_for=() # the one workload an allocator row is for, "" for all
 for a in "${allocs[@]}"; do
-  lib=
+  lib= row_env= only=
   case $a in
     glibc) ;;
     hakmem) lib=$root/build/libhakmem.so ;;
+    # cross-node frees one by one instead of batched: only crossnode has any
+    hakmem-batch1) lib=$root/build/libhakmem.so row_env=HAKMEM_MAILBOX_BATCH=1 only=crossnode ;;
     mimalloc) lib=$(find_lib libmimalloc.so.2) ;;
     jemalloc) lib=$(find_lib libjemalloc.so.2) ;;
     tcmalloc) lib=$(find_lib libtcmalloc_minimal.so.4) ;;
     *=*) lib=${a#*=}; a=${a%%=*} ;;
     *) note "$a: unknown allocator (use NAME=/path/lib.so): skipped"; continue ;;
   esac
+  [ -n "$only" ] && [[ " ${workloads[*]} " != *" $only "* ]] && continue
   if [ "$a" != glibc ] && [ ! -e "$lib" ]; then
     case $a in
-      hakmem) note "hakmem: build/libhakmem.so missing (make lib): skipped" ;;
+      hakmem | hakmem-batch1) note "hakmem: build/libhakmem.so missing (make lib): skipped" ;;
       *) note "$a: library not found: skipped" ;;
     esac
     continue
@@ -100,7 +106,8 @@ for a in "${allocs[@]}"; do
   fi
   names+=("$a")
   libs+=("$lib")
-  envs+=("")
+  envs+=("$row_env")
+  only_for+=("$only")
 done
 [ ${#names[@]} -gt 0 ] || [ "$modes_mode" = only ] || { echo "run.sh: no allocator to run" >&2; exit 1; }
 
@@ -137,6 +144,7 @@ args_for() { # $1 = workload, $2 = threads
     larson) [ "$big" = 1 ] && echo "$secs 8 1000 5000 20000 4141 $t" || echo "$secs 8 1000 1000 10000 4141 $t" ;;
     larson_mid) [ "$big" = 1 ] && echo "$secs 2048 32768 5000 20000 4141 $t" || echo "$secs 2048 32768 1000 10000 4141 $t" ;;
     prodcons) echo "$secs $t 2048 32768 64" ;;
+    crossnode) echo "$secs $t 16 1024" ;;
     churn_small) [ "$big" = 1 ] && echo "$secs $t 8 512 65536" || echo "$secs $t 8 512 4096" ;;
     churn_mid) [ "$big" = 1 ] && echo "$secs $t 2048 32768 4096" || echo "$secs $t 2048 32768 256" ;;
     pingpong) echo "$secs $t 16 512 64" ;;
@@ -147,6 +155,13 @@ args_for() { # $1 = workload, $2 = threads
     largeheap) [ "$big" = 1 ] && echo "1024 $t 4" || echo "256 $t 4" ;;
   esac
 }
+
+# Environment a workload needs under every allocator (the peers ignore it):
+# crossnode's pairs span two nodes, virtual ones on a one-node machine.
+env_for() { [ "$1" = crossnode ] && echo HAKMEM_NODES=2; }
+
+# Whether allocator row $2 runs workload $1.
+runs_on() { [ -z "${only_for[$2]:-}" ] || [ "${only_for[$2]}" = "$1" ]; }
 
 # A hung allocator must not hang the runner.
 timeout=$(awk -v s="$secs" 'BEGIN { printf "%d", s * 10 + 30 }')
@@ -160,7 +175,7 @@ run_one() { # $1 workload $2 allocator index $3 threads $4 run
   local w=$1 a=${names[$2]} lib=${libs[$2]} t=$3 r=$4 st ops extra detail status code
   rm -f "$tmp/stat"
   # shellcheck disable=SC2046 # word splitting of the env, pin and argument lists is wanted
-  env ${envs[$2]} $(pin_cmd "$t") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
+  env ${envs[$2]} $(env_for "$w") $(pin_cmd "$t") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
     "$bin/$(program_of "$w")" $(args_for "$w" "$t") >"$tmp/out" 2>"$tmp/err" </dev/null
   st=$(cat "$tmp/stat" 2>/dev/null)
   status=$(sed -n 's/.*status=\([a-z]*\).*/\1/p' <<<"$st")
@@ -226,7 +241,11 @@ warm_memory() {
 
 # Every workload under every allocator: latest.md, latest.json, latest.png.
 compare() {
-  total=$((${#workloads[@]} * ${#threads[@]} * runs * ${#names[@]}))
+  local cells=0 w i
+  for w in "${workloads[@]}"; do
+    for i in "${!names[@]}"; do runs_on "$w" "$i" && cells=$((cells + 1)); done
+  done
+  total=$((cells * ${#threads[@]} * runs))
   done_runs=0
   started=$(date +%s)
   echo "run.sh: ${#workloads[@]} workloads x ${#threads[@]} thread counts x ${#names[@]} allocators x $runs runs = $total runs of ${secs}s (pinning: $pin)" >&2
@@ -235,7 +254,7 @@ compare() {
     for t in "${threads[@]}"; do
       for ((r = 1; r <= runs; r++)); do
         for i in "${!names[@]}"; do
-          run_one "$w" "$i" "$t" "$r"
+          runs_on "$w" "$i" && run_one "$w" "$i" "$t" "$r"
         done
       done
     done
@@ -287,7 +306,7 @@ modes() {
     echo "run.sh: mode table: $hak missing or not preloadable (make lib)" >&2
     exit 1
   fi
-  names=() libs=() envs=()
+  names=() libs=() envs=() only_for=()
   for m in "${mode_list[@]}"; do
     names+=("$m")
     libs+=("$hak")

@@ -73,10 +73,11 @@ run_bin() {
   run_one "$name" "$bin/$name" "$@"
 }
 
-# Builds the stress test against a sanitizer build of the allocator (hak_*
-# entry points, no malloc override) and runs it.
+# Builds the stress test (SAN_SRC=tests/OTHER.c for another) against a
+# sanitizer build of the allocator (hak_* entry points, no malloc override)
+# and runs it.
 run_sanitized() {
-  local name=$1 kind=$2 flag=$3
+  local name=$1 kind=$2 flag=$3 src=${SAN_SRC:-tests/stress_mt.c}
   shift 3
   local lib=$repo/build/$kind/libhakmem.a out=$bin/$name log=$logs/$name.log
   if [ ! -f "$lib" ]; then
@@ -93,7 +94,7 @@ run_sanitized() {
     return
   fi
   if ! cc -std=gnu11 -Wall -Wextra -Werror -Iuapi -O1 -g "$flag" -fno-omit-frame-pointer \
-    -DSTRESS_HAK -o "$out.$$" tests/stress_mt.c "$lib" $LIBS >"$log" 2>&1; then
+    -DSTRESS_HAK -o "$out.$$" "$src" "$lib" $LIBS >"$log" 2>&1; then
     echo "FAIL $name (does not compile with $flag: $(grep -m1 -E 'error|undefined' "$log" | cut -c1-160))"
     failed=$((failed + 1))
     failures+=("$name")
@@ -159,11 +160,22 @@ for t in calloc_zero rss_return purge_page prefault thp hugetlb bad_env; do run_
 # io_uring_setup (and process_madvise) forbidden by a seccomp filter.
 run_bin purge_kmem
 run_bin purge_alloc
+# NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
+# children): cross-node frees batched through the mailboxes and drained,
+# partial batches and exited owners, memory back after trim; placement and
+# policy per HAKMEM_NUMA mode; a cross-node stress; bad values. Then the
+# same on two real nodes: a QEMU VM (TCG) with the allocator inside.
+run_bin numa_mailbox
+run_bin numa_place
+run_bin numa_stress 20000
+run_bin numa_bad_env
+run_one numa_vm bash tests/numa_vm.sh
 
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
 run_sanitized stress_mt_tsan tsan -fsanitize=thread 8 10000
 run_sanitized stress_mt_ubsan ubsan -fsanitize=undefined 8 20000
+SAN_SRC=tests/numa_stress.c run_sanitized numa_stress_tsan tsan -fsanitize=thread 3000
 unset TSAN_OPTIONS UBSAN_OPTIONS
 
 for prog in python perl git gcc sort; do
