@@ -36,10 +36,12 @@ typedef struct kmem_stats {
 void kmem_stats_get(kmem_stats_t *out);
 
 /* One 2 MiB-aligned region of 2 MiB for a node, carved from a larger
- * reservation (or one hugetlbfs page: *hugetlb, never purged in parts), with
+ * reservation (or one hugetlbfs page, never purged in parts), with
  * the node's memory policy set. Its memory reads as zero. NULL when address
  * space or memory runs out. */
-void *kmem_region_alloc(int node, bool *hugetlb);
+enum { KMEM_REGION_HUGETLB = 1, KMEM_REGION_THP = 2 /* advised: a touch commits 2 MiB */ };
+void *kmem_region_alloc(int node, unsigned *flags);
+void kmem_region_free_hugetlb(void *r); /* an empty hugetlbfs region, whole */
 
 /* ---- NUMA (kmem/numa.c) ----
  * Topology read once at start (virtual_nodes > 0: HAKMEM_NODES). */
@@ -65,7 +67,12 @@ void *kmem_move(void *p, size_t old_len, size_t new_len, size_t align);
  * (IORING_OP_MADVISE, asynchronous), process_madvise on the own process (up
  * to 128 ranges a call), or one madvise per range. A queued range must not be
  * touched until done(cookie, ok) has been called for it; done is called with
- * no kmem lock held, from kmem_purge_reap. */
+ * no kmem lock held, from kmem_purge_reap, and any reaper may complete any
+ * purge, so every caller passes the same done. The engine is picked at the
+ * first reap that has work (until then kmem_purge_engine() returns the one
+ * configured). wait=false never blocks (with io_uring it returns 0 when
+ * another thread is reaping); wait=true returns once every purge submitted
+ * before the call has finished. */
 typedef void (*kmem_purge_done_fn)(void *cookie, bool ok);
 /* false when the queue is full: reap, then submit again */
 bool kmem_purge_submit(void *p, size_t len, void *cookie);

@@ -23,6 +23,7 @@ void kmem_say(const char *a, const char *b, const char *c);
 void kmem_fallback(bool asked, const char *feature, const char *why);
 
 void kmem_purge_fork_prepare(void);
-void kmem_purge_fork_release(void);
+void kmem_purge_fork_release(void); /* in a child, also drops the parent's ring */
+void kmem_purge_fork_child(void);
 
 #endif

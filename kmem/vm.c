@@ -114,9 +114,9 @@ static void *hugetlb_region(void) {
   return p;
 }
 
-void *kmem_region_alloc(int node, bool *hugetlb) {
+void *kmem_region_alloc(int node, unsigned *flags) {
   void *r = kmem_cfg.hugetlb ? hugetlb_region() : NULL;
-  *hugetlb = r != NULL;
+  *flags = r ? KMEM_REGION_HUGETLB : 0;
   if (!r) {
     pthread_mutex_lock(&reserve_lock);
     /* Large chunks keep VMAs few; when address space is short (ulimit -v),
@@ -125,14 +125,21 @@ void *kmem_region_alloc(int node, bool *hugetlb) {
         reserve_chunk(KMEM_REGION_SIZE)) {
       r = (void *)chunk_next;
       chunk_next += KMEM_REGION_SIZE;
-      if ((kmem_cfg.thp || kmem_cfg.hugetlb) && ++regions_carved > THP_AFTER_REGIONS)
-        madvise(r, KMEM_REGION_SIZE, MADV_HUGEPAGE);
+      /* explicit both ways: with THP "always" the kernel would decide */
+      bool huge = (kmem_cfg.thp || kmem_cfg.hugetlb) && ++regions_carved > THP_AFTER_REGIONS;
+      madvise(r, KMEM_REGION_SIZE, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+      if (huge) *flags |= KMEM_REGION_THP;
     }
     pthread_mutex_unlock(&reserve_lock);
     if (r) kmem_uffd_register(r, KMEM_REGION_SIZE);
   }
   if (r) kmem_bind(r, KMEM_REGION_SIZE, node);
   return r;
+}
+
+void kmem_region_free_hugetlb(void *r) {
+  munmap(r, KMEM_REGION_SIZE);
+  atomic_fetch_sub_explicit(&kmem_counters.hugetlb_bytes, KMEM_REGION_SIZE, memory_order_relaxed);
 }
 
 bool kmem_populate(void *p, size_t len) { return madvise(p, len, MADV_POPULATE_WRITE) == 0; }

@@ -129,6 +129,7 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
     errno = ENOMEM;
     return NULL;
   }
+  kmem_bind(base, len, hak_tls_heap->node); /* the caller's node, like its regions */
   hak_committed_add((int64_t)len);
   *zero = true;
   return huge_setup(base, len, off);

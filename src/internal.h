@@ -87,7 +87,9 @@ typedef struct hak_region {
   uint8_t kind;
   uint8_t bucket;         /* pool bucket it is listed in (pool lock) */
   bool hugetlb;           /* hugetlbfs pages: never purged in parts */
+  bool thp;               /* huge-page advised: free pages are resident too */
   uint32_t purging_mask;  /* pages out for purging (pool lock) */
+  uint32_t clean_mask;    /* purged and not handed out since: not resident */
   uint64_t empty_since_ms;
   uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
   struct hak_region *next, *prev; /* pool bucket */

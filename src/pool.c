@@ -69,10 +69,11 @@ static void node_committed_add(int node, int64_t delta) {
 }
 
 static hak_region_t *region_new(int node) {
-  bool hugetlb;
-  hak_region_t *r = kmem_region_alloc(node, &hugetlb);
+  unsigned flags;
+  hak_region_t *r = kmem_region_alloc(node, &flags);
   if (!r) return NULL;
-  r->hugetlb = hugetlb;
+  r->hugetlb = flags & KMEM_REGION_HUGETLB;
+  r->thp = flags & KMEM_REGION_THP;
   r->free_mask = 0xFFFFFFFFu;
   r->dirty_mask = 0;
   r->nfree = PAGES_PER_REGION;
@@ -145,6 +146,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   *zero = newly == run;
   r->free_mask &= ~run;
   r->dirty_mask |= run;
+  r->clean_mask &= ~run;
   r->nfree = (uint16_t)(r->nfree - npages);
   bucket_insert(pool, r);
   pthread_mutex_unlock(&pool->lock);
@@ -176,9 +178,10 @@ static uint32_t run_mask(unsigned first, unsigned count) {
   return (count == 32 ? 0xFFFFFFFFu : ((1u << count) - 1)) << first;
 }
 
-/* Pages of r free and touched, and old enough to purge. */
+/* Pages of r free and resident (touched, or all of a huge-page region), and
+ * old enough to purge. */
 static uint32_t purgeable(const hak_region_t *r, uint64_t now, bool force) {
-  uint32_t cand = r->free_mask & r->dirty_mask;
+  uint32_t cand = r->free_mask & (r->thp ? ~r->clean_mask : r->dirty_mask);
   if (!cand || r->hugetlb) return 0; /* hugetlbfs pages go back only whole */
   if (force) return cand;
   uint64_t delay = hak_opt.purge_delay_ms;
@@ -192,6 +195,18 @@ static uint32_t purgeable(const hak_region_t *r, uint64_t now, bool force) {
   return old;
 }
 
+/* An empty hugetlbfs region goes back whole: its pages cannot be purged one
+ * by one. */
+static void hugetlb_release(hak_pool_t *pool, hak_region_t *r) {
+  int node = r->node;
+  bucket_remove(pool, r);
+  atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
+  atomic_fetch_sub_explicit(&pools[node].regions, 1, memory_order_relaxed);
+  node_committed_add(node, -(int64_t)REGION_HEADER_SIZE -
+                               (int64_t)__builtin_popcount(r->dirty_mask) * (int64_t)PAGE_SIZE);
+  kmem_region_free_hugetlb(r);
+}
+
 /* Takes the purgeable pages of one pool out of circulation, as runs. */
 static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purge_run_t *out) {
   size_t n = 0;
@@ -200,6 +215,11 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
   for (unsigned nf = from; nf <= PAGES_PER_REGION; nf++) {
     for (hak_region_t *r = pool->buckets[nf], *next; r && n < PURGE_BATCH; r = next) {
       next = r->next;
+      if (r->hugetlb && r->nfree == PAGES_PER_REGION &&
+          (force || now - r->empty_since_ms >= hak_opt.purge_delay_ms)) {
+        hugetlb_release(pool, r);
+        continue;
+      }
       uint32_t mask = purgeable(r, now, force);
       if (!mask) continue;
       bucket_remove(pool, r);
@@ -241,6 +261,7 @@ static void purge_done(void *cookie, bool ok) {
     node_committed_add(r->node,
                        -(int64_t)__builtin_popcount(r->dirty_mask & mask) * (int64_t)PAGE_SIZE);
     r->dirty_mask &= ~mask;
+    r->clean_mask |= mask;
   }
   bucket_insert(pool, r);
   pthread_mutex_unlock(&pool->lock);
