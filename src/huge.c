@@ -17,6 +17,7 @@ typedef struct cached_map {
   char *base;
   size_t len;
   uint64_t freed_ms;
+  int node; /* its memory policy: reused only on the same node */
 } cached_map_t;
 
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -44,13 +45,15 @@ static size_t cache_expire(uint64_t now, bool force) {
   return released;
 }
 
-/* A cached mapping of at least len bytes and at most twice that. */
-static char *cache_take(size_t len, size_t *got) {
+/* A cached mapping of the node, at least len bytes and at most twice that. */
+static char *cache_take(size_t len, int node, size_t *got) {
   pthread_mutex_lock(&cache_lock);
   cached_map_t *best = NULL;
   for (int i = 0; i < CACHE_SLOTS; i++) {
     cached_map_t *c = &cache[i];
-    if (c->base && c->len >= len && c->len / 2 <= len && (!best || c->len < best->len)) best = c;
+    if (c->base && c->node == node && c->len >= len && c->len / 2 <= len &&
+        (!best || c->len < best->len))
+      best = c;
   }
   char *base = NULL;
   if (best) {
@@ -64,7 +67,7 @@ static char *cache_take(size_t len, size_t *got) {
   return base;
 }
 
-static bool cache_put(char *base, size_t len) {
+static bool cache_put(char *base, size_t len, int node) {
   pthread_mutex_lock(&cache_lock);
   uint64_t now = hak_now_ms();
   cache_expire(now, false);
@@ -72,7 +75,7 @@ static bool cache_put(char *base, size_t len) {
   if (hak_opt.purge_delay_ms > 0 && cache_bytes + len <= CACHE_MAX_BYTES) {
     for (int i = 0; i < CACHE_SLOTS && !kept; i++) {
       if (!cache[i].base) {
-        cache[i] = (cached_map_t){base, len, now};
+        cache[i] = (cached_map_t){base, len, now, node};
         cache_bytes += len;
         kept = true;
       }
@@ -95,13 +98,14 @@ size_t hak_huge_trim(void) {
   return released;
 }
 
-static void *huge_setup(char *base, size_t len, size_t off) {
+static void *huge_setup(char *base, size_t len, size_t off, int node) {
   char *block = base + off;
   hak_region_t *r = region_of(block);
   r->kind = REGION_HUGE;
   r->map_base = base;
   r->map_len = len;
   r->huge_usable = len - off;
+  r->node = (uint16_t)node;
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_HUGE,
                         memory_order_release);
   return block;
@@ -119,20 +123,21 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
   size_t len = (off + size + ps - 1) & ~(ps - 1);
   atomic_fetch_add_explicit(&hak_gstats.huge_allocs, 1, memory_order_relaxed);
   size_t got;
-  char *base = map_align == REGION_SIZE ? cache_take(len, &got) : NULL;
+  int node = hak_tls_heap->node;
+  char *base = map_align == REGION_SIZE ? cache_take(len, node, &got) : NULL;
   if (base) {
     *zero = false;
-    return huge_setup(base, got, off);
+    return huge_setup(base, got, off, node);
   }
   base = kmem_map_aligned(len, map_align);
   if (!base) {
     errno = ENOMEM;
     return NULL;
   }
-  kmem_bind(base, len, hak_tls_heap->node); /* the caller's node, like its regions */
+  kmem_bind(base, len, node); /* the caller's node, like its regions */
   hak_committed_add((int64_t)len);
   *zero = true;
-  return huge_setup(base, len, off);
+  return huge_setup(base, len, off, node);
 }
 
 void hak_huge_free(hak_region_t *r) {
@@ -140,7 +145,7 @@ void hak_huge_free(hak_region_t *r) {
   size_t len = r->map_len;
   bool cacheable = (char *)r == base; /* alignment beyond 2 MiB is not reused */
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
-  if (cacheable && cache_put(base, len)) hak_background_start();
+  if (cacheable && cache_put(base, len, r->node)) hak_background_start();
   else unmap(base, len);
 }
 
