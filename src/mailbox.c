@@ -57,7 +57,14 @@ void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_bytes) {
     hak_block_t *next = b->next;
     hak_page_t *page = page_of(region_of(b), b);
     bytes += page->block_size;
-    hak_free_route(heap, page, b);
+    if (page_owner(page) == (uintptr_t)heap && page->used > 1) {
+      /* our own page, staying in use: a plain local free */
+      b->next = page->local_free;
+      page->local_free = b;
+      page->used--;
+    } else {
+      hak_free_route(heap, page, b);
+    }
     b = next;
     n++;
   }
