@@ -92,7 +92,7 @@ install: lib
 	    .ci/hakmem.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/hakmem.pc
 
 format:
-	clang-format -i $(wildcard */*.c */*.h)
+	clang-format -i $(wildcard */*.c */*.h tests/*/*.c)
 
 clean:
 	rm -rf $(BUILD)
