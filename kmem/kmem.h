@@ -47,7 +47,6 @@ void kmem_region_free_hugetlb(void *r); /* an empty hugetlbfs region, whole */
  * Topology read once at start (virtual_nodes > 0: HAKMEM_NODES). */
 void kmem_numa_init(int virtual_nodes);
 int kmem_node_count(void);      /* nodes the allocator sees (virtual or real) */
-int kmem_real_node_count(void);
 int kmem_current_node(void);    /* of the calling thread's CPU; slow paths only */
 void kmem_bind(void *p, size_t len, int node); /* policy by kmem_cfg.numa_mode */
 

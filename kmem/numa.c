@@ -86,8 +86,6 @@ void kmem_numa_init(int virtual_nodes) {
 
 int kmem_node_count(void) { return nodes; }
 
-int kmem_real_node_count(void) { return real_nodes; }
-
 /* The calling thread's node, from the CPU it runs on now (slow paths only). */
 int kmem_current_node(void) {
   unsigned cpu = 0, node = 0;
