@@ -51,8 +51,9 @@ static void page_unfull(hak_heap_t *heap, hak_page_t *page) {
   queue_remove(&heap->full, page);
   queue_push_back(&heap->queues[page->cls], page);
   heap_sync_direct(heap, page->cls);
-  /* no more notifications needed; a freer mid-delivery resets it itself */
-  hak_page_set_remote_state(page, 1u << REMOTE_NOTIFY, REMOTE_PLAIN);
+  /* The NOTIFY state stays: the next remote free takes the delayed route
+   * once and resets it, and a page that fills again is parked without a CAS,
+   * which is the common case of a thread freeing its own blocks. */
 }
 
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
