@@ -1,7 +1,8 @@
 /* Shared helpers for the bench/ workloads: timing, a per-thread PRNG,
- * argument parsing, block patterns that detect corruption, and a driver that
- * runs N worker threads for a fixed time. Header-only on purpose: the Makefile
- * builds each bench/NAME.c alone into build/bench/NAME, linking only -lpthread.
+ * argument parsing, block patterns that detect corruption, RSS, and a driver
+ * that runs N worker threads for a fixed time. Header-only on purpose: the
+ * Makefile builds each bench/NAME.c alone into build/bench/NAME, linking only
+ * -lpthread.
  *
  * Exit codes shared by all workloads: 0 ok, 2 corruption detected,
  * 3 out of memory, 4 thread start failed, 64 bad arguments. */
@@ -125,6 +126,35 @@ static inline void bench_check_free(void *p, size_t n) {
   free(p);
 }
 
+/* Resident set size of this process in KiB, from /proc/self/statm (0 if
+ * unreadable). */
+static inline long bench_rss_kb(void) {
+  long pages = 0, rss = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f) {
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+    fclose(f);
+  }
+  return rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* n zeroed worker structs of size bytes (a multiple of BENCH_LINE), each on
+ * its own cache lines. */
+static inline void *bench_workers(size_t n, size_t size) {
+  void *w = aligned_alloc(BENCH_LINE, size * n);
+  if (!w) bench_fail(3, "out of memory", NULL, size * n);
+  return memset(w, 0, size * n);
+}
+
+/* The sum of the ops fields of workers w[0] .. w[n-1]. */
+#define BENCH_OPS(w, n)                                                                            \
+  ({                                                                                               \
+    uint64_t ops_ = 0;                                                                             \
+    for (size_t i_ = 0; i_ < (size_t)(n); i_++)                                                    \
+      ops_ += (w)[i_].ops;                                                                         \
+    ops_;                                                                                          \
+  })
+
 /* Worker threads poll this; relaxed is enough for a stop flag. */
 static atomic_int bench_stop_flag;
 static inline int bench_stopped(void) {
@@ -178,6 +208,24 @@ static inline void bench_result(uint64_t ops, double seconds, const char *extra)
   printf("%s: %.0f ops/s%s%s\n", bench_name, seconds > 0 ? (double)ops / seconds : 0.0,
          extra && *extra ? " " : "", extra ? extra : "");
   fflush(stdout);
+}
+
+/* A worker with nothing but its own PRNG and op count. */
+struct bench_worker {
+  _Alignas(BENCH_LINE) uint64_t rng;
+  uint64_t ops;
+};
+
+/* Runs fn on `threads` struct bench_workers (PRNG seeded with the index) for
+ * `seconds` and prints the result line. */
+static inline void bench_run_plain(int threads, double seconds, void *(*fn)(void *)) {
+  struct bench_worker *w = bench_workers((size_t)threads, sizeof *w);
+  for (int t = 0; t < threads; t++)
+    w[t].rng = rng_seed((uint64_t)t);
+  double el = bench_run((unsigned)threads, seconds, fn, w, sizeof *w, NULL);
+  uint64_t ops = BENCH_OPS(w, threads);
+  free(w);
+  bench_result(ops, el, NULL);
 }
 
 #endif

@@ -14,15 +14,10 @@
 
 #define CHURN_BURST 32
 
-struct churn_worker {
-  _Alignas(BENCH_LINE) uint64_t rng;
-  uint64_t ops;
-};
-
 static size_t churn_min, churn_max, churn_slots;
 
 static void *churn_thread(void *arg) {
-  struct churn_worker *w = arg;
+  struct bench_worker *w = arg;
   uint64_t rng = w->rng, ops = 0;
   void **blk = bench_alloc(churn_slots * sizeof *blk);
   size_t *size = bench_alloc(churn_slots * sizeof *size);
@@ -68,16 +63,7 @@ static int churn_main(int argc, char **argv, double min, double max, double slot
   churn_max = (size_t)bench_arg(argc, argv, 4, max, (double)churn_min, 1 << 30);
   churn_slots = (size_t)bench_arg(argc, argv, 5, slots, 1, 1 << 26);
 
-  struct churn_worker *w = aligned_alloc(BENCH_LINE, sizeof *w * (size_t)threads);
-  if (!w) bench_fail(3, "out of memory", NULL, sizeof *w * (size_t)threads);
-  for (int t = 0; t < threads; t++)
-    w[t] = (struct churn_worker){.rng = rng_seed((uint64_t)t)};
-  double el = bench_run((unsigned)threads, seconds, churn_thread, w, sizeof *w, NULL);
-  uint64_t ops = 0;
-  for (int t = 0; t < threads; t++)
-    ops += w[t].ops;
-  free(w);
-  bench_result(ops, el, NULL);
+  bench_run_plain(threads, seconds, churn_thread);
   return 0;
 }
 

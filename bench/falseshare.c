@@ -82,10 +82,7 @@ int main(int argc, char **argv) {
   max_size = (size_t)bench_arg(argc, argv, 4, 64, (double)min_size, 1 << 20);
   writes = (long)bench_arg(argc, argv, 5, 1000, 1, 1e9);
 
-  struct worker *w = aligned_alloc(BENCH_LINE, sizeof *w * (size_t)threads);
-  if (!w) bench_fail(3, "out of memory", NULL, sizeof *w * (size_t)threads);
-  for (int t = 0; t < threads; t++)
-    w[t] = (struct worker){0};
+  struct worker *w = bench_workers((size_t)threads, sizeof *w);
   /* Block k goes to worker k % threads: neighbours belong to different workers. */
   uint64_t rng = rng_seed(12345);
   for (int k = 0; k < DEALT * threads; k++) {
@@ -96,9 +93,7 @@ int main(int argc, char **argv) {
     bench_fill(o->blk[k / threads], n);
   }
   double el = bench_run((unsigned)threads, seconds, worker_main, w, sizeof *w, NULL);
-  uint64_t ops = 0;
-  for (int t = 0; t < threads; t++)
-    ops += w[t].ops;
+  uint64_t ops = BENCH_OPS(w, threads);
   free(w);
   bench_result(ops, el, NULL);
   return 0;

@@ -31,16 +31,6 @@ struct worker {
 
 static size_t wave, survivors, max_big;
 
-static long rss_kb(void) {
-  long pages = 0, rss = 0;
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f) {
-    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
-    fclose(f);
-  }
-  return rss * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
 static size_t pick_size(uint64_t *rng) {
   if (rng_next(rng) % 100 == 0) return rng_range(rng, 65536, max_big);
   size_t base = (size_t)16 << (rng_next(rng) % 12); /* 16 B .. 32 KiB */
@@ -85,7 +75,7 @@ static void *worker_main(void *arg) {
 static void report_rss(double t) {
   static double next = 0.1;
   if (t >= next) {
-    fprintf(stderr, "fragment: t=%.1f rss_kb=%ld\n", t, rss_kb());
+    fprintf(stderr, "fragment: t=%.1f rss_kb=%ld\n", t, bench_rss_kb());
     next += 0.1;
   }
 }
@@ -101,8 +91,7 @@ int main(int argc, char **argv) {
   survivors = (size_t)bench_arg(argc, argv, 4, 2000, 1, 1 << 24);
   max_big = (size_t)bench_arg(argc, argv, 5, 1 << 20, 65536, 1 << 30);
 
-  struct worker *w = aligned_alloc(BENCH_LINE, sizeof *w * (size_t)threads);
-  if (!w) bench_fail(3, "out of memory", NULL, sizeof *w * (size_t)threads);
+  struct worker *w = bench_workers((size_t)threads, sizeof *w);
   for (int t = 0; t < threads; t++) {
     w[t] = (struct worker){.rng = rng_seed((uint64_t)t)};
     w[t].surv = bench_alloc(survivors * sizeof *w[t].surv);
@@ -110,7 +99,7 @@ int main(int argc, char **argv) {
   }
   double el = bench_run((unsigned)threads, seconds, worker_main, w, sizeof *w, report_rss);
 
-  long final_rss = rss_kb();
+  long final_rss = bench_rss_kb();
   uint64_t ops = 0, live = 0;
   for (int t = 0; t < threads; t++) {
     ops += w[t].ops;
@@ -126,7 +115,7 @@ int main(int argc, char **argv) {
   free(w);
   char extra[128];
   snprintf(extra, sizeof extra, "final_rss_kb=%ld live_kb=%llu freed_rss_kb=%ld", final_rss,
-           (unsigned long long)(live / 1024), rss_kb());
+           (unsigned long long)(live / 1024), bench_rss_kb());
   bench_result(ops, el, extra);
   return 0;
 }

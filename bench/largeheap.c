@@ -63,16 +63,6 @@ static double tv_s(struct timeval tv) {
   return (double)tv.tv_sec + (double)tv.tv_usec * 1e-6;
 }
 
-static long rss_kb(void) {
-  long pages = 0, rss = 0;
-  FILE *f = fopen("/proc/self/statm", "r");
-  if (f) {
-    if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
-    fclose(f);
-  }
-  return rss * (sysconf(_SC_PAGESIZE) / 1024);
-}
-
 /* AnonHugePages of the whole process: transparent huge pages under any
  * allocator. -1 where smaps_rollup does not exist. */
 static long thp_kb(void) {
@@ -152,8 +142,7 @@ int main(int argc, char **argv) {
     if (!*end && v >= 0 && v <= 100000) delay_ms = v;
   }
 
-  struct worker *w = aligned_alloc(BENCH_LINE, sizeof *w * threads);
-  if (!w) bench_fail(3, "out of memory", NULL, sizeof *w * threads);
+  struct worker *w = bench_workers(threads, sizeof *w);
   for (unsigned t = 0; t < threads; t++) {
     w[t] = (struct worker){.rng = rng_seed(t), .share = heap / threads};
     w[t].cap = w[t].share / min_blk + 1;
@@ -177,7 +166,7 @@ int main(int argc, char **argv) {
   pthread_barrier_wait(&live_barrier);
   double t1 = bench_now();
   getrusage(RUSAGE_SELF, &ru1);
-  long live_rss = rss_kb(), live_thp = thp_kb();
+  long live_rss = bench_rss_kb(), live_thp = thp_kb();
   char json[4096];
   long long hugetlb = -1;
   if (stats_json) {
@@ -207,7 +196,7 @@ int main(int argc, char **argv) {
   free(tid);
 
   sleep_ms(2 * delay_ms);
-  long freed_rss = rss_kb();
+  long freed_rss = bench_rss_kb();
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   app_cpu += thread_cpu_s(); /* the main thread's own (sampling, joins) */

@@ -86,8 +86,7 @@ int main(int argc, char **argv) {
   int threads = (int)bench_arg(argc, argv, 7, 2, 1, 1024);
 
   /* The arrays are filled by main, so even the first frees are remote. */
-  struct chain *c = aligned_alloc(BENCH_LINE, sizeof *c * (size_t)threads);
-  if (!c) bench_fail(3, "out of memory", NULL, sizeof *c * (size_t)threads);
+  struct chain *c = bench_workers((size_t)threads, sizeof *c);
   for (int t = 0; t < threads; t++) {
     c[t] = (struct chain){.rng = rng_seed(seed + (uint64_t)t)};
     c[t].blk = bench_alloc(nblocks * sizeof *c[t].blk);

@@ -24,11 +24,6 @@ struct buf {
   unsigned char salt;
 };
 
-struct worker {
-  _Alignas(BENCH_LINE) uint64_t rng;
-  uint64_t ops;
-};
-
 static size_t max_vec, max_str;
 
 static inline unsigned char expect(size_t i, unsigned char salt) {
@@ -81,7 +76,7 @@ static void str_step(struct buf *s, uint64_t *rng) {
 }
 
 static void *worker_main(void *arg) {
-  struct worker *w = arg;
+  struct bench_worker *w = arg;
   uint64_t rng = w->rng, ops = 0;
   struct buf vec[NBUF] = {0}, str[NBUF] = {0};
   bench_go();
@@ -110,15 +105,6 @@ int main(int argc, char **argv) {
   max_vec = (size_t)bench_arg(argc, argv, 3, 4 << 20, 256, 1ull << 34);
   max_str = max_vec / 16;
 
-  struct worker *w = aligned_alloc(BENCH_LINE, sizeof *w * (size_t)threads);
-  if (!w) bench_fail(3, "out of memory", NULL, sizeof *w * (size_t)threads);
-  for (int t = 0; t < threads; t++)
-    w[t] = (struct worker){.rng = rng_seed((uint64_t)t)};
-  double el = bench_run((unsigned)threads, seconds, worker_main, w, sizeof *w, NULL);
-  uint64_t ops = 0;
-  for (int t = 0; t < threads; t++)
-    ops += w[t].ops;
-  free(w);
-  bench_result(ops, el, NULL);
+  bench_run_plain(threads, seconds, worker_main);
   return 0;
 }

@@ -10,11 +10,9 @@
  * no process_madvise on self, after checking the fallbacks. */
 #define _GNU_SOURCE
 #include "hakmem.h"
+#include "purge_util.h"
 #include "spawn.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <liburing.h>
 #include <malloc.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -23,54 +21,10 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 #include <time.h>
 
 #define BLOCK ((size_t)256 << 10)
 #define NBLOCKS 192 /* 48 MiB */
-
-enum { URING, VECTOR, SYNC };
-static const char *const engine_names[] = {"uring", "vector", "sync"};
-
-static size_t rss_bytes(void) {
-  FILE *f = fopen("/proc/self/statm", "r");
-  unsigned long size = 0, res = 0;
-  CHECK(f && fscanf(f, "%lu %lu", &size, &res) == 2, "cannot read /proc/self/statm");
-  fclose(f);
-  return res * (size_t)sysconf(_SC_PAGESIZE);
-}
-
-/* Whether the kernel has the engine, asked without hakmem. */
-static bool kernel_has(int e) {
-  if (e == URING) {
-    struct io_uring r;
-    if (io_uring_queue_init(4, &r, 0) < 0) return false;
-    union {
-      struct io_uring_probe probe;
-      char room[sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op)];
-    } u;
-    memset(&u, 0, sizeof u);
-    bool has = io_uring_register_probe(&r, &u.probe, 256) == 0 &&
-               io_uring_opcode_supported(&u.probe, IORING_OP_MADVISE);
-    io_uring_queue_exit(&r);
-    return has;
-  }
-  if (e == VECTOR) {
-    char *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    CHECK(page != MAP_FAILED, "mmap failed");
-    page[0] = 1;
-    struct iovec iov = {page, 4096};
-    long r = syscall(SYS_process_madvise, -10000 /* PIDFD_SELF */, &iov, 1, MADV_DONTNEED, 0);
-    if (r < 0 && errno == EBADF) {
-      int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
-      r = fd < 0 ? -1 : syscall(SYS_process_madvise, fd, &iov, 1, MADV_DONTNEED, 0);
-      if (fd >= 0) close(fd);
-    }
-    munmap(page, 4096);
-    return r == 4096;
-  }
-  return true;
-}
 
 static uint64_t via(const hak_stats_t *s, int e) {
   return e == URING ? s->purges_uring : e == VECTOR ? s->purges_vector : 0;
@@ -146,23 +100,6 @@ static void child(const char *how, int expect) {
 
 /* ---- fork with purges in flight ---- */
 
-static int io_uring_fds(void) {
-  DIR *d = opendir("/proc/self/fd");
-  CHECK(d, "cannot open /proc/self/fd");
-  int n = 0;
-  char path[300], target[256];
-  for (struct dirent *de; (de = readdir(d));) {
-    snprintf(path, sizeof path, "/proc/self/fd/%s", de->d_name);
-    ssize_t len = readlink(path, target, sizeof target - 1);
-    if (len > 0) {
-      target[len] = 0;
-      n += strstr(target, "io_uring") != NULL;
-    }
-  }
-  closedir(d);
-  return n;
-}
-
 /* The parent purges with io_uring and forks while freed memory is being
  * purged; the child holds no ring and purges with the engine after it. */
 static void child_fork(int expect) {
@@ -225,53 +162,13 @@ static bool forbid(int block) {
 #endif
 }
 
-/* Like run_self, with the filter installed before exec: every thread of the
- * child, the allocator's included, runs under it from the start. */
-static void run_filtered(const char *mode, const char *const *env, int block, struct child *c) {
-  int fd[2];
-  CHECK(pipe(fd) == 0, "pipe failed");
-  fflush(NULL);
-  pid_t pid = fork();
-  CHECK(pid >= 0, "fork failed");
-  if (pid == 0) {
-    char name[256];
-    for (int again = 1; again;) {
-      again = 0;
-      for (char **e = environ; *e; e++) {
-        if (strncmp(*e, "HAKMEM_", 7) != 0) continue;
-        size_t n = strcspn(*e, "=");
-        snprintf(name, sizeof name, "%.*s", (int)n, *e);
-        unsetenv(name);
-        again = 1;
-        break;
-      }
-    }
-    for (; env && *env; env++)
-      putenv((char *)*env);
-    dup2(fd[1], 2);
-    close(fd[0]);
-    close(fd[1]);
-    if (block && !forbid(block)) {
-      fprintf(stderr, "SKIP: no seccomp filter here\n");
-      _exit(77);
-    }
-    execl("/proc/self/exe", "child", mode, (char *)NULL);
-    _exit(127);
+/* Installs the filter of *(int *)block in the child before exec: every
+ * thread of it, the allocator's included, runs under it from the start. */
+static void install_filter(void *block) {
+  if (*(int *)block && !forbid(*(int *)block)) {
+    fprintf(stderr, "SKIP: no seccomp filter here\n");
+    _exit(77);
   }
-  close(fd[1]);
-  c->errlen = 0;
-  ssize_t got;
-  while ((got = read(fd[0], c->err + c->errlen, sizeof c->err - 1 - c->errlen)) > 0)
-    c->errlen += (size_t)got;
-  c->err[c->errlen] = 0;
-  close(fd[0]);
-  CHECK(waitpid(pid, &c->status, 0) == pid, "waitpid failed");
-}
-
-static int engine_of(const char *name) {
-  for (int e = 0; e < 3; e++)
-    if (!strcmp(name, engine_names[e])) return e;
-  FAIL("unknown engine %s", name);
 }
 
 int main(int argc, char **argv) {
@@ -320,7 +217,7 @@ int main(int argc, char **argv) {
     int expect = block == 1 && has[VECTOR] ? VECTOR : SYNC;
     snprintf(mode, sizeof mode, "trim:%s", engine_names[expect]);
     const char *env[] = {"HAKMEM_PURGE_ENGINE=uring", "HAKMEM_BACKGROUND=0", NULL};
-    run_filtered(mode, env, block, &c);
+    run_self_with(mode, env, &c, install_filter, &block);
     if (WIFEXITED(c.status) && WEXITSTATUS(c.status) == 77) SKIP("%s", c.err + 6);
     if (!exited_ok(&c)) {
       fprintf(stderr, "%s", c.err);

@@ -11,24 +11,19 @@
  * fallbacks. */
 #define _GNU_SOURCE
 #include "../kmem/kmem.h"
+#include "purge_util.h"
 #include "spawn.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <liburing.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 
 void kmem_purge_fork_child(void);
 
 #define SMALL ((size_t)64 << 10)
 #define BIG ((size_t)2 << 20)
 #define MAXR 4096
-
-static const char *const engine_names[] = {"uring", "vector", "sync"};
 
 typedef struct range {
   char *p;
@@ -40,14 +35,6 @@ static size_t nranges;
 static _Atomic int calls[MAXR];
 static _Atomic int oks[MAXR];
 static _Atomic int early; /* reported done before the range read zero */
-
-static size_t rss_bytes(void) {
-  FILE *f = fopen("/proc/self/statm", "r");
-  unsigned long size = 0, res = 0;
-  CHECK(f && fscanf(f, "%lu %lu", &size, &res) == 2, "cannot read /proc/self/statm");
-  fclose(f);
-  return res * (size_t)sysconf(_SC_PAGESIZE);
-}
 
 static char *map(size_t len) {
   char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -101,37 +88,6 @@ static void check_reported(size_t from, size_t to, const char *what) {
 static void init_engine(int e) {
   kmem_config_t cfg = {.purge_engine = e, .purge_engine_asked = true};
   kmem_init(&cfg);
-}
-
-/* Whether the kernel has the engine, asked independently of kmem. */
-static bool kernel_has(int e) {
-  if (e == KMEM_PURGE_URING) {
-    struct io_uring r;
-    if (io_uring_queue_init(4, &r, 0) < 0) return false;
-    union {
-      struct io_uring_probe probe;
-      char room[sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op)];
-    } u;
-    memset(&u, 0, sizeof u);
-    bool has = io_uring_register_probe(&r, &u.probe, 256) == 0 &&
-               io_uring_opcode_supported(&u.probe, IORING_OP_MADVISE);
-    io_uring_queue_exit(&r);
-    return has;
-  }
-  if (e == KMEM_PURGE_VECTOR) {
-    char *page = map(4096);
-    page[0] = 1;
-    struct iovec iov = {page, 4096};
-    long r = syscall(SYS_process_madvise, -10000 /* PIDFD_SELF */, &iov, 1, MADV_DONTNEED, 0);
-    if (r < 0 && errno == EBADF) {
-      int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
-      r = fd < 0 ? -1 : syscall(SYS_process_madvise, fd, &iov, 1, MADV_DONTNEED, 0);
-      if (fd >= 0) close(fd);
-    }
-    munmap(page, 4096);
-    return r == 4096;
-  }
-  return true;
 }
 
 /* The engine e should be in use: FAIL if kmem fell back although the kernel
@@ -316,23 +272,6 @@ static void case_threads(int e) {
 
 /* ---- fork with purges in flight ---- */
 
-static int io_uring_fds(void) {
-  DIR *d = opendir("/proc/self/fd");
-  CHECK(d, "cannot open /proc/self/fd");
-  int n = 0;
-  char path[300], target[256];
-  for (struct dirent *de; (de = readdir(d));) {
-    snprintf(path, sizeof path, "/proc/self/fd/%s", de->d_name);
-    ssize_t len = readlink(path, target, sizeof target - 1);
-    if (len > 0) {
-      target[len] = 0;
-      n += strstr(target, "io_uring") != NULL;
-    }
-  }
-  closedir(d);
-  return n;
-}
-
 static void case_fork(int e) {
   init_engine(e);
   /* as the allocator does (here it is not linked in: nothing calls malloc) */
@@ -374,12 +313,6 @@ static void case_fork(int e) {
   CHECK(reads_zero(a, count * SMALL, 4096), "parent: purged memory does not read zero");
   CHECK(kmem_purge_engine() == parent_engine, "the parent's engine changed across fork");
   printf("fork %s: parent kept %s, child checked\n", engine_names[e], engine_names[parent_engine]);
-}
-
-static int engine_of(const char *name) {
-  for (int e = 0; e < 3; e++)
-    if (!strcmp(name, engine_names[e])) return e;
-  FAIL("unknown engine %s", name);
 }
 
 int main(int argc, char **argv) {

@@ -5,49 +5,13 @@
 #define _GNU_SOURCE
 #include <hakmem.h>
 
-#include <fcntl.h>
-#include <linux/userfaultfd.h>
-#include <sys/ioctl.h>
-#include <sys/syscall.h>
-
 #include "../kmem/kmem.h"
 #include "check.h"
 #include "spawn.h"
+#include "uffd_util.h"
 
 #define KPAGE ((size_t)64 << 10)
 #define AREA ((size_t)8 << 20)
-
-static uint64_t uffd_faults(void) {
-  hak_stats_t s;
-  hak_stats_get(&s);
-  return s.uffd_faults;
-}
-
-static int uffd_usable(void) {
-  int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-  if (fd < 0) {
-    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev >= 0) {
-      fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
-      close(dev);
-    }
-  }
-  if (fd < 0) return 0;
-  close(fd);
-  return 1;
-}
-
-static int allocator_uses_uffd(void) {
-  enum { N = 256 };  /* 8 MiB: past the first region (made inside kmem_uffd_start) */
-  static void *b[N]; /* kept, so what the test allocates next is fresh */
-  uint64_t before = uffd_faults();
-  for (int i = 0; i < N; i++) {
-    b[i] = malloc(32 << 10);
-    CHECK(b[i], "malloc failed");
-    memset(b[i], 1, 32 << 10);
-  }
-  return uffd_faults() > before;
-}
 
 static void touch(char *p, size_t len) {
   for (size_t off = 0; off < len; off += 4096)
@@ -85,13 +49,7 @@ static void in_child(char *area, int wired) {
 
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "child") == 0) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    alarm(20); /* a fault nobody serves hangs: die instead */
-    int wired = allocator_uses_uffd();
-    if (!wired) {
-      printf("NOTE: the allocator does not serve faults with userfaultfd yet\n");
-      CHECK(kmem_uffd_start(), "kmem_uffd_start failed");
-    }
+    int wired = uffd_child_start();
     char *area = kmem_map_aligned(AREA, KMEM_REGION_SIZE);
     CHECK(area, "kmem_map_aligned failed");
     for (size_t off = 0; off < AREA; off += KMEM_REGION_SIZE)
@@ -120,12 +78,8 @@ int main(int argc, char **argv) {
           (unsigned long long)(uffd_faults() - f0));
     return 0;
   }
-  if (!uffd_usable()) SKIP("userfaultfd is not available to this process");
-  static const char *const env[] = {"HAKMEM_UFFD=1", NULL};
   struct child c;
-  run_self("child", env, &c);
-  fputs(c.err, stderr);
-  CHECK(exited_ok(&c), "child failed (status %#x)", c.status);
+  uffd_run_self("child", &c);
   /* A fork child that kept the fd would fail to register (its ioctls act
    * on the parent's address space) and say so. */
   CHECK(!strstr(c.err, "HAKMEM_UFFD"), "a fallback was reported: %s", c.err);

@@ -8,48 +8,13 @@
 #include <pthread.h>
 
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/userfaultfd.h>
-#include <sys/ioctl.h>
-#include <sys/syscall.h>
 
 #include "../kmem/kmem.h"
 #include "check.h"
 #include "spawn.h"
+#include "uffd_util.h"
 
 #define LEN ((size_t)1 << 20)
-
-static uint64_t uffd_faults(void) {
-  hak_stats_t s;
-  hak_stats_get(&s);
-  return s.uffd_faults;
-}
-
-static int uffd_usable(void) {
-  int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-  if (fd < 0) {
-    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev >= 0) {
-      fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
-      close(dev);
-    }
-  }
-  if (fd < 0) return 0;
-  close(fd);
-  return 1;
-}
-
-static int allocator_uses_uffd(void) {
-  enum { N = 256 };  /* 8 MiB: past the first region (made inside kmem_uffd_start) */
-  static void *b[N]; /* kept, so what the test allocates next is fresh */
-  uint64_t before = uffd_faults();
-  for (int i = 0; i < N; i++) {
-    b[i] = malloc(32 << 10);
-    CHECK(b[i], "malloc failed");
-    memset(b[i], 1, 32 << 10);
-  }
-  return uffd_faults() > before;
-}
 
 static int fds[2];
 static char *source; /* LEN of pattern, ordinary memory */
@@ -105,16 +70,10 @@ static void write_from(const char *src, const char *what, int want_fault) {
 
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "child") == 0) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    alarm(20);                            /* a fault nobody serves hangs: die instead */
     source = kmem_map_aligned(LEN, 4096); /* never registered */
     CHECK(source, "kmem_map_aligned failed");
     fill_pattern(source, LEN);
-    int wired = allocator_uses_uffd();
-    if (!wired) {
-      printf("NOTE: the allocator does not serve faults with userfaultfd yet\n");
-      CHECK(kmem_uffd_start(), "kmem_uffd_start failed");
-    }
+    int wired = uffd_child_start();
     char *r = kmem_map_aligned(2 * KMEM_REGION_SIZE, KMEM_REGION_SIZE);
     CHECK(r, "kmem_map_aligned failed");
     kmem_uffd_register(r, 2 * KMEM_REGION_SIZE);
@@ -132,11 +91,7 @@ int main(int argc, char **argv) {
     }
     return 0;
   }
-  if (!uffd_usable()) SKIP("userfaultfd is not available to this process");
-  static const char *const env[] = {"HAKMEM_UFFD=1", NULL};
   struct child c;
-  run_self("child", env, &c);
-  fputs(c.err, stderr);
-  CHECK(exited_ok(&c), "child failed (status %#x)", c.status);
+  uffd_run_self("child", &c);
   return 0;
 }

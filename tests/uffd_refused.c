@@ -27,23 +27,10 @@
 #include "../kmem/kmem.h"
 #include "check.h"
 #include "spawn.h"
+#include "uffd_util.h"
 
 #define SYSCTL "/proc/sys/vm/unprivileged_userfaultfd"
 #define NOBODY 65534
-
-static int uffd_usable(void) {
-  int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
-  if (fd < 0) {
-    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev >= 0) {
-      fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
-      close(dev);
-    }
-  }
-  if (fd < 0) return 0;
-  close(fd);
-  return 1;
-}
 
 /* The child: refused (or allowed), it allocates and touches 64 MiB. */
 static int work(int refused) {
@@ -144,13 +131,7 @@ static void run_as(int uid, int seccomp, const char *mode, const char *const *en
     _exit(errno == EACCES ? 126 : 127);
   }
   close(fd[1]);
-  c->errlen = 0;
-  ssize_t got;
-  while ((got = read(fd[0], c->err + c->errlen, sizeof c->err - 1 - c->errlen)) > 0)
-    c->errlen += (size_t)got;
-  c->err[c->errlen] = 0;
-  close(fd[0]);
-  if (waitpid(pid, &c->status, 0) != pid) RFAIL("waitpid failed");
+  if (child_collect(pid, fd[0], c) != pid) RFAIL("waitpid failed");
 }
 
 static int count(const char *s, const char *what) {
