@@ -15,14 +15,14 @@ enum kmem_numa_mode { KMEM_NUMA_LOCAL, KMEM_NUMA_STRICT, KMEM_NUMA_INTERLEAVE, K
 #define KMEM_MAX_NODES 64
 
 typedef struct kmem_config {
-  bool thp;           /* advise MADV_HUGEPAGE on regions */
-  bool hugetlb;       /* regions from hugetlbfs pages, THP when the pool is empty */
-  bool uffd;          /* regions registered with userfaultfd */
-  int purge_engine;   /* enum kmem_purge_engine: the first one tried */
+  bool thp;                /* advise MADV_HUGEPAGE on regions */
+  bool hugetlb;            /* regions from hugetlbfs pages, THP when the pool is empty */
+  bool uffd;               /* regions registered with userfaultfd */
+  int purge_engine;        /* enum kmem_purge_engine: the first one tried */
   bool purge_engine_asked; /* set by the user: a fallback is reported */
-  bool verbose;       /* report every fallback */
-  int numa_mode;      /* enum kmem_numa_mode */
-  bool numa_asked;    /* HAKMEM_NUMA set by the user: a fallback is reported */
+  bool verbose;            /* report every fallback */
+  int numa_mode;           /* enum kmem_numa_mode */
+  bool numa_asked;         /* HAKMEM_NUMA set by the user: a fallback is reported */
 } kmem_config_t;
 
 void kmem_init(const kmem_config_t *cfg);
@@ -46,8 +46,8 @@ void kmem_region_free_hugetlb(void *r); /* an empty hugetlbfs region, whole */
 /* ---- NUMA (kmem/numa.c) ----
  * Topology read once at start (virtual_nodes > 0: HAKMEM_NODES). */
 void kmem_numa_init(int virtual_nodes);
-int kmem_node_count(void);      /* nodes the allocator sees (virtual or real) */
-int kmem_current_node(void);    /* of the calling thread's CPU; slow paths only */
+int kmem_node_count(void);                     /* nodes the allocator sees (virtual or real) */
+int kmem_current_node(void);                   /* of the calling thread's CPU; slow paths only */
 void kmem_bind(void *p, size_t len, int node); /* policy by kmem_cfg.numa_mode */
 
 /* Zero-filled, never-touched mapping of len bytes whose start is aligned to

@@ -37,14 +37,17 @@ static bool read_small(const char *path, char *buf, size_t len) {
 static void for_each_in_list(const char *s, void (*fn)(int, int), int arg) {
   while (*s >= '0' && *s <= '9') {
     int a = 0, b;
-    while (*s >= '0' && *s <= '9') a = a * 10 + (*s++ - '0');
+    while (*s >= '0' && *s <= '9')
+      a = a * 10 + (*s++ - '0');
     b = a;
     if (*s == '-') {
       s++;
       b = 0;
-      while (*s >= '0' && *s <= '9') b = b * 10 + (*s++ - '0');
+      while (*s >= '0' && *s <= '9')
+        b = b * 10 + (*s++ - '0');
     }
-    for (int i = a; i <= b; i++) fn(i, arg);
+    for (int i = a; i <= b; i++)
+      fn(i, arg);
     if (*s == ',') s++;
   }
 }
@@ -63,11 +66,15 @@ static void cpulist_path(char *out, int n) {
   const char *head = "/sys/devices/system/node/node", *tail = "/cpulist";
   char digits[12];
   int k = 0;
-  while (*head) *out++ = *head++;
-  do digits[k++] = (char)('0' + n % 10);
+  while (*head)
+    *out++ = *head++;
+  do
+    digits[k++] = (char)('0' + n % 10);
   while ((n /= 10) != 0);
-  while (k) *out++ = digits[--k];
-  while (*tail) *out++ = *tail++;
+  while (k)
+    *out++ = digits[--k];
+  while (*tail)
+    *out++ = *tail++;
   *out = 0;
 }
 
@@ -84,7 +91,9 @@ void kmem_numa_init(int virtual_nodes) {
   nodes = virtual_nodes > 0 ? virtual_nodes : real_nodes;
 }
 
-int kmem_node_count(void) { return nodes; }
+int kmem_node_count(void) {
+  return nodes;
+}
 
 /* The calling thread's node, from the CPU it runs on now (slow paths only). */
 int kmem_current_node(void) {

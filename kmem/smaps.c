@@ -42,9 +42,11 @@ uint64_t kmem_thp_bytes(bool (*is_ours)(uintptr_t start, uintptr_t end)) {
       if (starts_with(s, "AnonHugePages:")) {
         if (ours) {
           s += 14;
-          while (*s == ' ') s++;
+          while (*s == ' ')
+            s++;
           uint64_t kb = 0;
-          while (*s >= '0' && *s <= '9') kb = kb * 10 + (uint64_t)(*s++ - '0');
+          while (*s >= '0' && *s <= '9')
+            kb = kb * 10 + (uint64_t)(*s++ - '0');
           total += kb << 10;
         }
       } else {

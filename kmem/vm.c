@@ -19,7 +19,9 @@ static pthread_mutex_t reserve_lock = PTHREAD_MUTEX_INITIALIZER;
 static uintptr_t chunk_next, chunk_end; /* the rest of the current reservation */
 static size_t regions_carved;
 
-void kmem_init(const kmem_config_t *cfg) { kmem_cfg = *cfg; }
+void kmem_init(const kmem_config_t *cfg) {
+  kmem_cfg = *cfg;
+}
 
 void kmem_stats_get(kmem_stats_t *out) {
   kmem_counters_t *c = &kmem_counters;
@@ -38,7 +40,8 @@ void kmem_say(const char *a, const char *b, const char *c) {
   size_t n = 0;
   const char *parts[] = {"hakmem: ", a, b, c, "\n"};
   for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)
-    for (const char *s = parts[i]; *s && n < sizeof line; s++) line[n++] = *s;
+    for (const char *s = parts[i]; *s && n < sizeof line; s++)
+      line[n++] = *s;
   if (write(2, line, n) < 0) {
   }
 }
@@ -47,11 +50,13 @@ void kmem_fallback(bool asked, const char *feature, const char *why) {
   if (asked || kmem_cfg.verbose) kmem_say(feature, " unavailable: ", why);
 }
 
-size_t kmem_os_page_size(void) { return 4096; }
+size_t kmem_os_page_size(void) {
+  return 4096;
+}
 
 static void *map_anon(size_t len) {
-  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  void *p =
+      mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? NULL : p;
 }
 
@@ -69,7 +74,9 @@ void *kmem_map_aligned(size_t len, size_t align) {
   return (void *)start;
 }
 
-void kmem_unmap(void *p, size_t len) { munmap(p, len); }
+void kmem_unmap(void *p, size_t len) {
+  munmap(p, len);
+}
 
 bool kmem_resize_inplace(void *p, size_t old_len, size_t new_len) {
   return mremap(p, old_len, new_len, 0) != MAP_FAILED;
@@ -121,8 +128,7 @@ void *kmem_region_alloc(int node, unsigned *flags) {
     pthread_mutex_lock(&reserve_lock);
     /* Large chunks keep VMAs few; when address space is short (ulimit -v),
      * fall back to a single region. */
-    if (chunk_next < chunk_end || reserve_chunk(RESERVE_CHUNK) ||
-        reserve_chunk(KMEM_REGION_SIZE)) {
+    if (chunk_next < chunk_end || reserve_chunk(RESERVE_CHUNK) || reserve_chunk(KMEM_REGION_SIZE)) {
       r = (void *)chunk_next;
       chunk_next += KMEM_REGION_SIZE;
       /* explicit both ways: with THP "always" the kernel would decide */
@@ -142,7 +148,9 @@ void kmem_region_free_hugetlb(void *r) {
   atomic_fetch_sub_explicit(&kmem_counters.hugetlb_bytes, KMEM_REGION_SIZE, memory_order_relaxed);
 }
 
-bool kmem_populate(void *p, size_t len) { return madvise(p, len, MADV_POPULATE_WRITE) == 0; }
+bool kmem_populate(void *p, size_t len) {
+  return madvise(p, len, MADV_POPULATE_WRITE) == 0;
+}
 
 static pthread_mutex_t meta_lock = PTHREAD_MUTEX_INITIALIZER;
 

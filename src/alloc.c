@@ -5,9 +5,13 @@
 #include <errno.h>
 #include <string.h>
 
-HAK_EXPORT void *hak_malloc(size_t size) { return hak_alloc_inline(size); }
+HAK_EXPORT void *hak_malloc(size_t size) {
+  return hak_alloc_inline(size);
+}
 
-HAK_EXPORT void hak_free(void *p) { hak_free_inline(p); }
+HAK_EXPORT void hak_free(void *p) {
+  hak_free_inline(p);
+}
 
 void *hak_calloc_impl(size_t n, size_t size);
 void *hak_calloc_impl(size_t n, size_t size) {
@@ -23,15 +27,19 @@ void *hak_calloc_impl(size_t n, size_t size) {
     if (likely(b != NULL)) {
       page->free = b->next;
       page->used++;
-      if (page->free_is_zero) b->next = NULL;
-      else memset(b, 0, total);
+      if (page->free_is_zero)
+        b->next = NULL;
+      else
+        memset(b, 0, total);
       return b;
     }
   }
   return hak_malloc_slow(heap, total, true);
 }
 
-HAK_EXPORT void *hak_calloc(size_t n, size_t size) { return hak_calloc_impl(n, size); }
+HAK_EXPORT void *hak_calloc(size_t n, size_t size) {
+  return hak_calloc_impl(n, size);
+}
 
 size_t hak_usable_size(const void *p) {
   hak_region_t *r = region_of(p);
@@ -47,7 +55,9 @@ size_t hak_usable_size(const void *p) {
   return page->block_size - (size_t)((const char *)p - start);
 }
 
-HAK_EXPORT size_t hak_malloc_usable_size(const void *p) { return p ? hak_usable_size(p) : 0; }
+HAK_EXPORT size_t hak_malloc_usable_size(const void *p) {
+  return p ? hak_usable_size(p) : 0;
+}
 
 HAK_EXPORT void *hak_realloc(void *p, size_t size) {
   if (!p) return hak_alloc_inline(size);
@@ -119,7 +129,9 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
   return hak_huge_alloc(size, align, &zero);
 }
 
-static bool is_pow2(size_t x) { return x && !(x & (x - 1)); }
+static bool is_pow2(size_t x) {
+  return x && !(x & (x - 1));
+}
 
 HAK_EXPORT int hak_posix_memalign(void **out, size_t align, size_t size) {
   if (!is_pow2(align) || align % sizeof(void *)) return EINVAL;
@@ -148,13 +160,16 @@ HAK_EXPORT void *hak_memalign(size_t align, size_t size) {
       return NULL;
     }
     size_t a = MIN_ALIGN;
-    while (a < align) a <<= 1;
+    while (a < align)
+      a <<= 1;
     align = a;
   }
   return aligned_alloc_impl(align, size);
 }
 
-HAK_EXPORT void *hak_valloc(size_t size) { return aligned_alloc_impl(kmem_os_page_size(), size); }
+HAK_EXPORT void *hak_valloc(size_t size) {
+  return aligned_alloc_impl(kmem_os_page_size(), size);
+}
 
 HAK_EXPORT void *hak_pvalloc(size_t size) {
   size_t ps = kmem_os_page_size();
@@ -182,7 +197,8 @@ HAK_EXPORT int hak_malloc_trim(size_t pad) {
   if (heap != &hak_heap_empty) {
     /* every mailbox: frees for pages whose owners are gone end in the pool */
     hak_mailbox_flush(heap);
-    for (int node = 0; node < kmem_node_count(); node++) hak_mailbox_drain(heap, node, SIZE_MAX);
+    for (int node = 0; node < kmem_node_count(); node++)
+      hak_mailbox_drain(heap, node, SIZE_MAX);
     if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
     hak_heap_trim(heap);
   }
@@ -190,4 +206,6 @@ HAK_EXPORT int hak_malloc_trim(size_t pad) {
   return released > 0;
 }
 
-HAK_EXPORT int hak_owns(const void *p) { return p && hak_usable_size(p) > 0; }
+HAK_EXPORT int hak_owns(const void *p) {
+  return p && hak_usable_size(p) > 0;
+}

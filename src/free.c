@@ -19,7 +19,7 @@ static void free_remote(hak_page_t *page, hak_block_t *b) {
                                                  memory_order_acquire, memory_order_relaxed))
         continue;
       hak_heap_t *owner = (hak_heap_t *)(atomic_load_explicit(&page->owner, memory_order_acquire) &
-                                          ~PAGE_FLAG_MASK);
+                                         ~PAGE_FLAG_MASK);
       hak_block_t *head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
       do {
         b->next = head;
@@ -100,8 +100,10 @@ void hak_free_slow(hak_region_t *r, void *p) {
   if (!p) return;
   int kind = region_kind(r);
   if (kind == REGION_HUGE) {
-    if ((char *)p == (char *)r->map_base + r->map_len - r->huge_usable) hak_huge_free(r);
-    else hak_invalid_free(p);
+    if ((char *)p == (char *)r->map_base + r->map_len - r->huge_usable)
+      hak_huge_free(r);
+    else
+      hak_invalid_free(p);
     return;
   }
   if (kind != REGION_SMALL) {
@@ -120,8 +122,10 @@ void hak_free_slow(hak_region_t *r, void *p) {
   if (page_flags(page) & PAGE_HAS_ALIGNED) p = hak_block_start(page, p);
   hak_heap_t *heap = hak_tls_heap;
   if (page_heap(page) != heap) {
-    if (heap != &hak_heap_empty) stat_inc(&heap->stats.remote_frees, 1);
-    else atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
+    if (heap != &hak_heap_empty)
+      stat_inc(&heap->stats.remote_frees, 1);
+    else
+      atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
     if (r->node != heap->node && heap != &hak_heap_empty) {
       stat_inc(&heap->stats.remote_frees_cross_node, 1);
       if (hak_opt.mailbox_batch > 1) {

@@ -89,8 +89,10 @@ void hak_heap_abandon(hak_heap_t *heap) {
   hak_mailbox_flush(heap);
   hak_mailbox_drain(heap, heap->node, SIZE_MAX);
   for (unsigned c = 0; c < NUM_CLASSES; c++)
-    for (hak_page_t *p = heap->queues[c].first; p; p = p->next) hak_page_set_never(p);
-  for (hak_page_t *p = heap->full.first; p; p = p->next) hak_page_set_never(p);
+    for (hak_page_t *p = heap->queues[c].first; p; p = p->next)
+      hak_page_set_never(p);
+  for (hak_page_t *p = heap->full.first; p; p = p->next)
+    hak_page_set_never(p);
   hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
   while (b) {
     hak_block_t *next = b->next;
@@ -101,7 +103,8 @@ void hak_heap_abandon(hak_heap_t *heap) {
     b = next;
   }
   hak_page_t *keep = NULL;
-  for (unsigned c = 0; c < NUM_CLASSES; c++) abandon_list(heap, heap->queues[c].first, &keep);
+  for (unsigned c = 0; c < NUM_CLASSES; c++)
+    abandon_list(heap, heap->queues[c].first, &keep);
   abandon_list(heap, heap->full.first, &keep);
   if (keep) hak_abandoned_push(heap->node, keep);
   heap_reset(heap);
@@ -171,8 +174,12 @@ void hak_heaps_stats(hak_heap_stats_t *sum) {
   }
 }
 
-void hak_heaps_fork_prepare(void) { pthread_mutex_lock(&heaps_lock); }
-void hak_heaps_fork_release(void) { pthread_mutex_unlock(&heaps_lock); }
+void hak_heaps_fork_prepare(void) {
+  pthread_mutex_lock(&heaps_lock);
+}
+void hak_heaps_fork_release(void) {
+  pthread_mutex_unlock(&heaps_lock);
+}
 
 /* In the child only the forking thread lives. The other threads' heaps keep
  * their pages and become free for the child's next threads to take over

@@ -145,8 +145,10 @@ void hak_huge_free(hak_region_t *r) {
   size_t len = r->map_len;
   bool cacheable = (char *)r == base; /* alignment beyond 2 MiB is not reused */
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
-  if (cacheable && cache_put(base, len, r->node)) hak_background_start();
-  else unmap(base, len);
+  if (cacheable && cache_put(base, len, r->node))
+    hak_background_start();
+  else
+    unmap(base, len);
 }
 
 /* Grows a huge block: where it lies if the address space after it is free,
@@ -180,5 +182,9 @@ void *hak_huge_grow(hak_region_t *r, size_t size) {
   return (char *)r + off;
 }
 
-void hak_huge_fork_prepare(void) { pthread_mutex_lock(&cache_lock); }
-void hak_huge_fork_release(void) { pthread_mutex_unlock(&cache_lock); }
+void hak_huge_fork_prepare(void) {
+  pthread_mutex_lock(&cache_lock);
+}
+void hak_huge_fork_release(void) {
+  pthread_mutex_unlock(&cache_lock);
+}

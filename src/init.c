@@ -9,7 +9,9 @@ _Atomic int hak_init_state;
 _Atomic(uint8_t) hak_region_map[REGION_MAP_ENTRIES];
 extern pthread_key_t hak_thread_key;
 
-static void thread_exit(void *arg) { hak_heap_abandon((hak_heap_t *)arg); }
+static void thread_exit(void *arg) {
+  hak_heap_abandon((hak_heap_t *)arg);
+}
 
 static void fork_prepare(void) {
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) return;
@@ -40,7 +42,8 @@ static void fork_child(void) {
 void hak_init(void) {
   int expected = 0;
   if (!atomic_compare_exchange_strong(&hak_init_state, &expected, 1)) {
-    while (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) sched_yield();
+    while (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2)
+      sched_yield();
     return;
   }
   hak_options_read();
@@ -66,4 +69,6 @@ void hak_init(void) {
 }
 
 /* Early, so a fork cannot find start-up half done. */
-__attribute__((constructor(101))) static void init_at_load(void) { hak_init(); }
+__attribute__((constructor(101))) static void init_at_load(void) {
+  hak_init();
+}

@@ -31,7 +31,7 @@
 #define VA_BITS 47
 
 #define MIN_ALIGN 16
-#define SMALL_MAX ((size_t)128 << 10) /* largest size-class block */
+#define SMALL_MAX ((size_t)128 << 10)                  /* largest size-class block */
 #define LARGE_MAX ((PAGES_PER_REGION - 1) * PAGE_SIZE) /* beyond: own mapping */
 #define NUM_CLASSES 48
 #define DIRECT_MAX 1024 /* sizes looked up in one table */
@@ -57,42 +57,42 @@ enum { PAGE_IN_FULL = 1, PAGE_HAS_ALIGNED = 2, PAGE_LARGE = 4 };
 #define PAGE_FLAG_MASK ((uintptr_t)63)
 
 typedef struct hak_page {
-  hak_block_t *free;               /* malloc pops here (owner) */
-  hak_block_t *local_free;         /* owner's frees */
+  hak_block_t *free;       /* malloc pops here (owner) */
+  hak_block_t *local_free; /* owner's frees */
   /* owning heap | PAGE_* flags, one word so free's fast path is one compare;
    * written by the owner only (or under the pool lock when it has none) */
   _Atomic uintptr_t owner;
   uint16_t used; /* blocks out, remote frees not yet collected included */
   uint8_t cls;
   uint32_t block_size;
-  uint16_t capacity;             /* blocks the span holds */
-  uint16_t reserved;             /* blocks carved so far */
-  uint8_t free_is_zero : 1;      /* blocks on `free` are zero but for their first word */
-  uint8_t fresh_zero : 1;        /* not yet carved blocks are zero */
-  _Atomic uint8_t abandoned;     /* on its node's abandoned list (pool lock) */
+  uint16_t capacity;         /* blocks the span holds */
+  uint16_t reserved;         /* blocks carved so far */
+  uint8_t free_is_zero : 1;  /* blocks on `free` are zero but for their first word */
+  uint8_t fresh_zero : 1;    /* not yet carved blocks are zero */
+  _Atomic uint8_t abandoned; /* on its node's abandoned list (pool lock) */
   uint8_t span_pages;
-  uint8_t back;                  /* descriptors back to the span's head */
-  _Atomic uintptr_t remote;      /* other threads' frees | state */
-  struct hak_page *next, *prev;  /* heap queue or abandoned list */
+  uint8_t back;                 /* descriptors back to the span's head */
+  _Atomic uintptr_t remote;     /* other threads' frees | state */
+  struct hak_page *next, *prev; /* heap queue or abandoned list */
 } hak_page_t;
 
 enum { REGION_SMALL = 1, REGION_HUGE = 2 };
 
 typedef struct hak_region {
   hak_page_t pages[PAGES_PER_REGION]; /* first: free indexes it from the region base */
-  uint32_t free_mask;  /* pages not in any span (pool lock) */
-  uint32_t dirty_mask; /* pages touched since last purge (pool lock) */
+  uint32_t free_mask;                 /* pages not in any span (pool lock) */
+  uint32_t dirty_mask;                /* pages touched since last purge (pool lock) */
   uint16_t nfree;
   uint16_t node;
   uint8_t kind;
-  uint8_t bucket;         /* pool bucket it is listed in (pool lock) */
-  bool hugetlb;           /* hugetlbfs pages: never purged in parts */
-  bool thp;               /* huge-page advised: free pages are resident too */
-  uint32_t purging_mask;  /* pages out for purging (pool lock) */
-  uint32_t clean_mask;    /* purged and not handed out since: not resident */
+  uint8_t bucket;        /* pool bucket it is listed in (pool lock) */
+  bool hugetlb;          /* hugetlbfs pages: never purged in parts */
+  bool thp;              /* huge-page advised: free pages are resident too */
+  uint32_t purging_mask; /* pages out for purging (pool lock) */
+  uint32_t clean_mask;   /* purged and not handed out since: not resident */
   uint64_t empty_since_ms;
   uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
-  struct hak_region *next, *prev; /* pool bucket */
+  struct hak_region *next, *prev;           /* pool bucket */
   /* huge mappings only */
   void *map_base;
   size_t map_len;
@@ -124,7 +124,7 @@ typedef struct hak_outbox {
 typedef struct __attribute__((aligned(64))) hak_heap {
   hak_page_t *direct[NUM_CLASSES]; /* first page of each queue, or the empty page */
   hak_queue_t queues[NUM_CLASSES];
-  hak_queue_t full; /* full pages and large spans */
+  hak_queue_t full;               /* full pages and large spans */
   _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
   uint64_t slow_calls;
   uint64_t out_pending; /* bit n: out[n] holds a partial batch */
@@ -202,8 +202,7 @@ static inline void page_set_heap(hak_page_t *pg, struct hak_heap *heap) {
 
 static inline void stat_inc(_Atomic uint64_t *c, uint64_t n) {
   /* owner-only counter: a plain add, atomic only so readers see whole values */
-  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
-                        memory_order_relaxed);
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
 }
 
 /* ---- size classes -------------------------------------------------------- */
@@ -229,15 +228,15 @@ typedef struct hak_options {
   int stats;
   char stats_file[256];
   bool thp, hugetlb, uffd;
-  int purge;        /* PURGE_*: what goes back to the kernel */
+  int purge; /* PURGE_*: what goes back to the kernel */
   uint64_t purge_delay_ms;
   int purge_engine; /* enum kmem_purge_engine */
   bool purge_engine_asked;
-  bool background;  /* a purger thread returns memory of idle processes */
-  int prefault;     /* PREFAULT_* */
-  int numa;         /* enum kmem_numa_mode */
+  bool background; /* a purger thread returns memory of idle processes */
+  int prefault;    /* PREFAULT_* */
+  int numa;        /* enum kmem_numa_mode */
   bool numa_asked;
-  int nodes;        /* HAKMEM_NODES: virtual nodes, 0 = the machine's */
+  int nodes;         /* HAKMEM_NODES: virtual nodes, 0 = the machine's */
   int mailbox_batch; /* cross-node frees per mailbox batch */
   bool abort_on_error;
   bool verbose;
@@ -251,7 +250,7 @@ void hak_warn(const char *a, const char *b, const char *c); /* one stderr line *
 /* ---- process state ------------------------------------------------------- */
 
 void hak_init(void);
-extern _Atomic int hak_init_state; /* 0 none, 1 running, 2 done */
+extern _Atomic int hak_init_state;       /* 0 none, 1 running, 2 done */
 hak_heap_t *hak_heap_for_thread(void);   /* creates the calling thread's heap */
 void hak_heap_abandon(hak_heap_t *heap); /* thread exit */
 void hak_heap_trim(hak_heap_t *heap);    /* returns its empty pages */
@@ -264,8 +263,8 @@ void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
 
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
-      remote_frees, huge_allocs, heaps_created, pages_abandoned,
-      pages_adopted, remote_blocks_collected, node_fallbacks;
+      remote_frees, huge_allocs, heaps_created, pages_abandoned, pages_adopted,
+      remote_blocks_collected, node_fallbacks;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);
@@ -332,26 +331,34 @@ void hak_invalid_free(const void *p);
 /* ---- heap queues (owner only) -------------------------------------------- */
 
 static inline void queue_remove(hak_queue_t *q, hak_page_t *p) {
-  if (p->prev) p->prev->next = p->next;
-  else q->first = p->next;
-  if (p->next) p->next->prev = p->prev;
-  else q->last = p->prev;
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    q->first = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  else
+    q->last = p->prev;
   p->next = p->prev = NULL;
 }
 
 static inline void queue_push_front(hak_queue_t *q, hak_page_t *p) {
   p->prev = NULL;
   p->next = q->first;
-  if (q->first) q->first->prev = p;
-  else q->last = p;
+  if (q->first)
+    q->first->prev = p;
+  else
+    q->last = p;
   q->first = p;
 }
 
 static inline void queue_push_back(hak_queue_t *q, hak_page_t *p) {
   p->next = NULL;
   p->prev = q->last;
-  if (q->last) q->last->next = p;
-  else q->first = p;
+  if (q->last)
+    q->last->next = p;
+  else
+    q->first = p;
   q->last = p;
 }
 

@@ -42,7 +42,8 @@ void hak_mailbox_send(hak_heap_t *heap, int node, hak_block_t *b) {
 }
 
 void hak_mailbox_flush(hak_heap_t *heap) {
-  while (heap->out_pending) outbox_send(heap, __builtin_ctzll(heap->out_pending));
+  while (heap->out_pending)
+    outbox_send(heap, __builtin_ctzll(heap->out_pending));
 }
 
 bool hak_mailbox_waiting(int node) {
@@ -70,7 +71,8 @@ void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_bytes) {
   }
   if (b) { /* past the budget: the rest goes back for the next drain */
     hak_block_t *tail = b;
-    while (tail->next) tail = tail->next;
+    while (tail->next)
+      tail = tail->next;
     push_chain(node, b, tail);
   }
   stat_inc(&heap->stats.mailbox_drains, 1);

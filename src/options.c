@@ -34,11 +34,11 @@ enum { OPT_BOOL, OPT_CHOICE, OPT_MS, OPT_PATH, OPT_INT };
 typedef struct option {
   const char *name;
   int type;
-  void *value;               /* bool, int (choice), uint64_t (ms) or char[256] */
-  const char *choices[4];    /* OPT_CHOICE: accepted words, value = index;
-                                OPT_INT: the accepted range as text */
-  bool *asked;               /* set when the user gave a valid value */
-  int min, max;              /* OPT_INT */
+  void *value;            /* bool, int (choice), uint64_t (ms) or char[256] */
+  const char *choices[4]; /* OPT_CHOICE: accepted words, value = index;
+                             OPT_INT: the accepted range as text */
+  bool *asked;            /* set when the user gave a valid value */
+  int min, max;           /* OPT_INT */
 } option_t;
 
 static const option_t options[] = {
@@ -48,13 +48,23 @@ static const option_t options[] = {
     {"HAKMEM_HUGETLB", OPT_BOOL, &hak_opt.hugetlb, {0}, NULL, 0, 0},
     {"HAKMEM_PURGE", OPT_CHOICE, &hak_opt.purge, {"region", "page", "off"}, NULL, 0, 0},
     {"HAKMEM_PURGE_DELAY_MS", OPT_MS, &hak_opt.purge_delay_ms, {0}, NULL, 0, 0},
-    {"HAKMEM_PURGE_ENGINE", OPT_CHOICE, &hak_opt.purge_engine, {"uring", "vector", "sync"},
-     &hak_opt.purge_engine_asked, 0, 0},
+    {"HAKMEM_PURGE_ENGINE",
+     OPT_CHOICE,
+     &hak_opt.purge_engine,
+     {"uring", "vector", "sync"},
+     &hak_opt.purge_engine_asked,
+     0,
+     0},
     {"HAKMEM_BACKGROUND", OPT_BOOL, &hak_opt.background, {0}, NULL, 0, 0},
     {"HAKMEM_PREFAULT", OPT_CHOICE, &hak_opt.prefault, {"off", "page", "ahead"}, NULL, 0, 0},
     {"HAKMEM_UFFD", OPT_BOOL, &hak_opt.uffd, {0}, NULL, 0, 0},
-    {"HAKMEM_NUMA", OPT_CHOICE, &hak_opt.numa, {"local", "strict", "interleave", "off"},
-     &hak_opt.numa_asked, 0, 0},
+    {"HAKMEM_NUMA",
+     OPT_CHOICE,
+     &hak_opt.numa,
+     {"local", "strict", "interleave", "off"},
+     &hak_opt.numa_asked,
+     0,
+     0},
     {"HAKMEM_NODES", OPT_INT, &hak_opt.nodes, {"1 to 64"}, NULL, 1, KMEM_MAX_NODES},
     {"HAKMEM_MAILBOX_BATCH", OPT_INT, &hak_opt.mailbox_batch, {"1 to 4096"}, NULL, 1, 4096},
     {"HAKMEM_ABORT_ON_ERROR", OPT_BOOL, &hak_opt.abort_on_error, {0}, NULL, 0, 0},
@@ -98,7 +108,8 @@ static bool parse(const option_t *o, const char *v) {
   case OPT_INT: {
     long x = 0;
     const char *s = v;
-    for (; *s >= '0' && *s <= '9' && x <= o->max; s++) x = x * 10 + (*s - '0');
+    for (; *s >= '0' && *s <= '9' && x <= o->max; s++)
+      x = x * 10 + (*s - '0');
     if (s == v || *s || x < o->min || x > o->max) {
       bad_value(o->name, v, o->choices[0]);
       return false;
@@ -109,7 +120,8 @@ static bool parse(const option_t *o, const char *v) {
   case OPT_MS: {
     uint64_t x = 0;
     const char *s = v;
-    for (; *s >= '0' && *s <= '9' && x < 100000000; s++) x = x * 10 + (uint64_t)(*s - '0');
+    for (; *s >= '0' && *s <= '9' && x < 100000000; s++)
+      x = x * 10 + (uint64_t)(*s - '0');
     if (s == v || *s) {
       bad_value(o->name, v, "milliseconds, 0 to 100000000");
       return false;
@@ -162,11 +174,20 @@ void hak_options_banner(void) {
     buf_str(&b, o->name + 7);
     buf_str(&b, "=");
     switch (o->type) {
-    case OPT_BOOL: buf_str(&b, *(bool *)o->value ? "1" : "0"); break;
-    case OPT_CHOICE: buf_str(&b, o->choices[*(int *)o->value]); break;
-    case OPT_MS: buf_u64(&b, *(uint64_t *)o->value); break;
-    case OPT_INT: buf_u64(&b, (uint64_t)*(int *)o->value); break;
-    default: buf_str(&b, *(char *)o->value ? (char *)o->value : "-");
+    case OPT_BOOL:
+      buf_str(&b, *(bool *)o->value ? "1" : "0");
+      break;
+    case OPT_CHOICE:
+      buf_str(&b, o->choices[*(int *)o->value]);
+      break;
+    case OPT_MS:
+      buf_u64(&b, *(uint64_t *)o->value);
+      break;
+    case OPT_INT:
+      buf_u64(&b, (uint64_t) * (int *)o->value);
+      break;
+    default:
+      buf_str(&b, *(char *)o->value ? (char *)o->value : "-");
     }
   }
   buf_str(&b, "\n");

@@ -9,25 +9,51 @@
 
 void *hak_calloc_impl(size_t n, size_t size);
 
-HAK_EXPORT void *malloc(size_t n) { return hak_alloc_inline(n); }
-HAK_EXPORT void free(void *p) { hak_free_inline(p); }
-HAK_EXPORT void *calloc(size_t n, size_t s) { return hak_calloc_impl(n, s); }
-HAK_EXPORT void *realloc(void *p, size_t n) { return hak_realloc(p, n); }
-HAK_EXPORT void *reallocarray(void *p, size_t n, size_t s) { return hak_reallocarray(p, n, s); }
+HAK_EXPORT void *malloc(size_t n) {
+  return hak_alloc_inline(n);
+}
+HAK_EXPORT void free(void *p) {
+  hak_free_inline(p);
+}
+HAK_EXPORT void *calloc(size_t n, size_t s) {
+  return hak_calloc_impl(n, s);
+}
+HAK_EXPORT void *realloc(void *p, size_t n) {
+  return hak_realloc(p, n);
+}
+HAK_EXPORT void *reallocarray(void *p, size_t n, size_t s) {
+  return hak_reallocarray(p, n, s);
+}
 HAK_EXPORT int posix_memalign(void **out, size_t a, size_t n) {
   return hak_posix_memalign(out, a, n);
 }
-HAK_EXPORT void *aligned_alloc(size_t a, size_t n) { return hak_aligned_alloc(a, n); }
-HAK_EXPORT void *memalign(size_t a, size_t n) { return hak_memalign(a, n); }
-HAK_EXPORT void *valloc(size_t n) { return hak_valloc(n); }
-HAK_EXPORT void *pvalloc(size_t n) { return hak_pvalloc(n); }
-HAK_EXPORT size_t malloc_usable_size(void *p) { return hak_malloc_usable_size(p); }
-HAK_EXPORT void free_sized(void *p, size_t n) { hak_free_sized(p, n); }
+HAK_EXPORT void *aligned_alloc(size_t a, size_t n) {
+  return hak_aligned_alloc(a, n);
+}
+HAK_EXPORT void *memalign(size_t a, size_t n) {
+  return hak_memalign(a, n);
+}
+HAK_EXPORT void *valloc(size_t n) {
+  return hak_valloc(n);
+}
+HAK_EXPORT void *pvalloc(size_t n) {
+  return hak_pvalloc(n);
+}
+HAK_EXPORT size_t malloc_usable_size(void *p) {
+  return hak_malloc_usable_size(p);
+}
+HAK_EXPORT void free_sized(void *p, size_t n) {
+  hak_free_sized(p, n);
+}
 HAK_EXPORT void free_aligned_sized(void *p, size_t a, size_t n) {
   hak_free_aligned_sized(p, a, n);
 }
-HAK_EXPORT void cfree(void *p) { hak_free_inline(p); }
-HAK_EXPORT int malloc_trim(size_t pad) { return hak_malloc_trim(pad); }
+HAK_EXPORT void cfree(void *p) {
+  hak_free_inline(p);
+}
+HAK_EXPORT int malloc_trim(size_t pad) {
+  return hak_malloc_trim(pad);
+}
 
 /* Nothing to tune through mallopt: accept and ignore, as mimalloc does. */
 HAK_EXPORT int mallopt(int param, int value) {
@@ -57,17 +83,35 @@ HAK_EXPORT struct mallinfo mallinfo(void) {
   return mi;
 }
 
-HAK_EXPORT void malloc_stats(void) { hak_stats_print(); }
+HAK_EXPORT void malloc_stats(void) {
+  hak_stats_print();
+}
 
 /* glibc-internal names some programs and libraries call directly. */
-HAK_EXPORT void *__libc_malloc(size_t n) { return hak_alloc_inline(n); }
-HAK_EXPORT void __libc_free(void *p) { hak_free_inline(p); }
-HAK_EXPORT void *__libc_calloc(size_t n, size_t s) { return hak_calloc_impl(n, s); }
-HAK_EXPORT void *__libc_realloc(void *p, size_t n) { return hak_realloc(p, n); }
-HAK_EXPORT void *__libc_memalign(size_t a, size_t n) { return hak_memalign(a, n); }
-HAK_EXPORT void *__libc_valloc(size_t n) { return hak_valloc(n); }
-HAK_EXPORT void *__libc_pvalloc(size_t n) { return hak_pvalloc(n); }
-HAK_EXPORT void __libc_cfree(void *p) { hak_free_inline(p); }
+HAK_EXPORT void *__libc_malloc(size_t n) {
+  return hak_alloc_inline(n);
+}
+HAK_EXPORT void __libc_free(void *p) {
+  hak_free_inline(p);
+}
+HAK_EXPORT void *__libc_calloc(size_t n, size_t s) {
+  return hak_calloc_impl(n, s);
+}
+HAK_EXPORT void *__libc_realloc(void *p, size_t n) {
+  return hak_realloc(p, n);
+}
+HAK_EXPORT void *__libc_memalign(size_t a, size_t n) {
+  return hak_memalign(a, n);
+}
+HAK_EXPORT void *__libc_valloc(size_t n) {
+  return hak_valloc(n);
+}
+HAK_EXPORT void *__libc_pvalloc(size_t n) {
+  return hak_pvalloc(n);
+}
+HAK_EXPORT void __libc_cfree(void *p) {
+  hak_free_inline(p);
+}
 HAK_EXPORT int __posix_memalign(void **out, size_t a, size_t n) {
   return hak_posix_memalign(out, a, n);
 }
@@ -100,10 +144,16 @@ static inline void *new_aligned_impl(size_t n, size_t a) {
   return likely(p != NULL) ? p : new_failed(n, a);
 }
 
-static void *new_nothrow(size_t n) { return hak_alloc_inline(n); }
+static void *new_nothrow(size_t n) {
+  return hak_alloc_inline(n);
+}
 
-HAK_EXPORT void *_Znwm(size_t n) { return new_impl(n); }
-HAK_EXPORT void *_Znam(size_t n) { return new_impl(n); }
+HAK_EXPORT void *_Znwm(size_t n) {
+  return new_impl(n);
+}
+HAK_EXPORT void *_Znam(size_t n) {
+  return new_impl(n);
+}
 HAK_EXPORT void *_ZnwmRKSt9nothrow_t(size_t n, const void *t) {
   (void)t;
   return new_nothrow(n);
@@ -112,8 +162,12 @@ HAK_EXPORT void *_ZnamRKSt9nothrow_t(size_t n, const void *t) {
   (void)t;
   return new_nothrow(n);
 }
-HAK_EXPORT void *_ZnwmSt11align_val_t(size_t n, size_t a) { return new_aligned_impl(n, a); }
-HAK_EXPORT void *_ZnamSt11align_val_t(size_t n, size_t a) { return new_aligned_impl(n, a); }
+HAK_EXPORT void *_ZnwmSt11align_val_t(size_t n, size_t a) {
+  return new_aligned_impl(n, a);
+}
+HAK_EXPORT void *_ZnamSt11align_val_t(size_t n, size_t a) {
+  return new_aligned_impl(n, a);
+}
 HAK_EXPORT void *_ZnwmSt11align_val_tRKSt9nothrow_t(size_t n, size_t a, const void *t) {
   (void)t;
   return hak_memalign(a, n);
@@ -123,8 +177,12 @@ HAK_EXPORT void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t n, size_t a, const vo
   return hak_memalign(a, n);
 }
 
-HAK_EXPORT void _ZdlPv(void *p) { hak_free_inline(p); }
-HAK_EXPORT void _ZdaPv(void *p) { hak_free_inline(p); }
+HAK_EXPORT void _ZdlPv(void *p) {
+  hak_free_inline(p);
+}
+HAK_EXPORT void _ZdaPv(void *p) {
+  hak_free_inline(p);
+}
 HAK_EXPORT void _ZdlPvm(void *p, size_t n) {
   (void)n;
   hak_free_inline(p);

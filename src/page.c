@@ -31,7 +31,8 @@ void hak_page_extend(hak_page_t *page) {
   unsigned max = bs >= EXTEND_BYTES ? 1 : (unsigned)(EXTEND_BYTES / bs);
   if (n > max) n = max;
   char *first = page_start(page) + (size_t)page->reserved * bs, *p = first;
-  for (unsigned i = 0; i + 1 < n; i++, p += bs) ((hak_block_t *)p)->next = (hak_block_t *)(p + bs);
+  for (unsigned i = 0; i + 1 < n; i++, p += bs)
+    ((hak_block_t *)p)->next = (hak_block_t *)(p + bs);
   ((hak_block_t *)p)->next = NULL;
   page->free = (hak_block_t *)first;
   page->free_is_zero = page->fresh_zero;
@@ -64,7 +65,8 @@ size_t hak_page_collect(hak_page_t *page) {
       page->free = page->local_free;
     } else {
       hak_block_t *t = page->local_free;
-      while (t->next) t = t->next;
+      while (t->next)
+        t = t->next;
       t->next = page->free;
       page->free = page->local_free;
     }
@@ -90,7 +92,8 @@ bool hak_page_set_remote_state(hak_page_t *page, uintptr_t from_mask, uintptr_t 
  * delayed list, so after this no block can reach that list any more. */
 void hak_page_set_never(hak_page_t *page) {
   const uintptr_t not_freeing = (1u << REMOTE_PLAIN) | (1u << REMOTE_NOTIFY) | (1u << REMOTE_NEVER);
-  while (!hak_page_set_remote_state(page, not_freeing, REMOTE_NEVER)) sched_yield();
+  while (!hak_page_set_remote_state(page, not_freeing, REMOTE_NEVER))
+    sched_yield();
 }
 
 void *hak_block_start(const hak_page_t *page, const void *p) {

@@ -16,7 +16,7 @@ typedef struct hak_pool {
   _Atomic uint64_t last_purge_scan_ms; /* read without the lock */
   hak_page_t *abandoned[NUM_CLASSES];
   _Atomic uint32_t nabandoned[NUM_CLASSES]; /* read without the lock */
-  _Atomic uint64_t regions, committed;     /* hak_node_stats_t */
+  _Atomic uint64_t regions, committed;      /* hak_node_stats_t */
 } hak_pool_t;
 
 static hak_pool_t pools[MAX_NODES] = {[0 ... MAX_NODES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
@@ -38,8 +38,10 @@ static unsigned region_fit(const hak_region_t *r) {
 }
 
 static void bucket_remove(hak_pool_t *pool, hak_region_t *r) {
-  if (r->prev) r->prev->next = r->next;
-  else pool->buckets[r->bucket] = r->next;
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    pool->buckets[r->bucket] = r->next;
   if (r->next) r->next->prev = r->prev;
   r->next = r->prev = NULL;
 }
@@ -54,7 +56,8 @@ static void bucket_insert(hak_pool_t *pool, hak_region_t *r) {
 
 void hak_committed_add(int64_t delta) {
   uint64_t now = atomic_fetch_add_explicit(&hak_gstats.committed_bytes, (uint64_t)delta,
-                                           memory_order_relaxed) + (uint64_t)delta;
+                                           memory_order_relaxed) +
+                 (uint64_t)delta;
   uint64_t peak = atomic_load_explicit(&hak_gstats.peak_committed_bytes, memory_order_relaxed);
   while (delta > 0 && now > peak &&
          !atomic_compare_exchange_weak_explicit(&hak_gstats.peak_committed_bytes, &peak, now,
@@ -90,7 +93,8 @@ static hak_region_t *region_new(int node) {
 /* Bit i of the result is set when pages i .. i+n-1 are all free. */
 static uint32_t run_starts(uint32_t mask, unsigned n) {
   uint64_t m = mask;
-  for (unsigned i = 1; i < n; i++) m &= (uint64_t)mask >> i;
+  for (unsigned i = 1; i < n; i++)
+    m &= (uint64_t)mask >> i;
   return (uint32_t)m;
 }
 
@@ -136,8 +140,10 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
     pool = pool_of(n);
     pthread_mutex_lock(&pool->lock);
     r = pool_find(pool, n, npages, skip, k == 0, &starts);
-    if (!r) pthread_mutex_unlock(&pool->lock);
-    else if (k) atomic_fetch_add_explicit(&hak_gstats.node_fallbacks, 1, memory_order_relaxed);
+    if (!r)
+      pthread_mutex_unlock(&pool->lock);
+    else if (k)
+      atomic_fetch_add_explicit(&hak_gstats.node_fallbacks, 1, memory_order_relaxed);
   }
   if (!r) return NULL;
   unsigned first = (unsigned)__builtin_ctz(starts);
@@ -275,7 +281,8 @@ static void purge_submit(const purge_run_t *run) {
     len -= REGION_HEADER_SIZE;
   }
   void *cookie = (void *)((uintptr_t)run->r | (uintptr_t)run->first << 6 | run->count);
-  while (!kmem_purge_submit(start, len, cookie)) kmem_purge_reap(purge_done, false);
+  while (!kmem_purge_submit(start, len, cookie))
+    kmem_purge_reap(purge_done, false);
 }
 
 size_t hak_pool_purge(bool force, bool wait) {
@@ -291,7 +298,8 @@ size_t hak_pool_purge(bool force, bool wait) {
       n = collect_purgeable(pool, now, force, runs);
       atomic_store_explicit(&pool->last_purge_scan_ms, now, memory_order_relaxed);
       pthread_mutex_unlock(&pool->lock);
-      for (size_t i = 0; i < n; i++) purge_submit(&runs[i]);
+      for (size_t i = 0; i < n; i++)
+        purge_submit(&runs[i]);
       total += n;
     } while (n == PURGE_BATCH);
   }
@@ -322,7 +330,8 @@ void hak_pool_populate_after(hak_page_t *span) {
   pthread_mutex_lock(&pool->lock);
   uint32_t untouched = r->free_mask & ~r->dirty_mask & ~r->purging_mask;
   unsigned n = 0;
-  while (next + n < PAGES_PER_REGION && n < AHEAD_PAGES && (untouched >> (next + n) & 1)) n++;
+  while (next + n < PAGES_PER_REGION && n < AHEAD_PAGES && (untouched >> (next + n) & 1))
+    n++;
   pthread_mutex_unlock(&pool->lock);
   if (n) kmem_populate((char *)r + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
 }
@@ -338,7 +347,8 @@ static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   r->nfree = (uint16_t)(r->nfree + n);
   bucket_insert(pool, r);
   uint64_t now = hak_now_ms();
-  for (unsigned i = first; i < first + n; i++) r->page_freed_ms[i] = now;
+  for (unsigned i = first; i < first + n; i++)
+    r->page_freed_ms[i] = now;
   if (r->nfree == PAGES_PER_REGION) r->empty_since_ms = now;
 }
 
@@ -355,8 +365,10 @@ void hak_span_free(hak_page_t *span) {
 }
 
 static void list_remove(hak_page_t **head, hak_page_t *p) {
-  if (p->prev) p->prev->next = p->next;
-  else *head = p->next;
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    *head = p->next;
   if (p->next) p->next->prev = p->prev;
   p->next = p->prev = NULL;
 }
@@ -447,15 +459,18 @@ size_t hak_pool_trim(void) {
 }
 
 void hak_pool_fork_prepare(void) {
-  for (int n = 0; n < kmem_node_count(); n++) pthread_mutex_lock(&pools[n].lock);
+  for (int n = 0; n < kmem_node_count(); n++)
+    pthread_mutex_lock(&pools[n].lock);
 }
 
 void hak_pool_fork_release(void) {
-  for (int n = kmem_node_count() - 1; n >= 0; n--) pthread_mutex_unlock(&pools[n].lock);
+  for (int n = kmem_node_count() - 1; n >= 0; n--)
+    pthread_mutex_unlock(&pools[n].lock);
 }
 
-
-HAK_EXPORT int hak_node_count(void) { return kmem_node_count(); }
+HAK_EXPORT int hak_node_count(void) {
+  return kmem_node_count();
+}
 
 HAK_EXPORT int hak_node_stats_get(int node, hak_node_stats_t *out) {
   if (node < 0 || node >= kmem_node_count()) return -1;

@@ -15,7 +15,9 @@ static unsigned class_of_size(size_t size) {
   return LINEAR_CLASSES + (b - 7) * 4 + (unsigned)((w >> (b - 2)) & 3);
 }
 
-unsigned hak_class_of_large(size_t size) { return class_of_size(size); }
+unsigned hak_class_of_large(size_t size) {
+  return class_of_size(size);
+}
 
 void hak_classes_init(void) {
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
@@ -29,7 +31,8 @@ void hak_classes_init(void) {
     hak_class_size[c] = (uint32_t)bs;
     /* at least 8 blocks per span keeps span churn low for mid sizes */
     unsigned k = 1;
-    while (k * PAGE_SIZE / bs < 4) k *= 2;
+    while (k * PAGE_SIZE / bs < 4)
+      k *= 2;
     hak_class_pages[c] = (uint8_t)k;
   }
   for (size_t i = 0; i <= DIRECT_MAX / MIN_ALIGN; i++)

@@ -125,8 +125,10 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   page->free = b->next;
   page->used++;
   if (zero) {
-    if (page->free_is_zero) b->next = NULL;
-    else memset(b, 0, size);
+    if (page->free_is_zero)
+      b->next = NULL;
+    else
+      memset(b, 0, size);
   }
   return b;
 }

@@ -61,11 +61,13 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
 }
 
 #define FIELDS(X)                                                                                  \
-  X(regions_reserved) X(pages_fresh) X(pages_reused) X(pages_activated) X(remote_frees)            \
-  X(remote_frees_cross_node) X(remote_blocks_collected) X(batches_sent) X(mailbox_drains)          \
-  X(blocks_drained) X(pages_abandoned) X(pages_adopted) X(purges) X(purged_bytes) X(purges_uring)  \
-  X(uffd_faults) X(committed_bytes) X(peak_committed_bytes) X(invalid_frees) X(huge_allocs)        \
-  X(heaps_created) X(purges_vector) X(thp_bytes) X(hugetlb_bytes) X(node_fallbacks)
+  X(regions_reserved)                                                                              \
+  X(pages_fresh) X(pages_reused) X(pages_activated) X(remote_frees) X(remote_frees_cross_node)     \
+      X(remote_blocks_collected) X(batches_sent) X(mailbox_drains) X(blocks_drained)               \
+          X(pages_abandoned) X(pages_adopted) X(purges) X(purged_bytes) X(purges_uring)            \
+              X(uffd_faults) X(committed_bytes) X(peak_committed_bytes) X(invalid_frees)           \
+                  X(huge_allocs) X(heaps_created) X(purges_vector) X(thp_bytes) X(hugetlb_bytes)   \
+                      X(node_fallbacks)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");
@@ -113,8 +115,10 @@ static void emit(int mode) {
   hak_buf_t b = {mem, 0, sizeof mem};
   hak_stats_t s;
   hak_stats_get(&s);
-  if (mode == STATS_JSON) format_json(&b, &s);
-  else format_text(&b, &s);
+  if (mode == STATS_JSON)
+    format_json(&b, &s);
+  else
+    format_text(&b, &s);
   int fd = 2;
   if (hak_opt.stats_file[0]) {
     fd = open(hak_opt.stats_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -127,7 +131,9 @@ static void emit(int mode) {
   if (fd != 2) close(fd);
 }
 
-HAK_EXPORT void hak_stats_print(void) { emit(hak_opt.stats == STATS_JSON ? STATS_JSON : STATS_TEXT); }
+HAK_EXPORT void hak_stats_print(void) {
+  emit(hak_opt.stats == STATS_JSON ? STATS_JSON : STATS_TEXT);
+}
 
 __attribute__((destructor)) static void stats_at_exit(void) {
   if (hak_opt.stats != STATS_OFF) emit(hak_opt.stats);

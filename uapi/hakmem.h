@@ -56,8 +56,8 @@ typedef struct hak_stats {
   uint64_t huge_allocs;
   uint64_t heaps_created;
   uint64_t purges_vector;
-  uint64_t thp_bytes;     /* region memory backed by transparent huge pages now */
-  uint64_t hugetlb_bytes; /* region memory from hugetlbfs pages now */
+  uint64_t thp_bytes;      /* region memory backed by transparent huge pages now */
+  uint64_t hugetlb_bytes;  /* region memory from hugetlbfs pages now */
   uint64_t node_fallbacks; /* regions taken from another node than the heap's */
 } hak_stats_t;
 
