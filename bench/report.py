@@ -133,6 +133,13 @@ def geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
+def append_sections(md, failures, notes):
+    """The Failures and Notes sections, each only when it has lines."""
+    for title, lines in (("Failures", failures), ("Notes", notes)):
+        if lines:
+            md += ["## " + title, ""] + ["- " + l for l in lines] + [""]
+
+
 def main():
     ap = argparse.ArgumentParser()
     for opt in ("raw", "meta", "notes", "out", "allocs", "threads", "workloads", "chart",
@@ -276,18 +283,8 @@ def main():
                     f.write("%s/%dT " % (w, t) + " ".join(fmt(v, "%.4f") if v else "?"
                                                           for v in vals) + "\n")
 
-    if failures:
-        md.append("## Failures")
-        md.append("")
-        for w, al, t, r in failures:
-            md.append("- %s, %s, %dT, run %s: %s" % (w, al, t, r["run"],
-                                                     r["detail"] or r["status"]))
-        md.append("")
-    if notes:
-        md.append("## Notes")
-        md.append("")
-        md += ["- " + n for n in notes]
-        md.append("")
+    append_sections(md, ["%s, %s, %dT, run %s: %s" % (w, al, t, r["run"], r["detail"] or r["status"])
+                         for w, al, t, r in failures], notes)
 
     with open(os.path.join(a.out, "latest.md"), "w") as f:
         f.write("\n".join(md))
@@ -363,17 +360,8 @@ def modes_main(argv):
             md.append("| " + " | ".join(line) + " |")
             out.append({k: tidy(v) for k, v in obj.items()})
     md.append("")
-    if failures:
-        md.append("## Failures")
-        md.append("")
-        for m, t, r in failures:
-            md.append("- %s, %dT, run %s: %s" % (m, t, r["run"], r["detail"] or r["status"]))
-        md.append("")
-    if notes:
-        md.append("## Notes")
-        md.append("")
-        md += ["- " + n for n in notes]
-        md.append("")
+    append_sections(md, ["%s, %dT, run %s: %s" % (m, t, r["run"], r["detail"] or r["status"])
+                         for m, t, r in failures], notes)
     with open(os.path.join(a.out, "modes.md"), "w") as f:
         f.write("\n".join(md))
     with open(os.path.join(a.out, "modes.json"), "w") as f:

@@ -23,10 +23,8 @@ void *hak_calloc_impl(size_t n, size_t size) {
   hak_heap_t *heap = hak_tls_heap;
   if (likely(total <= SMALL_MAX)) {
     hak_page_t *page = heap->direct[class_of(total)];
-    hak_block_t *b = page->free;
+    hak_block_t *b = page_pop(page);
     if (likely(b != NULL)) {
-      page->free = b->next;
-      page->used++;
       if (page->free_is_zero)
         b->next = NULL;
       else
@@ -122,7 +120,7 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
     if (size <= LARGE_MAX) {
       hak_heap_t *heap = hak_tls_heap;
       if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
-      return hak_large_alloc(heap, size, align);
+      return hak_large_alloc(heap, size); /* spans start on a 64 KiB boundary */
     }
   }
   bool zero;

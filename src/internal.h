@@ -317,7 +317,7 @@ void hak_free_slow(hak_region_t *r, void *p);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
 void hak_heap_drain_delayed(hak_heap_t *heap);
-void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align);
+void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned */
 void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);

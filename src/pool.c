@@ -90,6 +90,11 @@ static hak_region_t *region_new(int node) {
   return r;
 }
 
+/* Pages first .. first+count-1 as a mask. */
+static uint32_t run_mask(unsigned first, unsigned count) {
+  return (count == 32 ? 0xFFFFFFFFu : ((1u << count) - 1)) << first;
+}
+
 /* Bit i of the result is set when pages i .. i+n-1 are all free. */
 static uint32_t run_starts(uint32_t mask, unsigned n) {
   uint64_t m = mask;
@@ -147,7 +152,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   }
   if (!r) return NULL;
   unsigned first = (unsigned)__builtin_ctz(starts);
-  uint32_t run = (npages == 32 ? 0xFFFFFFFFu : ((1u << npages) - 1)) << first;
+  uint32_t run = run_mask(first, npages);
   uint32_t newly = run & ~r->dirty_mask;
   *zero = newly == run;
   r->free_mask &= ~run;
@@ -179,10 +184,6 @@ typedef struct purge_run {
   hak_region_t *r;
   unsigned first, count;
 } purge_run_t;
-
-static uint32_t run_mask(unsigned first, unsigned count) {
-  return (count == 32 ? 0xFFFFFFFFu : ((1u << count) - 1)) << first;
-}
 
 /* Pages of r free and resident (touched, or all of a huge-page region), and
  * old enough to purge. */
@@ -395,6 +396,13 @@ void hak_abandoned_push(int node, hak_page_t *pages) {
   pthread_mutex_unlock(&pool->lock);
 }
 
+/* An abandoned page, off its list, becomes heap's: remote frees go to its
+ * remote list again. */
+static void page_take(hak_page_t *page, hak_heap_t *heap) {
+  page_set_heap(page, heap);
+  hak_page_set_remote_state(page, 1u << REMOTE_NEVER, REMOTE_PLAIN);
+}
+
 /* Takes page off the abandoned list for heap. Called by a thread freeing
  * into an abandoned page: the blocks a dead thread left are mostly freed by
  * the thread that inherited its work, which then reuses the page locally. */
@@ -406,10 +414,7 @@ bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap) {
   bool ok = atomic_load_explicit(&page->abandoned, memory_order_relaxed);
   if (ok) abandoned_remove(pool, page);
   pthread_mutex_unlock(&pool->lock);
-  if (ok) {
-    page_set_heap(page, heap);
-    hak_page_set_remote_state(page, 1u << REMOTE_NEVER, REMOTE_PLAIN);
-  }
+  if (ok) page_take(page, heap);
   return ok;
 }
 
@@ -426,8 +431,7 @@ hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
     if (p->free || p->reserved < p->capacity) {
       abandoned_remove(pool, p);
       pthread_mutex_unlock(&pool->lock);
-      page_set_heap(p, heap);
-      hak_page_set_remote_state(p, 1u << REMOTE_NEVER, REMOTE_PLAIN);
+      page_take(p, heap);
       hak_page_collect_remote(p); /* frees that raced the state change */
       return p;
     }

@@ -102,7 +102,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     if (size > LARGE_MAX) {
       p = hak_huge_alloc(size, 0, &fresh);
     } else {
-      p = hak_large_alloc(heap, size, 0);
+      p = hak_large_alloc(heap, size);
       fresh = p && page_of(region_of(p), p)->fresh_zero;
     }
     if (p && zero && !fresh) memset(p, 0, size);
@@ -121,9 +121,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     errno = ENOMEM;
     return NULL;
   }
-  hak_block_t *b = page->free;
-  page->free = b->next;
-  page->used++;
+  hak_block_t *b = page_pop(page); /* page_find returns a page with a free block */
   if (zero) {
     if (page->free_is_zero)
       b->next = NULL;
@@ -135,8 +133,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
 
 /* One block spanning whole pages. It belongs to no heap: whichever thread
  * frees it gives the pages straight back, so it never waits for an owner. */
-void *hak_large_alloc(hak_heap_t *heap, size_t size, size_t align) {
-  (void)align; /* spans start on a 64 KiB page boundary */
+void *hak_large_alloc(hak_heap_t *heap, size_t size) {
   unsigned npages = (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
   bool zero;
   hak_page_t *span = hak_span_alloc(heap->node, npages, false, &zero);
