@@ -62,12 +62,30 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
 
 #define FIELDS(X)                                                                                  \
   X(regions_reserved)                                                                              \
-  X(pages_fresh) X(pages_reused) X(pages_activated) X(remote_frees) X(remote_frees_cross_node)     \
-      X(remote_blocks_collected) X(batches_sent) X(mailbox_drains) X(blocks_drained)               \
-          X(pages_abandoned) X(pages_adopted) X(purges) X(purged_bytes) X(purges_uring)            \
-              X(uffd_faults) X(committed_bytes) X(peak_committed_bytes) X(invalid_frees)           \
-                  X(huge_allocs) X(heaps_created) X(purges_vector) X(thp_bytes) X(hugetlb_bytes)   \
-                      X(node_fallbacks)
+  X(pages_fresh)                                                                                   \
+  X(pages_reused)                                                                                  \
+  X(pages_activated)                                                                               \
+  X(remote_frees)                                                                                  \
+  X(remote_frees_cross_node)                                                                       \
+  X(remote_blocks_collected)                                                                       \
+  X(batches_sent)                                                                                  \
+  X(mailbox_drains)                                                                                \
+  X(blocks_drained)                                                                                \
+  X(pages_abandoned)                                                                               \
+  X(pages_adopted)                                                                                 \
+  X(purges)                                                                                        \
+  X(purged_bytes)                                                                                  \
+  X(purges_uring)                                                                                  \
+  X(uffd_faults)                                                                                   \
+  X(committed_bytes)                                                                               \
+  X(peak_committed_bytes)                                                                          \
+  X(invalid_frees)                                                                                 \
+  X(huge_allocs)                                                                                   \
+  X(heaps_created)                                                                                 \
+  X(purges_vector)                                                                                 \
+  X(thp_bytes)                                                                                     \
+  X(hugetlb_bytes)                                                                                 \
+  X(node_fallbacks)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");
