@@ -96,9 +96,28 @@ void hak_invalid_free(const void *p) {
   }
 }
 
+/* The page of *p, a pointer into small region r, with *p moved to its
+ * block's start; NULL when the free is done already: p was no block
+ * (counted), or a large block, whose span went back to its region. */
+static hak_page_t *block_page(hak_region_t *r, void **p) {
+  hak_page_t *page = page_of(r, *p);
+  if (page->block_size == 0 || (char *)*p < page_start(page)) {
+    hak_invalid_free(*p);
+    return NULL;
+  }
+  if (page_flags(page) & PAGE_LARGE) {
+    atomic_fetch_and_explicit(&r->large_starts, ~region_page_bit(r, *p), memory_order_relaxed);
+    hak_span_free(page);
+    return NULL;
+  }
+  if (page_flags(page) & PAGE_HAS_ALIGNED) *p = hak_block_start(page, *p);
+  return page;
+}
+
 void hak_free_slow(hak_region_t *r, void *p) {
   if (!p) return;
-  int kind = region_kind(r);
+  uint8_t tag = region_tag(r);
+  int kind = tag & 3;
   if (kind == REGION_HUGE) {
     if ((char *)p == (char *)r->map_base + r->map_len - r->huge_usable)
       hak_huge_free(r);
@@ -110,31 +129,34 @@ void hak_free_slow(hak_region_t *r, void *p) {
     hak_invalid_free(p);
     return;
   }
-  hak_page_t *page = page_of(r, p);
-  if (page->block_size == 0 || (char *)p < page_start(page)) {
-    hak_invalid_free(p);
-    return;
-  }
-  if (page_flags(page) & PAGE_LARGE) {
-    hak_span_free(page);
-    return;
-  }
-  if (page_flags(page) & PAGE_HAS_ALIGNED) p = hak_block_start(page, p);
   hak_heap_t *heap = hak_tls_heap;
+  bool cross = tag != heap->region_tag && heap != &hak_heap_empty;
+  if (cross && hak_opt.mailbox_batch > 1 && !heap->foreign &&
+      !(atomic_load_explicit(&r->large_starts, memory_order_relaxed) & region_page_bit(r, p))) {
+    /* another node's small block (a heap that is not foreign owns none of
+     * them): batched without reading its page descriptor, a line its owner
+     * writes on every malloc */
+    stat_inc(&heap->stats.remote_frees, 1);
+    stat_inc(&heap->stats.remote_frees_cross_node, 1);
+    hak_mailbox_send(heap, tag >> 2, p);
+    return;
+  }
+  hak_page_t *page = block_page(r, &p);
+  if (!page) return;
   if (page_heap(page) != heap) {
-    if (heap != &hak_heap_empty)
-      stat_inc(&heap->stats.remote_frees, 1);
-    else
+    if (heap == &hak_heap_empty) {
       atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
-    if (r->node != heap->node && heap != &hak_heap_empty) {
-      stat_inc(&heap->stats.remote_frees_cross_node, 1);
-      if (hak_opt.mailbox_batch > 1) {
-        hak_mailbox_send(heap, r->node, p);
-        return;
-      }
+    } else {
+      stat_inc(&heap->stats.remote_frees, 1);
+      if (cross) stat_inc(&heap->stats.remote_frees_cross_node, 1);
     }
   }
   hak_free_route(heap, page, p);
+}
+
+void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p) {
+  hak_page_t *page = block_page(r, &p);
+  if (page) hak_free_route(heap, page, p);
 }
 
 /* Where a free goes once it is known not to wait in a mailbox: the caller's

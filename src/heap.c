@@ -8,7 +8,8 @@
 hak_page_t hak_page_empty;
 /* Every direct entry points at the empty page, so a thread's first malloc
  * takes the slow path without a separate "initialised?" test. */
-hak_heap_t hak_heap_empty = {.direct = {[0 ... NUM_CLASSES - 1] = &hak_page_empty}};
+hak_heap_t hak_heap_empty = {.direct = {[0 ... NUM_CLASSES - 1] = &hak_page_empty},
+                             .region_tag = REGION_TAG_NONE};
 #ifdef HAK_TLS_DLOPEN
 __thread hak_heap_t *hak_tls_heap = &hak_heap_empty;
 #else
@@ -26,6 +27,7 @@ static void heap_reset(hak_heap_t *heap) {
   }
   heap->full.first = heap->full.last = NULL;
   heap->slow_calls = 0;
+  heap->foreign = false;
 }
 
 hak_heap_t *hak_heap_for_thread(void) {
@@ -53,11 +55,23 @@ hak_heap_t *hak_heap_for_thread(void) {
     errno = ENOMEM;
     return NULL;
   }
-  heap->node = kmem_current_node();
+  hak_heap_set_node(heap, kmem_current_node());
   hak_tls_heap = heap;
   /* the key's destructor abandons the heap when the thread exits */
   pthread_setspecific(hak_thread_key, heap);
   return heap;
+}
+
+static bool heap_has_pages(const hak_heap_t *heap) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++)
+    if (heap->queues[c].first) return true;
+  return heap->full.first != NULL;
+}
+
+void hak_heap_set_node(hak_heap_t *heap, int node) {
+  if (node != heap->node && heap_has_pages(heap)) heap->foreign = true;
+  heap->node = node;
+  heap->region_tag = region_small_tag(node);
 }
 
 /* Collects the pages of a list; empty ones go back to their region, the
@@ -126,7 +140,7 @@ HAK_EXPORT int hakmem_thread_set_node(int node) {
     errno = EINVAL;
     return -1;
   }
-  heap->node = node; /* pages it has stay; new ones come from this node */
+  hak_heap_set_node(heap, node); /* pages it has stay; new ones come from this node */
   return 0;
 }
 

@@ -92,7 +92,10 @@ typedef struct hak_region {
   uint32_t clean_mask;   /* purged and not handed out since: not resident */
   uint64_t empty_since_ms;
   uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
-  struct hak_region *next, *prev;           /* pool bucket */
+  /* bit i: a large block starts on page i. Alone on its line: another node's
+   * free reads it to keep large blocks out of the mailboxes. */
+  _Alignas(64) _Atomic uint32_t large_starts;
+  struct hak_region *next, *prev; /* pool bucket */
   /* huge mappings only */
   void *map_base;
   size_t map_len;
@@ -115,24 +118,25 @@ typedef struct hak_heap_stats {
       batches_sent, mailbox_drains, blocks_drained;
 } hak_heap_stats_t;
 
-/* Cross-node frees waiting to go to one node's mailbox as one batch. */
-typedef struct hak_outbox {
-  hak_block_t *head, *tail;
-  uint32_t count;
-} hak_outbox_t;
+struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
 
 typedef struct __attribute__((aligned(64))) hak_heap {
   hak_page_t *direct[NUM_CLASSES]; /* first page of each queue, or the empty page */
   hak_queue_t queues[NUM_CLASSES];
-  hak_queue_t full;               /* full pages and large spans */
-  _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
+  hak_queue_t full; /* full pages and large spans */
   uint64_t slow_calls;
-  uint64_t out_pending; /* bit n: out[n] holds a partial batch */
-  hak_outbox_t out[KMEM_MAX_NODES];
+  uint64_t out_pending;                  /* bit n: out[n] holds a partial batch */
+  struct hak_batch *out[KMEM_MAX_NODES]; /* the batch being filled per node */
+  struct hak_batch *spare;               /* empty batches for the next sends */
   int node;
+  uint8_t region_tag; /* region_small_tag(node); REGION_TAG_NONE if empty */
+  bool foreign;       /* may own pages of another node's regions */
   bool in_use;
   struct hak_heap *pool_next; /* all heaps ever made */
   hak_heap_stats_t stats;
+  /* written by other threads: a line of their own */
+  _Alignas(64) _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
+  _Atomic(struct hak_batch *) returned;        /* batches drainers are done with */
 } hak_heap_t;
 
 extern hak_heap_t hak_heap_empty;
@@ -155,10 +159,29 @@ static inline hak_region_t *region_of(const void *p) {
   return (hak_region_t *)(((uintptr_t)p - 1) & ~(uintptr_t)(REGION_SIZE - 1));
 }
 
-static inline int region_kind(const hak_region_t *r) {
+/* A region's map byte: its kind in the low two bits and, for small regions,
+ * its node above them, so free's fast path learns "small and of my node"
+ * from the one byte it loads anyway and sends other nodes' blocks on
+ * without reading their page descriptors, lines their owner writes. */
+#define REGION_TAG_NONE 0xFF /* the empty heap's tag: no region has it */
+_Static_assert(((KMEM_MAX_NODES - 1) << 2 | REGION_SMALL) < REGION_TAG_NONE, "node in a map byte");
+
+static inline uint8_t region_small_tag(int node) {
+  return (uint8_t)(REGION_SMALL | node << 2);
+}
+
+static inline uint8_t region_tag(const hak_region_t *r) {
   uintptr_t idx = (uintptr_t)r >> REGION_SHIFT;
   if (unlikely(idx >= REGION_MAP_ENTRIES)) return 0;
   return atomic_load_explicit(&hak_region_map[idx], memory_order_relaxed);
+}
+
+static inline int region_kind(const hak_region_t *r) {
+  return region_tag(r) & 3;
+}
+
+static inline uint32_t region_page_bit(const hak_region_t *r, const void *p) {
+  return 1u << (((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT);
 }
 
 static inline hak_page_t *page_of(hak_region_t *r, const void *p) {
@@ -264,7 +287,7 @@ void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
       remote_frees, huge_allocs, heaps_created, pages_abandoned, pages_adopted,
-      remote_blocks_collected, node_fallbacks;
+      remote_blocks_collected, node_fallbacks, mailbox_bytes;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);
@@ -284,12 +307,16 @@ void hak_pool_populate_after(hak_page_t *span);
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */
 
-void hak_mailbox_send(hak_heap_t *heap, int node, hak_block_t *b);
+void hak_mailbox_send(hak_heap_t *heap, int node, void *p);
 void hak_mailbox_flush(hak_heap_t *heap);
-void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_bytes);
+void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_blocks);
 void hak_mailbox_drain_slow(hak_heap_t *heap); /* own node, bounded */
 bool hak_mailbox_waiting(int node);
 void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
+/* A free of p in small region r that is not batched (the mailbox drains
+ * and the sender out of memory for a batch): checked, then routed. */
+void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p);
+void hak_heap_set_node(hak_heap_t *heap, int node);
 
 /* ---- background thread --------------------------------------------------- */
 
@@ -390,9 +417,9 @@ static inline void *hak_alloc_inline(size_t size) {
 /* The fast path of free: a block of a page this thread owns, no flags set. */
 static inline void hak_free_inline(void *p) {
   hak_region_t *r = region_of(p);
-  if (likely(region_kind(r) == REGION_SMALL)) {
+  hak_heap_t *heap = hak_tls_heap;
+  if (likely(region_tag(r) == heap->region_tag)) {
     hak_page_t *page = page_of(r, p);
-    hak_heap_t *heap = hak_tls_heap;
     if (likely(page_owner(page) == (uintptr_t)heap)) {
       hak_block_t *b = (hak_block_t *)p;
       b->next = page->local_free;

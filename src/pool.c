@@ -85,7 +85,7 @@ static hak_region_t *region_new(int node) {
   atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&pools[node].regions, 1, memory_order_relaxed);
   node_committed_add(node, (int64_t)REGION_HEADER_SIZE);
-  atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_SMALL,
+  atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], region_small_tag(node),
                         memory_order_release);
   return r;
 }

@@ -44,6 +44,7 @@ static hak_page_t *page_fresh(hak_heap_t *heap, unsigned cls) {
     unsigned npages = hak_class_pages[cls];
     page = hak_span_alloc(heap->node, npages, npages == 1, &zero);
     if (!page) return NULL;
+    if (region_of_page(page)->node != heap->node) heap->foreign = true; /* a fallback */
     hak_page_init(page, cls, heap, zero);
     hak_prefault(page, zero);
     stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
@@ -145,6 +146,9 @@ void *hak_large_alloc(hak_heap_t *heap, size_t size) {
   span->capacity = span->reserved = 1;
   span->used = 1;
   page_flags_set(span, PAGE_LARGE);
+  hak_region_t *r = region_of_page(span);
+  atomic_fetch_or_explicit(&r->large_starts, region_page_bit(r, page_start(span)),
+                           memory_order_relaxed);
   span->fresh_zero = zero;
   hak_prefault(span, zero);
   stat_inc(&heap->stats.pages_activated, npages);

@@ -41,6 +41,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .mailbox_drains = H(mailbox_drains),
       .blocks_drained = H(blocks_drained),
       .node_fallbacks = G(node_fallbacks),
+      .mailbox_bytes = G(mailbox_bytes),
       .pages_abandoned = H(pages_abandoned),
       .pages_adopted = H(pages_adopted),
       .purges = k.purges,
@@ -85,7 +86,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(purges_vector)                                                                                 \
   X(thp_bytes)                                                                                     \
   X(hugetlb_bytes)                                                                                 \
-  X(node_fallbacks)
+  X(node_fallbacks)                                                                                \
+  X(mailbox_bytes)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

@@ -18,6 +18,14 @@
  *             then the frees arrive with no node-0 thread alive; a new
  *             node-0 thread's flush drains them into the abandoned pages,
  *             which are adopted or released: nothing leaks.
+ *             The batches are reused (mailbox_bytes stays at a few dozen
+ *             batches for the hundreds sent), and the owners keep the
+ *             pages the drains empty instead of cycling them through the
+ *             pool (pages_reused stays near zero).
+ *   large     blocks past the small sizes freed from node 1 go straight
+ *             back to their region, never into a batch that could wait.
+ *   own_foreign  a thread frees its own blocks after moving its heap to
+ *             node 1: they are its pages, freed at once, not mailed.
  *   batch1    HAKMEM_MAILBOX_BATCH=1: cross-node frees skip the mailboxes. */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -221,7 +229,95 @@ static int prodcons(void) {
         "all threads exited and a node-0 thread called hakmem_flush(), but blocks_drained moved "
         "by %llu for %llu cross-node frees",
         (unsigned long long)drained, (unsigned long long)cross);
+  /* every batch buffer made is reused: without that, one per batch sent */
+  uint64_t batch_bytes = 24 + 64 * sizeof(void *);
+  uint64_t made = (s2.mailbox_bytes - s0.mailbox_bytes) / batch_bytes;
+  uint64_t reused = s2.pages_reused - s0.pages_reused;
+  printf("prodcons: %llu batch buffers made for %llu batches; %llu pages reused from the pool\n",
+         (unsigned long long)made, (unsigned long long)batches, (unsigned long long)reused);
+  CHECK(made * 4 <= batches,
+        "%llu batch buffers made (mailbox_bytes) for %llu batches sent: drained batches are "
+        "not going back to their senders",
+        (unsigned long long)made, (unsigned long long)batches);
+  CHECK(reused <= 64,
+        "pages_reused moved by %llu: the drains retire the pages they empty, so the owners "
+        "take them from the pool again",
+        (unsigned long long)reused);
   check_back(before, "prodcons");
+  return 0;
+}
+
+/* ---- large blocks ---- */
+
+#define LARGES 8
+static struct blk large[LARGES];
+
+static void *large_owner(void *arg) {
+  (void)arg;
+  set_node(0);
+  for (int i = 0; i < LARGES; i++) {
+    large[i].n = 200 * KIB + (size_t)i * 100 * KIB; /* past the 128 KiB of the size classes */
+    large[i].p = new_block(large[i].n);
+  }
+  return NULL; /* the blocks outlive it */
+}
+
+static void *large_freer(void *arg) {
+  (void)arg;
+  set_node(1);
+  for (int i = 0; i < LARGES; i++)
+    check_free(large[i], "node-1 freer");
+  return NULL; /* its exit would send a partial batch */
+}
+
+static int large_blocks(void) {
+  uint64_t before = baseline();
+  on_thread(large_owner, NULL);
+  hak_stats_t s0 = stats();
+  on_thread(large_freer, NULL);
+  hak_stats_t s1 = stats();
+  CHECK(s1.batches_sent == s0.batches_sent,
+        "%d large blocks freed from node 1 went into %llu batches: with no node-0 thread left "
+        "they would wait there",
+        LARGES, (unsigned long long)(s1.batches_sent - s0.batches_sent));
+  printf("large: %d blocks of 200-900 KiB freed from node 1 straight to their region\n", LARGES);
+  check_back(before, "large");
+  return 0;
+}
+
+/* ---- a heap's own blocks after it moved ---- */
+
+#define OWN 1000
+static void *own_foreign(void *arg) {
+  (void)arg;
+  static struct blk own[OWN];
+  uint64_t s = 777;
+  set_node(0);
+  for (int i = 0; i < OWN; i++) {
+    own[i].n = block_size(&s);
+    own[i].p = new_block(own[i].n);
+  }
+  set_node(1);
+  hak_stats_t s0 = stats();
+  for (int i = 0; i < OWN; i++)
+    check_free(own[i], "own blocks");
+  hakmem_flush();
+  hak_stats_t s1 = stats();
+  CHECK(s1.remote_frees == s0.remote_frees,
+        "a heap moved to node 1 freed %d of its own blocks: remote_frees moved by %llu", OWN,
+        (unsigned long long)(s1.remote_frees - s0.remote_frees));
+  CHECK(s1.batches_sent == s0.batches_sent,
+        "a heap moved to node 1 freed its own node-0 blocks through %llu batches: they are its "
+        "pages, and no node-0 thread may ever drain them",
+        (unsigned long long)(s1.batches_sent - s0.batches_sent));
+  printf("own_foreign: %d blocks freed by their own heap after it moved to node 1\n", OWN);
+  return NULL;
+}
+
+static int own_blocks(void) {
+  uint64_t before = baseline();
+  on_thread(own_foreign, NULL);
+  check_back(before, "own_foreign");
   return 0;
 }
 
@@ -387,11 +483,14 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "orphan")) return orphans(0);
     if (!strcmp(argv[1], "orphan_late")) return orphans(1);
     if (!strcmp(argv[1], "batch1")) return batch1();
+    if (!strcmp(argv[1], "large")) return large_blocks();
+    if (!strcmp(argv[1], "own_foreign")) return own_blocks();
     FAIL("unknown mode %s", argv[1]);
   }
   static struct child c;
   const char *nodes2[] = {"HAKMEM_NODES=2", NULL};
-  const char *modes[] = {"prodcons", "partial", "partial_exit", "orphan", "orphan_late"};
+  const char *modes[] = {"prodcons",    "partial", "partial_exit", "orphan",
+                         "orphan_late", "large",   "own_foreign"};
   for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
     child_must_pass(modes[i], nodes2, &c);
     fputs(c.err, stderr);

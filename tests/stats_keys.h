@@ -36,7 +36,8 @@ static const char *const stats_keys[] = {"regions_reserved",
                                          "purges_vector",
                                          "thp_bytes",
                                          "hugetlb_bytes",
-                                         "node_fallbacks"};
+                                         "node_fallbacks",
+                                         "mailbox_bytes"};
 #define NKEYS (sizeof stats_keys / sizeof stats_keys[0])
 _Static_assert(NKEYS * sizeof(uint64_t) == sizeof(hak_stats_t),
                "tests/stats_keys.h does not list every field of hak_stats_t");

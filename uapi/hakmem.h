@@ -59,6 +59,7 @@ typedef struct hak_stats {
   uint64_t thp_bytes;      /* region memory backed by transparent huge pages now */
   uint64_t hugetlb_bytes;  /* region memory from hugetlbfs pages now */
   uint64_t node_fallbacks; /* regions taken from another node than the heap's */
+  uint64_t mailbox_bytes;  /* batches of cross-node frees ever made (each reused) */
 } hak_stats_t;
 
 /* Per node (HAKMEM_NODES virtual nodes, or the machine's). */
