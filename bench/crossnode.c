@@ -10,14 +10,14 @@
  * (N nodes as the allocator counts them; with hakmem run it with
  * HAKMEM_NODES=2 on a one-node machine). The producer allocates batches of
  * 64 random-size blocks, writes a pattern into them and hands each batch to
- * its consumer through a queue of 8 batches (mutex + condvar); the consumer
+ * its consumer through a queue of 8 batches (queue.h); the consumer
  * checks and frees every block. One op = one block produced and freed.
  *
  * Threads are placed with hakmem_thread_set_node, looked up with
  * dlsym(RTLD_DEFAULT) so the program links no allocator and runs under the
  * peers too (they see plain producer-consumer pairs there). Prints
- * "crossnode: N ops/s nodes=N", plus hakmem's cross_node_frees, batches and
- * blocks_drained when hak_stats_json is there. */
+ * "crossnode: N ops/s nodes=N", plus hakmem's cross_node_frees, batches,
+ * drains and blocks_drained when hak_stats_json is there. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #define MAX_BATCH 64 /* every batch is full; 8 per ring */
@@ -80,9 +80,9 @@ int main(int argc, char **argv) {
   static char json[1 << 16];
   if (stats_json && stats_json(json, sizeof json) < sizeof json)
     snprintf(extra + len, sizeof extra - (size_t)len,
-             " cross_node_frees=%lld batches=%lld blocks_drained=%lld",
+             " cross_node_frees=%lld batches=%lld drains=%lld blocks_drained=%lld",
              json_field(json, "remote_frees_cross_node"), json_field(json, "batches_sent"),
-             json_field(json, "blocks_drained"));
+             json_field(json, "mailbox_drains"), json_field(json, "blocks_drained"));
   bench_result(ops, el, extra);
   return 0;
 }

@@ -11,7 +11,8 @@
  * batch they receive: every block is freed by the thread that did not
  * allocate it, in both directions at once (remote frees, and memory that
  * must flow back to its owner). Both directions share one lock and condvar
- * so a thread can wait for "room to send or something to free".
+ * so a thread can wait for "room to send or something to free" (polled
+ * briefly before sleeping, as in queue.h).
  * One op = one block allocated by one thread and freed by the other.
  * Prints "pingpong: N ops/s". */
 #define QUEUE 4
@@ -41,6 +42,8 @@ static void *side_main(void *arg) {
       have = 1;
     }
     int got = 0;
+    QUEUE_POLL_WHILE(QUEUE_PEEK(out->count) == QUEUE && QUEUE_PEEK(in->count) == 0 &&
+                     !bench_stopped());
     pthread_mutex_lock(&q->lock);
     /* Both full-out and empty-in cannot hold for both sides at once. */
     while (out->count == QUEUE && in->count == 0 && !bench_stopped())

@@ -9,9 +9,9 @@
  * The producer of each pair allocates a batch of random-size blocks, writes a
  * pattern into them (one byte per page, so fresh pages fault) and hands the
  * batch to its consumer through a bounded queue of 8 batches; the consumer
- * checks and frees every block. Hand-off is a mutex + condvar per batch:
- * cheap enough for the allocator to dominate, and it sleeps instead of
- * spinning when both threads of a pair share one CPU.
+ * checks and frees every block. Hand-off is a mutex + condvar per batch,
+ * polled briefly before sleeping (queue.h), so the allocator dominates and
+ * pairs that share one CPU still take turns.
  * One op = one block produced and freed. Prints "prodcons: N ops/s". */
 #include "queue.h" /* QUEUE 8, MAX_BATCH 1024 */
 

@@ -8,6 +8,8 @@
 
 #include "bench.h"
 
+#include <sched.h>
+
 #ifndef QUEUE
 #define QUEUE 8
 #endif
@@ -34,6 +36,31 @@ struct pair {
   int done;            /* the producer stopped (one-way pairs) */
   struct ring ring[RINGS];
 };
+
+/* A batch is handed over every few microseconds. Sleeping on the condvar
+ * each time the ring is full or empty made the workloads measure futex
+ * wake-ups (40% of crossnode's samples, in the kernel) instead of the
+ * allocator, so a waiting side first polls without the lock: pause-spins for
+ * about 10 us, then yields so oversubscribed pairs take turns, and only then
+ * takes the lock and sleeps as before. `cond` is read racily (relaxed): the
+ * locked re-check decides. */
+#define QUEUE_SPINS 16  /* rounds of pause-spinning */
+#define QUEUE_YIELDS 16 /* rounds of sched_yield after them */
+#define QUEUE_POLL_WHILE(cond)                                                                     \
+  for (int spin_ = 0; spin_ < QUEUE_SPINS + QUEUE_YIELDS && (cond); spin_++)                       \
+  queue_pause(spin_)
+
+static inline void queue_pause(int round) {
+  if (round >= QUEUE_SPINS) {
+    sched_yield();
+    return;
+  }
+  for (int i = 0; i < 64; i++)
+    bench_cpu_relax();
+}
+
+/* A field the other side writes under the lock, read without it. */
+#define QUEUE_PEEK(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
 /* The paired workloads' arguments "[seconds [pairs [min [max [batch]]]]]"
  * (batch only when nargs is 5, else MAX_BATCH); min, max: default sizes. */
@@ -68,14 +95,14 @@ static inline struct pair *pairs_new(size_t n) {
 /* Appends a batch of n items; the caller holds the lock and saw room. */
 static inline void ring_put(struct ring *r, const struct item *b, size_t n) {
   memcpy(r->slot[(r->head + r->count) % QUEUE], b, n * sizeof *b);
-  r->count++;
+  __atomic_store_n(&r->count, r->count + 1, __ATOMIC_RELAXED);
 }
 
 /* Takes the oldest batch of n items; the caller holds the lock, count > 0. */
 static inline void ring_take(struct ring *r, struct item *b, size_t n) {
   memcpy(b, r->slot[r->head], n * sizeof *b);
   r->head = (r->head + 1) % QUEUE;
-  r->count--;
+  __atomic_store_n(&r->count, r->count - 1, __ATOMIC_RELAXED);
 }
 
 /* n blocks of random sizes in [min, max], allocated and filled. */
@@ -98,6 +125,7 @@ static inline void queue_produce(struct pair *q, size_t n, uint64_t rng, size_t 
   struct item local[MAX_BATCH];
   while (!bench_stopped()) {
     batch_make(local, n, &rng, min, max);
+    QUEUE_POLL_WHILE(QUEUE_PEEK(q->ring[0].count) == QUEUE);
     pthread_mutex_lock(&q->lock);
     while (q->ring[0].count == QUEUE) /* the consumer always drains, so this ends */
       pthread_cond_wait(&q->cond, &q->lock);
@@ -106,7 +134,7 @@ static inline void queue_produce(struct pair *q, size_t n, uint64_t rng, size_t 
     pthread_mutex_unlock(&q->lock);
   }
   pthread_mutex_lock(&q->lock);
-  q->done = 1;
+  __atomic_store_n(&q->done, 1, __ATOMIC_RELAXED);
   pthread_cond_signal(&q->cond);
   pthread_mutex_unlock(&q->lock);
 }
@@ -117,6 +145,7 @@ static inline uint64_t queue_consume(struct pair *q, size_t n) {
   struct item local[MAX_BATCH];
   uint64_t ops = 0;
   for (;;) {
+    QUEUE_POLL_WHILE(QUEUE_PEEK(q->ring[0].count) == 0 && !QUEUE_PEEK(q->done));
     pthread_mutex_lock(&q->lock);
     while (q->ring[0].count == 0 && !q->done)
       pthread_cond_wait(&q->cond, &q->lock);
