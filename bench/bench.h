@@ -155,15 +155,6 @@ static inline void *bench_workers(size_t n, size_t size) {
     ops_;                                                                                          \
   })
 
-/* One spin-wait step: tells the CPU a loop is polling. */
-static inline void bench_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ volatile("yield");
-#endif
-}
-
 /* Worker threads poll this; relaxed is enough for a stop flag. */
 static atomic_int bench_stop_flag;
 static inline int bench_stopped(void) {

@@ -22,13 +22,13 @@ import sys
 ABOUT = {
     "larson": "Server simulation: random free+malloc of 8-1000 B, arrays handed to new threads.",
     "larson_mid": "The same with the seed's 2-32 KiB blocks.",
-    "prodcons": "Producers allocate 2-32 KiB blocks, consumers free them. T = pairs (2T threads).",
+    "prodcons": "Producers allocate 2-32 KiB blocks, consumers free them. T = pairs: 2T threads, pinned to up to 2T CPUs.",
     "crossnode": "Producer-consumer pairs of 16-1024 B blocks, the two threads of a pair on different "
-                 "nodes (HAKMEM_NODES=2): every free is cross-node. T = pairs (2T threads). "
+                 "nodes (HAKMEM_NODES=2): every free is cross-node. T = pairs: 2T threads, pinned to up to 2T CPUs. "
                  "hakmem-batch1 = HAKMEM_MAILBOX_BATCH=1.",
     "churn_small": "Random replace of 8-512 B blocks in per-thread working sets.",
     "churn_mid": "Random replace of 2-32 KiB blocks in per-thread working sets.",
-    "pingpong": "Pairs free each other's 16-512 B blocks in batches. T = pairs (2T threads).",
+    "pingpong": "Pairs free each other's 16-512 B blocks in batches. T = pairs: 2T threads, pinned to up to 2T CPUs.",
     "falseshare": "Counter increments in small blocks; slow if threads share cache lines.",
     "realloc_grow": "Vectors doubling to 4 MiB, strings growing by 1-128 B appends. One op = one realloc.",
     "fragment": "Waves of 16 B - 1 MiB blocks, 10% survive; RSS at the end vs live bytes below.",

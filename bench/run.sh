@@ -156,6 +156,15 @@ args_for() { # $1 = workload, $2 = threads
   esac
 }
 
+# Threads a workload runs at thread count $2, so each gets a CPU where there
+# are enough: the paired workloads run two per pair.
+threads_of() { # $1 = workload, $2 = threads
+  case $1 in
+    prodcons | crossnode | pingpong) echo $((2 * $2)) ;;
+    *) echo "$2" ;;
+  esac
+}
+
 # Environment a workload needs under every allocator (the peers ignore it):
 # crossnode's pairs span two nodes, virtual ones on a one-node machine.
 env_for() { [ "$1" = crossnode ] && echo HAKMEM_NODES=2; }
@@ -175,7 +184,7 @@ run_one() { # $1 workload $2 allocator index $3 threads $4 run
   local w=$1 a=${names[$2]} lib=${libs[$2]} t=$3 r=$4 st ops extra detail status code
   rm -f "$tmp/stat"
   # shellcheck disable=SC2046 # word splitting of the env, pin and argument lists is wanted
-  env ${envs[$2]} $(env_for "$w") $(pin_cmd "$t") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
+  env ${envs[$2]} $(env_for "$w") $(pin_cmd "$(threads_of "$w" "$t")") "$bin/runone" -t "$timeout" -p "$lib" -o "$tmp/stat" -- \
     "$bin/$(program_of "$w")" $(args_for "$w" "$t") >"$tmp/out" 2>"$tmp/err" </dev/null
   st=$(cat "$tmp/stat" 2>/dev/null)
   status=$(sed -n 's/.*status=\([a-z]*\).*/\1/p' <<<"$st")

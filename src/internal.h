@@ -180,8 +180,9 @@ static inline int region_kind(const hak_region_t *r) {
   return region_tag(r) & 3;
 }
 
+/* p's page as a bit; masked, as region_of lets p be the region's end. */
 static inline uint32_t region_page_bit(const hak_region_t *r, const void *p) {
-  return 1u << (((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT);
+  return 1u << ((((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT) & (PAGES_PER_REGION - 1));
 }
 
 static inline hak_page_t *page_of(hak_region_t *r, const void *p) {

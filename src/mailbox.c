@@ -53,6 +53,8 @@ static hak_batch_t *batch_new(hak_heap_t *heap) {
   return bt;
 }
 
+/* noinline, as batch_start: hak_mailbox_send's common path then needs no
+ * stack frame. */
 __attribute__((noinline)) static void batch_send(hak_heap_t *heap, int node) {
   hak_batch_t *bt = heap->out[node];
   push_batches(&mailboxes[node].head, bt, bt);
