@@ -28,9 +28,10 @@ static void free_remote(hak_page_t *page, hak_block_t *b) {
       hak_page_set_remote_state(page, 1u << REMOTE_FREEING, REMOTE_PLAIN);
       return;
     }
-    b->next = (hak_block_t *)(old & ~REMOTE_STATE_MASK);
+    b->next = remote_list(old);
+    uintptr_t count = (old & ~(REMOTE_COUNT_ONE - 1)) + REMOTE_COUNT_ONE;
     if (atomic_compare_exchange_weak_explicit(&page->remote, &old,
-                                              (uintptr_t)b | (old & REMOTE_STATE_MASK),
+                                              (uintptr_t)b | count | (old & REMOTE_STATE_MASK),
                                               memory_order_release, memory_order_relaxed))
       return;
   }

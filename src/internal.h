@@ -50,6 +50,15 @@ struct hak_heap;
  * FREEING: that freer is doing so now. NEVER: the page has no owner. */
 enum { REMOTE_PLAIN = 0, REMOTE_NOTIFY = 1, REMOTE_FREEING = 2, REMOTE_NEVER = 3 };
 #define REMOTE_STATE_MASK ((uintptr_t)3)
+/* The list's length in the top 16 bits (a span has at most 65535 blocks), so
+ * the owner takes a list without walking blocks other threads wrote last. */
+#define REMOTE_COUNT_ONE ((uintptr_t)1 << 48)
+#define REMOTE_LIST_MASK (REMOTE_COUNT_ONE - 16)
+_Static_assert(VA_BITS <= 48, "block addresses below the remote count");
+
+static inline hak_block_t *remote_list(uintptr_t word) {
+  return (hak_block_t *)(word & REMOTE_LIST_MASK);
+}
 
 /* Flags in the low bits of page->owner (heaps are 64-byte aligned): any bit
  * set sends the owner's free to the slow path. */

@@ -39,41 +39,44 @@ void hak_page_extend(hak_page_t *page) {
   page->reserved += n;
 }
 
-/* Takes the remote list, leaving the state bits, and puts it on `free`. */
+/* Takes the remote list, leaving the state bits, and puts it on `free`:
+ * without a walk when `free` is empty, as it is when malloc looks. */
 size_t hak_page_collect_remote(hak_page_t *page) {
   uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
   do {
-    if ((old & ~REMOTE_STATE_MASK) == 0) return 0;
+    if (!remote_list(old)) return 0;
   } while (!atomic_compare_exchange_weak_explicit(&page->remote, &old, old & REMOTE_STATE_MASK,
                                                   memory_order_acquire, memory_order_relaxed));
-  hak_block_t *head = (hak_block_t *)(old & ~REMOTE_STATE_MASK), *tail = head;
-  size_t n = 1;
-  while (tail->next) {
-    tail = tail->next;
-    n++;
+  hak_block_t *head = remote_list(old);
+  size_t n = old / REMOTE_COUNT_ONE;
+  if (page->free) {
+    hak_block_t *tail = head;
+    while (tail->next)
+      tail = tail->next;
+    tail->next = page->free;
   }
-  tail->next = page->free;
   page->free = head;
   page->free_is_zero = 0;
   page->used = (uint16_t)(page->used - n);
   return n;
 }
 
+/* The remote list first, onto `free` while that is still empty, then the
+ * owner's own frees in front of it. */
 size_t hak_page_collect(hak_page_t *page) {
+  size_t n = hak_page_collect_remote(page);
   if (page->local_free) {
-    if (!page->free) {
-      page->free = page->local_free;
-    } else {
+    if (page->free) {
       hak_block_t *t = page->local_free;
       while (t->next)
         t = t->next;
       t->next = page->free;
-      page->free = page->local_free;
     }
+    page->free = page->local_free;
     page->local_free = NULL;
     page->free_is_zero = 0;
   }
-  return hak_page_collect_remote(page);
+  return n;
 }
 
 /* Moves the state from any state in from_mask (bit per state) to `to`,

@@ -11,7 +11,7 @@
 static bool page_park_full(hak_heap_t *heap, hak_page_t *page) {
   uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
   for (;;) {
-    if (old & ~REMOTE_STATE_MASK) return false;
+    if (remote_list(old)) return false;
     if ((old & REMOTE_STATE_MASK) != REMOTE_PLAIN) break; /* already notifying */
     if (atomic_compare_exchange_weak_explicit(&page->remote, &old, REMOTE_NOTIFY,
                                               memory_order_acq_rel, memory_order_relaxed))
