@@ -21,7 +21,7 @@
  *             The batches are reused (mailbox_bytes stays at a few dozen
  *             batches for the hundreds sent), and the owners keep the
  *             pages the drains empty instead of cycling them through the
- *             pool (pages_reused stays near zero).
+ *             pool (pages_reused stays in the tens, not the hundreds).
  *   large     blocks past the small sizes freed from node 1 go straight
  *             back to their region, never into a batch that could wait.
  *   own_foreign  a thread frees its own blocks after moving its heap to
@@ -239,7 +239,7 @@ static int prodcons(void) {
         "%llu batch buffers made (mailbox_bytes) for %llu batches sent: drained batches are "
         "not going back to their senders",
         (unsigned long long)made, (unsigned long long)batches);
-  CHECK(reused <= 64,
+  CHECK(reused <= 100, /* 0-36 here; 301 when drains retire pages */
         "pages_reused moved by %llu: the drains retire the pages they empty, so the owners "
         "take them from the pool again",
         (unsigned long long)reused);
