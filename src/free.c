@@ -58,9 +58,7 @@ static void page_unfull(hak_heap_t *heap, hak_page_t *page) {
 }
 
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
-  b->next = page->local_free;
-  page->local_free = b;
-  page->used--;
+  page_push_local(page, b);
   if (page_flags(page) & PAGE_IN_FULL) page_unfull(heap, page);
   if (page->used == 0) hak_heap_retire(heap, page);
 }

@@ -110,10 +110,7 @@ void hak_heap_abandon(hak_heap_t *heap) {
   hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
   while (b) {
     hak_block_t *next = b->next;
-    hak_page_t *page = page_of(region_of(b), b);
-    b->next = page->local_free;
-    page->local_free = b;
-    page->used--;
+    page_push_local(page_of(region_of(b), b), b);
     b = next;
   }
   hak_page_t *keep = NULL;

@@ -403,6 +403,14 @@ static inline void heap_sync_direct(hak_heap_t *heap, unsigned cls) {
   heap->direct[cls] = heap->queues[cls].first ? heap->queues[cls].first : &hak_page_empty;
 }
 
+/* A block back on its page's local_free, by the page's owner: no checks,
+ * no retiring (the callers decide that). */
+static inline void page_push_local(hak_page_t *page, hak_block_t *b) {
+  b->next = page->local_free;
+  page->local_free = b;
+  page->used--;
+}
+
 static inline void *page_pop(hak_page_t *page) {
   hak_block_t *b = page->free;
   if (likely(b != NULL)) {
@@ -431,10 +439,8 @@ static inline void hak_free_inline(void *p) {
   if (likely(region_tag(r) == heap->region_tag)) {
     hak_page_t *page = page_of(r, p);
     if (likely(page_owner(page) == (uintptr_t)heap)) {
-      hak_block_t *b = (hak_block_t *)p;
-      b->next = page->local_free;
-      page->local_free = b;
-      if (unlikely(--page->used == 0)) hak_heap_retire(heap, page);
+      page_push_local(page, (hak_block_t *)p);
+      if (unlikely(page->used == 0)) hak_heap_retire(heap, page);
       return;
     }
   }

@@ -104,9 +104,7 @@ static void batch_route(hak_heap_t *heap, const hak_batch_t *bt) {
       /* our own page: a plain local free. Like a collected remote list it
        * leaves an emptied page in its queue: retired here, pages cycled
        * through the pool, taken again by the next malloc of the class. */
-      b->next = page->local_free;
-      page->local_free = b;
-      page->used--;
+      page_push_local(page, b);
     } else {
       hak_free_block(heap, r, b);
     }
