@@ -197,9 +197,10 @@ HAK_EXPORT int hak_malloc_trim(size_t pad) {
     hak_mailbox_flush(heap);
     for (int node = 0; node < kmem_node_count(); node++)
       hak_mailbox_drain(heap, node, SIZE_MAX);
-    if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
+    if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
     hak_heap_trim(heap);
   }
+  hak_abandoned_trim();
   size_t released = hak_pool_trim() + hak_huge_trim();
   return released > 0;
 }

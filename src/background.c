@@ -1,16 +1,20 @@
 /* The background thread: returns memory of an idle process (slow paths
- * only purge while the program allocates) and populates pages ahead of use
- * (HAKMEM_PREFAULT=ahead). Started on demand, outside every allocator lock. */
+ * only purge while the program allocates), drains node mailboxes no thread
+ * of their node drained for a while, and populates pages ahead of use
+ * (HAKMEM_PREFAULT=ahead). Wanted from anywhere, started only from a malloc
+ * slow path: creating a thread allocates, so never from free, thread exit
+ * or under an allocator lock. */
 #include "internal.h"
 
 #include <time.h>
 
-static _Atomic int state; /* 0 not started, 1 starting or running */
+static _Atomic int state;   /* 0 not started, 1 starting or running */
+static _Atomic bool wanted; /* something for it to do: start it */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static _Atomic(hak_page_t *) ahead; /* span after which to populate */
 
-static uint64_t period_ms(void) {
+uint64_t hak_background_period_ms(void) {
   uint64_t p = hak_opt.purge_delay_ms / 2;
   return p < 1 ? 1 : p > 1000 ? 1000 : p;
 }
@@ -20,7 +24,7 @@ static void *background_main(void *arg) {
   for (;;) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
-    uint64_t ns = (uint64_t)until.tv_nsec + period_ms() * 1000000;
+    uint64_t ns = (uint64_t)until.tv_nsec + hak_background_period_ms() * 1000000;
     until.tv_sec += (time_t)(ns / 1000000000);
     until.tv_nsec = (long)(ns % 1000000000);
     pthread_mutex_lock(&wake_lock);
@@ -29,15 +33,23 @@ static void *background_main(void *arg) {
     pthread_mutex_unlock(&wake_lock);
     hak_page_t *after = atomic_exchange_explicit(&ahead, NULL, memory_order_acquire);
     if (after) hak_pool_populate_after(after);
+    hak_mailbox_drain_stale(&hak_heap_empty); /* no heap: it owns no pages */
     hak_pool_purge(false, false);
     hak_huge_expire();
   }
   return NULL;
 }
 
-/* Called from slow paths, never with a lock held: pthread_create allocates. */
-void hak_background_start(void) {
-  if (!hak_opt.background || atomic_load_explicit(&state, memory_order_relaxed)) return;
+void hak_background_want(void) {
+  if (!atomic_load_explicit(&wanted, memory_order_relaxed))
+    atomic_store_explicit(&wanted, true, memory_order_relaxed);
+}
+
+/* From the malloc slow path, with no lock held: pthread_create allocates. */
+void hak_background_start_if_wanted(void) {
+  if (!atomic_load_explicit(&wanted, memory_order_relaxed) || !hak_opt.background ||
+      atomic_load_explicit(&state, memory_order_relaxed))
+    return;
   int expected = 0;
   if (!atomic_compare_exchange_strong(&state, &expected, 1)) return;
   pthread_attr_t attr;
@@ -54,6 +66,7 @@ void hak_background_start(void) {
 
 /* HAKMEM_PREFAULT=ahead: the thread populates the pages after this span. */
 void hak_background_ahead(hak_page_t *span) {
+  hak_background_want();
   atomic_store_explicit(&ahead, span, memory_order_release);
   pthread_mutex_lock(&wake_lock);
   pthread_cond_signal(&wake);

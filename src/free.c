@@ -6,37 +6,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-/* A free into a page another heap owns (or nobody does). One CAS onto the
- * page's remote list; if the owner parked the page as full (NOTIFY), the
- * block goes to the owner's delayed list instead, which it drains on its
- * next slow path: that is how a full page gets revisited. */
-static void free_remote(hak_page_t *page, hak_block_t *b) {
-  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
-  for (;;) {
-    if ((old & REMOTE_STATE_MASK) == REMOTE_NOTIFY) {
-      if (!atomic_compare_exchange_weak_explicit(&page->remote, &old,
-                                                 (old & ~REMOTE_STATE_MASK) | REMOTE_FREEING,
-                                                 memory_order_acquire, memory_order_relaxed))
-        continue;
-      hak_heap_t *owner = (hak_heap_t *)(atomic_load_explicit(&page->owner, memory_order_acquire) &
-                                         ~PAGE_FLAG_MASK);
-      hak_block_t *head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
-      do {
-        b->next = head;
-      } while (!atomic_compare_exchange_weak_explicit(&owner->delayed, &head, b,
-                                                      memory_order_release, memory_order_relaxed));
-      hak_page_set_remote_state(page, 1u << REMOTE_FREEING, REMOTE_PLAIN);
-      return;
-    }
-    b->next = remote_list(old);
-    uintptr_t count = (old & ~(REMOTE_COUNT_ONE - 1)) + REMOTE_COUNT_ONE;
-    if (atomic_compare_exchange_weak_explicit(&page->remote, &old,
-                                              (uintptr_t)b | count | (old & REMOTE_STATE_MASK),
-                                              memory_order_release, memory_order_relaxed))
-      return;
-  }
-}
-
 /* An empty page leaves the heap unless it is the class's only page, which
  * stays to spare the next malloc a trip to the pool. */
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page) {
@@ -61,19 +30,6 @@ void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   page_push_local(page, b);
   if (page_flags(page) & PAGE_IN_FULL) page_unfull(heap, page);
   if (page->used == 0) hak_heap_retire(heap, page);
-}
-
-void hak_heap_drain_delayed(hak_heap_t *heap) {
-  hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
-  size_t n = 0;
-  while (b) {
-    hak_block_t *next = b->next;
-    hak_page_t *page = page_of(region_of(b), b);
-    hak_free_local_slow(heap, page, b); /* delayed blocks are always of our pages */
-    b = next;
-    n++;
-  }
-  stat_inc(&heap->stats.remote_blocks_collected, n);
 }
 
 static _Atomic int invalid_warned;
@@ -173,10 +129,10 @@ void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
     stat_inc(&heap->stats.pages_adopted, 1);
     size_t n = hak_page_collect_remote(page);
     stat_inc(&heap->stats.remote_blocks_collected, n);
-    queue_push_back(&heap->queues[page->cls], page);
+    queue_push_front(&heap->queues[page->cls], page); /* its free blocks first */
     heap_sync_direct(heap, page->cls);
     hak_free_local_slow(heap, page, b);
     return;
   }
-  free_remote(page, b);
+  hak_remote_free(page, b);
 }

@@ -22,10 +22,10 @@ pthread_key_t hak_thread_key;
 
 static void heap_reset(hak_heap_t *heap) {
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
-    heap->queues[c].first = heap->queues[c].last = NULL;
+    heap->queues[c] = (hak_queue_t){0};
     heap->direct[c] = &hak_page_empty;
   }
-  heap->full.first = heap->full.last = NULL;
+  heap->full = (hak_queue_t){0};
   heap->slow_calls = 0;
   heap->foreign = false;
 }
@@ -75,8 +75,8 @@ void hak_heap_set_node(hak_heap_t *heap, int node) {
 }
 
 /* Collects the pages of a list; empty ones go back to their region, the
- * others are prepended to *keep for the abandoned pool. */
-static void abandon_list(hak_heap_t *heap, hak_page_t *first, hak_page_t **keep) {
+ * others are prepended to *keep for the abandoned pools. */
+static void abandon_list(hak_page_t *first, hak_page_t **keep) {
   for (hak_page_t *p = first, *next; p; p = next) {
     next = p->next;
     hak_page_collect(p);
@@ -89,24 +89,30 @@ static void abandon_list(hak_heap_t *heap, hak_page_t *first, hak_page_t **keep)
       page_set_heap(p, NULL);
       p->next = *keep;
       *keep = p;
-      stat_inc(&heap->stats.pages_abandoned, 1);
     }
   }
 }
 
-/* Leaves every page ownerless (NEVER), so no freer delivers to this heap any
- * more; then takes the blocks already delivered, and hands the pages with
- * live blocks to the node's abandoned pool. */
+/* Thread exit. The heap leaves TLS first: whatever this thread still
+ * allocates or frees (other TLS destructors, the pool's purging) must not
+ * touch queues that are being taken apart. Then every page is released
+ * (no freer delivers to this heap any more), the blocks already delivered
+ * are taken, and the pages with live blocks go to their nodes' pools. */
 void hak_heap_abandon(hak_heap_t *heap) {
   if (heap == &hak_heap_empty) return;
+  if (hak_tls_heap == heap) hak_tls_heap = &hak_heap_empty;
+  HAK_HOOK(HAK_HOOK_ABANDON);
   /* cross-node frees leave first; then the node's mailbox, some of it ours */
   hak_mailbox_flush(heap);
   hak_mailbox_drain(heap, heap->node, SIZE_MAX);
+  hak_mailbox_orphan(heap);
+  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
+  HAK_CHECK_HEAP(heap, -1);
   for (unsigned c = 0; c < NUM_CLASSES; c++)
     for (hak_page_t *p = heap->queues[c].first; p; p = p->next)
-      hak_page_set_never(p);
+      hak_remote_release(p);
   for (hak_page_t *p = heap->full.first; p; p = p->next)
-    hak_page_set_never(p);
+    hak_remote_release(p);
   hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
   while (b) {
     hak_block_t *next = b->next;
@@ -115,11 +121,10 @@ void hak_heap_abandon(hak_heap_t *heap) {
   }
   hak_page_t *keep = NULL;
   for (unsigned c = 0; c < NUM_CLASSES; c++)
-    abandon_list(heap, heap->queues[c].first, &keep);
-  abandon_list(heap, heap->full.first, &keep);
-  if (keep) hak_abandoned_push(heap->node, keep);
+    abandon_list(heap->queues[c].first, &keep);
+  abandon_list(heap->full.first, &keep);
+  stat_inc(&heap->stats.pages_abandoned, hak_abandoned_push(keep));
   heap_reset(heap);
-  if (hak_tls_heap == heap) hak_tls_heap = &hak_heap_empty;
   pthread_mutex_lock(&heaps_lock);
   heap->in_use = false;
   pthread_mutex_unlock(&heaps_lock);
@@ -151,7 +156,7 @@ HAK_EXPORT void hakmem_flush(void) {
   if (!heap) return;
   hak_mailbox_flush(heap);
   hak_mailbox_drain(heap, heap->node, SIZE_MAX);
-  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
+  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
 }
 
 /* malloc_trim: the caller's empty pages go back too, even the one page per

@@ -122,6 +122,7 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
   }
   size_t len = (off + size + ps - 1) & ~(ps - 1);
   atomic_fetch_add_explicit(&hak_gstats.huge_allocs, 1, memory_order_relaxed);
+  hak_background_want(); /* freed mappings are cached until it expires them */
   size_t got;
   int node = hak_tls_heap->node;
   char *base = map_align == REGION_SIZE ? cache_take(len, node, &got) : NULL;
@@ -146,7 +147,7 @@ void hak_huge_free(hak_region_t *r) {
   bool cacheable = (char *)r == base; /* alignment beyond 2 MiB is not reused */
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
   if (cacheable && cache_put(base, len, r->node))
-    hak_background_start();
+    hak_background_want();
   else
     unmap(base, len);
 }

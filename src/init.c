@@ -16,6 +16,7 @@ static void thread_exit(void *arg) {
 static void fork_prepare(void) {
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) return;
   hak_heaps_fork_prepare();
+  hak_abandoned_fork_prepare();
   hak_huge_fork_prepare();
   hak_pool_fork_prepare();
   kmem_fork_prepare();
@@ -26,6 +27,7 @@ static void fork_parent(void) {
   kmem_fork_release();
   hak_pool_fork_release();
   hak_huge_fork_release();
+  hak_abandoned_fork_release();
   hak_heaps_fork_release();
 }
 
@@ -34,6 +36,7 @@ static void fork_child(void) {
   kmem_fork_release();
   hak_pool_fork_release();
   hak_huge_fork_release();
+  hak_abandoned_fork_release();
   hak_background_fork_child();
   kmem_uffd_fork_child();
   hak_heaps_fork_child(hak_tls_heap);

@@ -17,6 +17,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef HAK_DEBUG
+/* The checked build: invariants verified, protocol points tests can stop at. */
+void hak_debug_assert_fail(const char *what, const char *file, int line);
+#define HAK_ASSERT(c) ((c) ? (void)0 : hak_debug_assert_fail(#c, __FILE__, __LINE__))
+extern void (*_Atomic hak_debug_hook)(int point);
+#define HAK_HOOK(point)                                                                            \
+  do {                                                                                             \
+    void (*hook_)(int) = atomic_load(&hak_debug_hook);                                             \
+    if (hook_) hook_(point);                                                                       \
+  } while (0)
+struct hak_heap;
+void hak_debug_check_heap(struct hak_heap *heap, int cls);
+void hak_abandoned_check(void);
+#define HAK_CHECK_HEAP(heap, cls) hak_debug_check_heap(heap, cls)
+#else
+#define HAK_ASSERT(c) ((void)0)
+#define HAK_HOOK(point) ((void)0)
+#define HAK_CHECK_HEAP(heap, cls) ((void)0)
+#endif
+
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define HAK_EXPORT __attribute__((visibility("default")))
@@ -78,7 +98,7 @@ typedef struct hak_page {
   uint16_t reserved;         /* blocks carved so far */
   uint8_t free_is_zero : 1;  /* blocks on `free` are zero but for their first word */
   uint8_t fresh_zero : 1;    /* not yet carved blocks are zero */
-  _Atomic uint8_t abandoned; /* on its node's abandoned list (pool lock) */
+  _Atomic uint8_t abandoned; /* on its region node's abandoned list (remote.c) */
   uint8_t span_pages;
   uint8_t back;                 /* descriptors back to the span's head */
   _Atomic uintptr_t remote;     /* other threads' frees | state */
@@ -118,6 +138,7 @@ _Static_assert(sizeof(hak_page_t) == 64, "a descriptor is one cache line: free i
 
 typedef struct hak_queue {
   hak_page_t *first, *last;
+  uint32_t count;
 } hak_queue_t;
 
 /* Per-thread counters; merged by hak_stats_get. Written by the owner only. */
@@ -297,7 +318,7 @@ void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
       remote_frees, huge_allocs, heaps_created, pages_abandoned, pages_adopted,
-      remote_blocks_collected, node_fallbacks, mailbox_bytes;
+      remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);
@@ -307,13 +328,25 @@ uint64_t hak_now_ms(void); /* coarse monotonic clock */
 
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero);
 void hak_span_free(hak_page_t *span);
-void hak_abandoned_push(int node, hak_page_t *pages); /* a list linked by next */
-hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap);
-bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
-size_t hak_pool_trim(void); /* reclaims empty abandoned pages, purges every free page */
+size_t hak_pool_trim(void); /* purges every free page */
 size_t hak_pool_purge(bool force, bool wait);
 void hak_pool_purge_maybe(void);
 void hak_pool_populate_after(hak_page_t *span);
+
+/* ---- the remote-free protocol (remote.c) --------------------------------- */
+
+typedef enum { PARK_DONE, PARK_RETRY, PARK_LATER } park_result_t;
+void hak_remote_free(hak_page_t *page, hak_block_t *b);
+size_t hak_page_collect_remote(hak_page_t *page);
+park_result_t hak_remote_park(hak_heap_t *heap, hak_page_t *page);
+void hak_remote_drain_delayed(hak_heap_t *heap);
+void hak_remote_release(hak_page_t *page);
+size_t hak_abandoned_push(hak_page_t *pages); /* a list linked by next */
+hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap);
+bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
+void hak_abandoned_trim(void);
+void hak_abandoned_fork_prepare(void);
+void hak_abandoned_fork_release(void);
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */
 
@@ -321,6 +354,8 @@ void hak_mailbox_send(hak_heap_t *heap, int node, void *p);
 void hak_mailbox_flush(hak_heap_t *heap);
 void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_blocks);
 void hak_mailbox_drain_slow(hak_heap_t *heap); /* own node, bounded */
+void hak_mailbox_drain_stale(hak_heap_t *heap);
+void hak_mailbox_orphan(hak_heap_t *heap);
 bool hak_mailbox_waiting(int node);
 void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 /* A free of p in small region r that is not batched (the mailbox drains
@@ -330,7 +365,9 @@ void hak_heap_set_node(hak_heap_t *heap, int node);
 
 /* ---- background thread --------------------------------------------------- */
 
-void hak_background_start(void);
+void hak_background_want(void);
+void hak_background_start_if_wanted(void);
+uint64_t hak_background_period_ms(void);
 void hak_background_ahead(hak_page_t *span);
 void hak_background_fork_child(void);
 void hak_pool_fork_prepare(void);
@@ -341,9 +378,6 @@ void hak_pool_fork_release(void);
 void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero);
 void hak_page_extend(hak_page_t *page);
 size_t hak_page_collect(hak_page_t *page); /* local_free + remote into free */
-size_t hak_page_collect_remote(hak_page_t *page);
-bool hak_page_set_remote_state(hak_page_t *page, uintptr_t from_mask, uintptr_t to);
-void hak_page_set_never(hak_page_t *page);
 void *hak_block_start(const hak_page_t *page, const void *p);
 
 /* ---- allocation paths ---------------------------------------------------- */
@@ -353,7 +387,6 @@ void *hak_malloc_mid(hak_heap_t *heap, size_t size);
 void hak_free_slow(hak_region_t *r, void *p);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
-void hak_heap_drain_delayed(hak_heap_t *heap);
 void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned */
 void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
@@ -377,6 +410,7 @@ static inline void queue_remove(hak_queue_t *q, hak_page_t *p) {
   else
     q->last = p->prev;
   p->next = p->prev = NULL;
+  q->count--;
 }
 
 static inline void queue_push_front(hak_queue_t *q, hak_page_t *p) {
@@ -387,6 +421,7 @@ static inline void queue_push_front(hak_queue_t *q, hak_page_t *p) {
   else
     q->last = p;
   q->first = p;
+  q->count++;
 }
 
 static inline void queue_push_back(hak_queue_t *q, hak_page_t *p) {
@@ -397,6 +432,7 @@ static inline void queue_push_back(hak_queue_t *q, hak_page_t *p) {
   else
     q->first = p;
   q->last = p;
+  q->count++;
 }
 
 static inline void heap_sync_direct(hak_heap_t *heap, unsigned cls) {

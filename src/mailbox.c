@@ -10,7 +10,12 @@
  * every block's address up front, so the CPU overlaps the misses on them.
  * A list would make the drainer load each block, written last on the other
  * CPU, before it can find the next one (that chase was 94% of the drain's
- * time). Each drained batch goes back to the heap that filled it for reuse. */
+ * time). Each drained batch goes back to the heap that filled it for reuse;
+ * an exiting heap leaves its batches to the next heap that needs one.
+ *
+ * A mailbox whose node has no thread that allocates would keep its blocks
+ * for good: one that waited longer than the background thread's period is
+ * drained by that thread, or by any slow path of another node. */
 #include "internal.h"
 
 #define DRAIN_BLOCKS 4096 /* per slow path, so no malloc call stalls */
@@ -24,9 +29,12 @@ typedef struct hak_batch {
 
 typedef struct hak_mailbox {
   _Alignas(64) _Atomic(hak_batch_t *) head;
+  _Atomic uint64_t drained_ms; /* last drain */
 } hak_mailbox_t;
 
 static hak_mailbox_t mailboxes[KMEM_MAX_NODES];
+/* batches of exited heaps; taken whole (an exchange), so no ABA */
+static _Atomic(hak_batch_t *) orphans;
 
 /* Pushes the chain first..last onto an atomic stack of batches. */
 static void push_batches(_Atomic(hak_batch_t *) *top, hak_batch_t *first, hak_batch_t *last) {
@@ -40,6 +48,7 @@ static void push_batches(_Atomic(hak_batch_t *) *top, hak_batch_t *first, hak_ba
 static hak_batch_t *batch_new(hak_heap_t *heap) {
   if (!heap->spare)
     heap->spare = atomic_exchange_explicit(&heap->returned, NULL, memory_order_acquire);
+  if (!heap->spare) heap->spare = atomic_exchange_explicit(&orphans, NULL, memory_order_acquire);
   hak_batch_t *bt = heap->spare;
   if (bt) {
     heap->spare = bt->next;
@@ -47,10 +56,32 @@ static hak_batch_t *batch_new(hak_heap_t *heap) {
     size_t size = sizeof *bt + (size_t)hak_opt.mailbox_batch * sizeof bt->blocks[0];
     bt = kmem_meta_alloc(size);
     if (!bt) return NULL;
-    bt->origin = heap;
     atomic_fetch_add_explicit(&hak_gstats.mailbox_bytes, size, memory_order_relaxed);
   }
+  bt->origin = heap;
   return bt;
+}
+
+/* At thread exit, after the last flush: the heap's spare batches go to the
+ * next heap that needs one. Batches drained later still come back to this
+ * heap, for the thread that takes it over. */
+void hak_mailbox_orphan(hak_heap_t *heap) {
+  hak_batch_t *first = heap->spare;
+  heap->spare = NULL;
+  hak_batch_t *more = atomic_exchange_explicit(&heap->returned, NULL, memory_order_acquire);
+  if (!first) {
+    first = more;
+  } else if (more) {
+    hak_batch_t *t = first;
+    while (t->next)
+      t = t->next;
+    t->next = more;
+  }
+  if (!first) return;
+  hak_batch_t *last = first;
+  while (last->next)
+    last = last->next;
+  push_batches(&orphans, first, last);
 }
 
 /* noinline, as batch_start: hak_mailbox_send's common path then needs no
@@ -61,6 +92,7 @@ __attribute__((noinline)) static void batch_send(hak_heap_t *heap, int node) {
   heap->out[node] = NULL;
   heap->out_pending &= ~(1ull << node);
   stat_inc(&heap->stats.batches_sent, 1);
+  hak_background_want(); /* in case no thread of that node allocates */
 }
 
 /* The first free of a batch: a spare batch, or a new one. */
@@ -114,6 +146,7 @@ static void batch_route(hak_heap_t *heap, const hak_batch_t *bt) {
 void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_blocks) {
   hak_batch_t *bt = atomic_exchange_explicit(&mailboxes[node].head, NULL, memory_order_acquire);
   if (!bt) return;
+  atomic_store_explicit(&mailboxes[node].drained_ms, hak_now_ms(), memory_order_relaxed);
   size_t n = 0;
   while (bt && n < max_blocks) {
     hak_batch_t *next = bt->next;
@@ -128,8 +161,26 @@ void hak_mailbox_drain(hak_heap_t *heap, int node, size_t max_blocks) {
       last = last->next;
     push_batches(&mailboxes[node].head, bt, last);
   }
-  stat_inc(&heap->stats.mailbox_drains, 1);
-  stat_inc(&heap->stats.blocks_drained, n);
+  if (heap == &hak_heap_empty) { /* the background thread: no heap */
+    atomic_fetch_add_explicit(&hak_gstats.mailbox_drains, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&hak_gstats.blocks_drained, n, memory_order_relaxed);
+  } else {
+    stat_inc(&heap->stats.mailbox_drains, 1);
+    stat_inc(&heap->stats.blocks_drained, n);
+  }
+}
+
+/* Mailboxes that waited longer than the background thread's period (or
+ * their node has no thread that allocates), drained by whoever looks:
+ * the background thread (heap: none), or a slow path every 64 calls. */
+void hak_mailbox_drain_stale(hak_heap_t *heap) {
+  uint64_t now = hak_now_ms(), wait = hak_background_period_ms();
+  for (int node = 0; node < kmem_node_count(); node++) {
+    if (!hak_mailbox_waiting(node)) continue;
+    if (now - atomic_load_explicit(&mailboxes[node].drained_ms, memory_order_relaxed) < wait)
+      continue;
+    hak_mailbox_drain(heap, node, heap == &hak_heap_empty ? SIZE_MAX : DRAIN_BLOCKS);
+  }
 }
 
 void hak_mailbox_drain_slow(hak_heap_t *heap) {

@@ -1,8 +1,7 @@
-/* MF2 pages: carving blocks, collecting the three free lists, and the
- * remote-list state machine that guarantees a page is revisited. */
+/* MF2 pages: carving blocks and collecting their free lists (the remote
+ * list's protocol is remote.c's). */
 #include "internal.h"
 
-#include <sched.h>
 #include <string.h>
 
 #define EXTEND_BYTES 16384 /* carve at most this much at a time: RSS follows use */
@@ -39,28 +38,6 @@ void hak_page_extend(hak_page_t *page) {
   page->reserved += n;
 }
 
-/* Takes the remote list, leaving the state bits, and puts it on `free`:
- * without a walk when `free` is empty, as it is when malloc looks. */
-size_t hak_page_collect_remote(hak_page_t *page) {
-  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
-  do {
-    if (!remote_list(old)) return 0;
-  } while (!atomic_compare_exchange_weak_explicit(&page->remote, &old, old & REMOTE_STATE_MASK,
-                                                  memory_order_acquire, memory_order_relaxed));
-  hak_block_t *head = remote_list(old);
-  size_t n = old / REMOTE_COUNT_ONE;
-  if (page->free) {
-    hak_block_t *tail = head;
-    while (tail->next)
-      tail = tail->next;
-    tail->next = page->free;
-  }
-  page->free = head;
-  page->free_is_zero = 0;
-  page->used = (uint16_t)(page->used - n);
-  return n;
-}
-
 /* The remote list first, onto `free` while that is still empty, then the
  * owner's own frees in front of it. */
 size_t hak_page_collect(hak_page_t *page) {
@@ -77,26 +54,6 @@ size_t hak_page_collect(hak_page_t *page) {
     page->free_is_zero = 0;
   }
   return n;
-}
-
-/* Moves the state from any state in from_mask (bit per state) to `to`,
- * keeping the list. Returns false if the state was not in from_mask. */
-bool hak_page_set_remote_state(hak_page_t *page, uintptr_t from_mask, uintptr_t to) {
-  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
-  do {
-    if (!(from_mask & (1u << (old & REMOTE_STATE_MASK)))) return false;
-  } while (!atomic_compare_exchange_weak_explicit(&page->remote, &old,
-                                                  (old & ~REMOTE_STATE_MASK) | to,
-                                                  memory_order_acq_rel, memory_order_relaxed));
-  return true;
-}
-
-/* Ownerless from now on: waits out a freer that is delivering to the owner's
- * delayed list, so after this no block can reach that list any more. */
-void hak_page_set_never(hak_page_t *page) {
-  const uintptr_t not_freeing = (1u << REMOTE_PLAIN) | (1u << REMOTE_NOTIFY) | (1u << REMOTE_NEVER);
-  while (!hak_page_set_remote_state(page, not_freeing, REMOTE_NEVER))
-    sched_yield();
 }
 
 void *hak_block_start(const hak_page_t *page, const void *p) {

@@ -1,12 +1,11 @@
-/* Node pools: the regions of a node, their free pages, and the pages that
- * exited threads left behind. One mutex per node; heaps come here once per
- * span, not per block. */
+/* Node pools: the regions of a node and their free pages. One mutex per
+ * node; heaps come here once per span, not per block. */
 #include "internal.h"
 
 #include <string.h>
 
 #define MAX_NODES KMEM_MAX_NODES
-#define ADOPT_SCAN 8 /* abandoned pages looked at per adoption attempt */
+#define BACKGROUND_AFTER_REGIONS 1 /* the background thread is wanted from the 2nd region on */
 
 typedef struct hak_pool {
   pthread_mutex_t lock;
@@ -14,9 +13,7 @@ typedef struct hak_pool {
    * fits every request of up to k pages, so finding one costs no scan */
   hak_region_t *buckets[PAGES_PER_REGION + 1];
   _Atomic uint64_t last_purge_scan_ms; /* read without the lock */
-  hak_page_t *abandoned[NUM_CLASSES];
-  _Atomic uint32_t nabandoned[NUM_CLASSES]; /* read without the lock */
-  _Atomic uint64_t regions, committed;      /* hak_node_stats_t */
+  _Atomic uint64_t regions, committed; /* hak_node_stats_t */
 } hak_pool_t;
 
 static hak_pool_t pools[MAX_NODES] = {[0 ... MAX_NODES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
@@ -82,7 +79,11 @@ static hak_region_t *region_new(int node) {
   r->nfree = PAGES_PER_REGION;
   r->node = (uint16_t)node;
   r->kind = REGION_SMALL;
-  atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed);
+  /* past a tiny heap, an idle process should give back what it frees, and
+   * the frees that make the memory free may be the last thing it does */
+  if (atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed) >=
+      BACKGROUND_AFTER_REGIONS)
+    hak_background_want();
   atomic_fetch_add_explicit(&pools[node].regions, 1, memory_order_relaxed);
   node_committed_add(node, (int64_t)REGION_HEADER_SIZE);
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], region_small_tag(node),
@@ -361,104 +362,12 @@ void hak_span_free(hak_page_t *span) {
   bool empty = r->nfree == PAGES_PER_REGION;
   pthread_mutex_unlock(&pool->lock);
   /* now there is something for an idle process to give back */
-  if (empty || hak_opt.purge == PURGE_PAGE) hak_background_start();
+  if (empty || hak_opt.purge == PURGE_PAGE) hak_background_want();
   hak_pool_purge_maybe();
 }
 
-static void list_remove(hak_page_t **head, hak_page_t *p) {
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    *head = p->next;
-  if (p->next) p->next->prev = p->prev;
-  p->next = p->prev = NULL;
-}
-
-static void abandoned_remove(hak_pool_t *pool, hak_page_t *p) {
-  list_remove(&pool->abandoned[p->cls], p);
-  atomic_store_explicit(&p->abandoned, 0, memory_order_relaxed);
-  atomic_fetch_sub_explicit(&pool->nabandoned[p->cls], 1, memory_order_relaxed);
-}
-
-void hak_abandoned_push(int node, hak_page_t *pages) {
-  hak_pool_t *pool = pool_of(node);
-  pthread_mutex_lock(&pool->lock);
-  for (hak_page_t *p = pages, *next; p; p = next) {
-    next = p->next;
-    hak_page_t **head = &pool->abandoned[p->cls];
-    p->prev = NULL;
-    p->next = *head;
-    if (*head) (*head)->prev = p;
-    *head = p;
-    atomic_store_explicit(&p->abandoned, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&pool->nabandoned[p->cls], 1, memory_order_relaxed);
-  }
-  pthread_mutex_unlock(&pool->lock);
-}
-
-/* An abandoned page, off its list, becomes heap's: remote frees go to its
- * remote list again. */
-static void page_take(hak_page_t *page, hak_heap_t *heap) {
-  page_set_heap(page, heap);
-  hak_page_set_remote_state(page, 1u << REMOTE_NEVER, REMOTE_PLAIN);
-}
-
-/* Takes page off the abandoned list for heap. Called by a thread freeing
- * into an abandoned page: the blocks a dead thread left are mostly freed by
- * the thread that inherited its work, which then reuses the page locally. */
-bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap) {
-  hak_region_t *r = region_of_page(page);
-  if (r->node != heap->node) return false;
-  hak_pool_t *pool = pool_of(r->node);
-  pthread_mutex_lock(&pool->lock);
-  bool ok = atomic_load_explicit(&page->abandoned, memory_order_relaxed);
-  if (ok) abandoned_remove(pool, page);
-  pthread_mutex_unlock(&pool->lock);
-  if (ok) page_take(page, heap);
-  return ok;
-}
-
-/* An abandoned page of class cls with room, now owned by heap; NULL if none.
- * Pages found empty on the way go back to their region. */
-hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
-  hak_pool_t *pool = pool_of(node);
-  if (!atomic_load_explicit(&pool->nabandoned[cls], memory_order_relaxed)) return NULL;
-  pthread_mutex_lock(&pool->lock);
-  hak_page_t *p = pool->abandoned[cls];
-  for (unsigned i = 0; p && i < ADOPT_SCAN; i++) {
-    hak_page_t *next = p->next;
-    hak_page_collect(p);
-    if (p->free || p->reserved < p->capacity) {
-      abandoned_remove(pool, p);
-      pthread_mutex_unlock(&pool->lock);
-      page_take(p, heap);
-      hak_page_collect_remote(p); /* frees that raced the state change */
-      return p;
-    }
-    p = next;
-  }
-  pthread_mutex_unlock(&pool->lock);
-  return NULL;
-}
-
-/* Gives back what is free now: abandoned pages whose blocks have all come
- * back, and every free page. Returns the number of purged runs. */
+/* Gives back every free page. Returns the number of purged runs. */
 size_t hak_pool_trim(void) {
-  for (int n = 0; n < kmem_node_count(); n++) {
-    hak_pool_t *pool = &pools[n];
-    pthread_mutex_lock(&pool->lock);
-    for (unsigned c = 0; c < NUM_CLASSES; c++) {
-      for (hak_page_t *p = pool->abandoned[c], *next; p; p = next) {
-        next = p->next;
-        hak_page_collect(p);
-        if (p->used == 0) {
-          abandoned_remove(pool, p);
-          span_free_locked(pool, p);
-        }
-      }
-    }
-    pthread_mutex_unlock(&pool->lock);
-  }
   return hak_pool_purge(true, true);
 }
 

@@ -6,23 +6,6 @@
 #include <errno.h>
 #include <string.h>
 
-/* Parks a page whose lists are all empty on the full queue. Fails when a
- * remote free arrived meanwhile: the caller collects again instead. */
-static bool page_park_full(hak_heap_t *heap, hak_page_t *page) {
-  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
-  for (;;) {
-    if (remote_list(old)) return false;
-    if ((old & REMOTE_STATE_MASK) != REMOTE_PLAIN) break; /* already notifying */
-    if (atomic_compare_exchange_weak_explicit(&page->remote, &old, REMOTE_NOTIFY,
-                                              memory_order_acq_rel, memory_order_relaxed))
-      break;
-  }
-  queue_remove(&heap->queues[page->cls], page);
-  queue_push_back(&heap->full, page);
-  page_flags_set(page, page_flags(page) | PAGE_IN_FULL);
-  return true;
-}
-
 /* HAKMEM_PREFAULT: fault a fresh span in now (page) or have the background
  * thread fault the next ones in (ahead), instead of page by page on use. */
 static void hak_prefault(hak_page_t *span, bool zero) {
@@ -30,7 +13,6 @@ static void hak_prefault(hak_page_t *span, bool zero) {
     kmem_populate(page_start(span), (size_t)span->span_pages * PAGE_SIZE -
                                         ((uintptr_t)page_start(span) & (PAGE_SIZE - 1)));
   } else if (hak_opt.prefault == PREFAULT_AHEAD) {
-    hak_background_start();
     hak_background_ahead(span);
   }
 }
@@ -73,7 +55,8 @@ static hak_page_t *page_find(hak_heap_t *heap, unsigned cls) {
       return page;
     }
     hak_page_t *next = page->next;
-    if (page_park_full(heap, page)) page = next;
+    park_result_t parked = hak_remote_park(heap, page);
+    if (parked != PARK_RETRY) page = next; /* PARK_LATER: left in the queue */
   }
   page = page_fresh(heap, cls);
   if (page && !page->free) {
@@ -96,6 +79,8 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     heap = hak_heap_for_thread();
     if (!heap) return NULL;
   }
+  /* here, never from free or thread exit: creating a thread allocates */
+  hak_background_start_if_wanted();
   if (size > SMALL_MAX) {
     /* fresh pages and new mappings are zero already */
     bool fresh;
@@ -111,13 +96,15 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   }
   if ((++heap->slow_calls & 63) == 0) {
     hak_mailbox_flush(heap); /* no cross-node free waits for a batch forever */
+    hak_mailbox_drain_stale(heap);
     hak_pool_purge_maybe();
   }
-  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_heap_drain_delayed(heap);
+  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
   hak_mailbox_drain_slow(heap);
   unsigned cls = class_of(size);
   hak_page_t *page = page_find(heap, cls);
   heap_sync_direct(heap, cls);
+  HAK_CHECK_HEAP(heap, (int)cls);
   if (!page) {
     errno = ENOMEM;
     return NULL;

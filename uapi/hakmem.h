@@ -91,6 +91,18 @@ int hakmem_thread_node(void);
  * keep allocating afterwards (it gets a fresh heap). */
 void hak_thread_done(void);
 
+/* Checked builds only (build/debug/libhakmem.so, HAK_DEBUG): tests stop a
+ * thread at a named point of the remote-free protocol by installing a hook
+ * that the allocator calls there, and run other threads through the window.
+ * hak_debug_check() verifies the calling thread's heap and every abandoned
+ * list (it aborts with a message when an invariant does not hold). */
+enum hak_debug_point {
+  HAK_HOOK_FREEING = 1, /* a freer delivered to the owner's delayed list, state not reset */
+  HAK_HOOK_ABANDON = 2, /* thread exit: the heap is off TLS, not yet dismantled */
+};
+void hak_debug_set_hook(void (*hook)(int point));
+void hak_debug_check(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,403 @@
+/* The remote-free protocol: how a block freed by a thread that does not own
+ * its page gets back to that page, and who may move a page between the
+ * states below. Every transition is one function of this file.
+ *
+ * A page's state is its owner word (page->owner: a heap, or none), the two
+ * state bits of its remote word (page->remote) and, without an owner,
+ * whether it is on the abandoned list of its region's node (page->abandoned,
+ * under that node's abandoned lock).
+ *
+ *   OWNED      owner H, PLAIN    remote frees push onto page->remote
+ *   NOTIFY     owner H, NOTIFY   H parked the page as full (and may have taken
+ *                                it back since): the next remote free goes to
+ *                                H->delayed, so H sees the page again
+ *   FREEING    owner H, FREEING  a freer is delivering to H->delayed
+ *   RELEASED   NEVER, not listed H is dismantled at thread exit; remote
+ *                                frees push onto page->remote
+ *   ABANDONED  NEVER, listed     in its region node's pool; remote frees push
+ *                                onto page->remote
+ *
+ *   transition  from -> to                    by                  function
+ *   own         fresh span -> OWNED           the heap taking it  hak_page_init (page.c)
+ *   free        OWNED|RELEASED|ABANDONED      any other thread    remote_free
+ *               -> same
+ *   notify      NOTIFY -> FREEING -> OWNED    any other thread    remote_free
+ *   park        OWNED -> NOTIFY               H, lists all empty  remote_park
+ *               (FREEING: not parked, the delivery under way brings it back)
+ *   deliver     H takes H->delayed; a block whose page is still FREEING stays
+ *               there, so no page is retired under a freer    remote_drain_delayed
+ *   release     OWNED|NOTIFY -> RELEASED      H at exit, waits    remote_release
+ *                                             out FREEING
+ *   abandon     RELEASED -> ABANDONED         H at exit           hak_abandoned_push
+ *   claim       ABANDONED -> OWNED            a freer of its node hak_abandoned_claim
+ *   adopt       ABANDONED -> OWNED            a heap of its node  hak_abandoned_adopt
+ *   reclaim     ABANDONED, every block free   the last freer,     abandoned_reclaim
+ *               -> back to its region         adopt, push, trim
+ *
+ * RELEASED and ABANDONED pages have nobody to collect their remote lists, so
+ * whoever frees into one checks, under the abandoned lock, whether that was
+ * the page's last block: an abandoned page goes back to its region the
+ * moment its last block is freed, by whichever thread frees it. */
+#include "internal.h"
+
+#include <sched.h>
+
+#define ADOPT_SCAN 8 /* abandoned pages looked at per adoption attempt */
+/* A freer claims an abandoned page only while it holds few pages of that
+ * class: a thread that frees into many dead threads' pages but allocates
+ * little would otherwise pile them up, remote frees emptying the ones it
+ * never gets to (RSS grew without bound under thread churn). */
+#define CLAIM_QUEUE_MAX 4
+
+typedef struct hak_abandoned {
+  pthread_mutex_t lock;
+  hak_page_t *first[NUM_CLASSES], *last[NUM_CLASSES];
+  _Atomic uint32_t count[NUM_CLASSES]; /* read without the lock */
+} hak_abandoned_t;
+
+static hak_abandoned_t abandoned[KMEM_MAX_NODES] = {
+    [0 ... KMEM_MAX_NODES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
+
+static hak_abandoned_t *abandoned_of(const hak_page_t *page) {
+  return &abandoned[region_of_page(page)->node];
+}
+
+static unsigned remote_state(uintptr_t word) {
+  return (unsigned)(word & REMOTE_STATE_MASK);
+}
+
+static size_t remote_count(uintptr_t word) {
+  return word / REMOTE_COUNT_ONE;
+}
+
+/* Moves the state from any state in from_mask (bit per state) to `to`,
+ * keeping the list. Returns false if the state was not in from_mask. */
+static bool remote_set_state(hak_page_t *page, unsigned from_mask, uintptr_t to) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  do {
+    if (!(from_mask & (1u << remote_state(old)))) return false;
+  } while (!atomic_compare_exchange_weak_explicit(&page->remote, &old,
+                                                  (old & ~REMOTE_STATE_MASK) | to,
+                                                  memory_order_acq_rel, memory_order_relaxed));
+  return true;
+}
+
+static void abandoned_reclaim_check(hak_page_t *page);
+
+/* free, notify: one CAS onto the page's remote list; a NOTIFY page's block
+ * goes to its owner's delayed list instead, which the owner drains on its
+ * next slow path: that is how a parked page gets revisited. */
+void hak_remote_free(hak_page_t *page, hak_block_t *b) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  for (;;) {
+    if (remote_state(old) == REMOTE_NOTIFY) {
+      if (!atomic_compare_exchange_weak_explicit(&page->remote, &old,
+                                                 (old & ~REMOTE_STATE_MASK) | REMOTE_FREEING,
+                                                 memory_order_acquire, memory_order_relaxed))
+        continue;
+      /* FREEING keeps the owner: it cannot release the page (remote_release
+       * waits) nor retire it (our block on its delayed list stays there
+       * until we are done). */
+      hak_heap_t *owner = page_heap(page);
+      hak_block_t *head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
+      do {
+        b->next = head;
+      } while (!atomic_compare_exchange_weak_explicit(&owner->delayed, &head, b,
+                                                      memory_order_release, memory_order_relaxed));
+      HAK_HOOK(HAK_HOOK_FREEING);
+      remote_set_state(page, 1u << REMOTE_FREEING, REMOTE_PLAIN);
+      return;
+    }
+    b->next = remote_list(old);
+    uintptr_t count = (old & ~(REMOTE_COUNT_ONE - 1)) + REMOTE_COUNT_ONE;
+    if (atomic_compare_exchange_weak_explicit(&page->remote, &old,
+                                              (uintptr_t)b | count | remote_state(old),
+                                              memory_order_release, memory_order_relaxed))
+      break;
+  }
+  if (remote_state(old) == REMOTE_NEVER) abandoned_reclaim_check(page);
+}
+
+/* Takes the remote list, leaving the state bits, and puts it on `free`:
+ * without a walk when `free` is empty, as it is when malloc looks. Called
+ * by the owner, or under the abandoned lock for an abandoned page. */
+size_t hak_page_collect_remote(hak_page_t *page) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  do {
+    if (!remote_list(old)) return 0;
+  } while (!atomic_compare_exchange_weak_explicit(&page->remote, &old, old & REMOTE_STATE_MASK,
+                                                  memory_order_acquire, memory_order_relaxed));
+  hak_block_t *head = remote_list(old);
+  size_t n = remote_count(old);
+  if (page->free) {
+    hak_block_t *tail = head;
+    while (tail->next)
+      tail = tail->next;
+    tail->next = page->free;
+  }
+  page->free = head;
+  page->free_is_zero = 0;
+  page->used = (uint16_t)(page->used - n);
+  return n;
+}
+
+/* park: the owner found every list of the page empty. PARK_RETRY: a remote
+ * free came in meanwhile, collect again; PARK_LATER: a freer is delivering
+ * to our delayed list right now, which will bring the page back anyway, and
+ * parking it then would strand it (the freer resets the state after us). */
+park_result_t hak_remote_park(hak_heap_t *heap, hak_page_t *page) {
+  uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
+  for (;;) {
+    if (remote_list(old)) return PARK_RETRY;
+    if (remote_state(old) == REMOTE_FREEING) return PARK_LATER;
+    if (remote_state(old) == REMOTE_NOTIFY) break; /* taken back without a reset */
+    if (atomic_compare_exchange_weak_explicit(&page->remote, &old, REMOTE_NOTIFY,
+                                              memory_order_acq_rel, memory_order_relaxed))
+      break;
+  }
+  queue_remove(&heap->queues[page->cls], page);
+  queue_push_back(&heap->full, page);
+  page_flags_set(page, page_flags(page) | PAGE_IN_FULL);
+  return PARK_DONE;
+}
+
+/* deliver: the owner takes its delayed list. A block whose page is still
+ * FREEING goes back on the list for the next slow path: freeing it now could
+ * retire the page under the freer, whose late reset would then land on the
+ * page's next life. */
+void hak_remote_drain_delayed(hak_heap_t *heap) {
+  hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
+  hak_block_t *wait_first = NULL, *wait_last = NULL;
+  size_t n = 0;
+  while (b) {
+    hak_block_t *next = b->next;
+    hak_page_t *page = page_of(region_of(b), b);
+    if (remote_state(atomic_load_explicit(&page->remote, memory_order_acquire)) == REMOTE_FREEING) {
+      b->next = wait_first;
+      wait_first = b;
+      if (!wait_last) wait_last = b;
+    } else {
+      hak_free_local_slow(heap, page, b); /* delayed blocks are always of our pages */
+      n++;
+    }
+    b = next;
+  }
+  if (wait_first) {
+    hak_block_t *head = atomic_load_explicit(&heap->delayed, memory_order_relaxed);
+    do {
+      wait_last->next = head;
+    } while (!atomic_compare_exchange_weak_explicit(&heap->delayed, &head, wait_first,
+                                                    memory_order_release, memory_order_relaxed));
+  }
+  stat_inc(&heap->stats.remote_blocks_collected, n);
+}
+
+/* release: at thread exit, before the heap is dismantled. Waits out a freer
+ * delivering to the heap's delayed list, so after this no block can reach
+ * that list any more. */
+void hak_remote_release(hak_page_t *page) {
+  const unsigned not_freeing = (1u << REMOTE_PLAIN) | (1u << REMOTE_NOTIFY) | (1u << REMOTE_NEVER);
+  while (!remote_set_state(page, not_freeing, REMOTE_NEVER))
+    sched_yield();
+}
+
+/* ---- abandoned pages: one list per size class on each node ---------------- */
+
+/* Every block of an abandoned page has come back (abandoned lock held). Its
+ * used count is stable here: nobody owns the page. */
+static bool abandoned_all_free(const hak_page_t *p) {
+  return remote_count(atomic_load_explicit(&p->remote, memory_order_acquire)) == p->used;
+}
+
+static void abandoned_link(hak_abandoned_t *a, hak_page_t *p) {
+  unsigned c = p->cls;
+  p->next = NULL;
+  p->prev = a->last[c];
+  if (a->last[c])
+    a->last[c]->next = p;
+  else
+    a->first[c] = p;
+  a->last[c] = p;
+  atomic_store_explicit(&p->abandoned, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&a->count[c], 1, memory_order_relaxed);
+}
+
+static void abandoned_unlink(hak_abandoned_t *a, hak_page_t *p) {
+  unsigned c = p->cls;
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    a->first[c] = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+  else
+    a->last[c] = p->prev;
+  p->next = p->prev = NULL;
+  atomic_store_explicit(&p->abandoned, 0, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&a->count[c], 1, memory_order_relaxed);
+}
+
+/* Spans unlinked under the lock go back to their regions after it: the
+ * pool lock is never taken inside the abandoned lock. */
+static void spans_free(hak_page_t *list) {
+  for (hak_page_t *p = list, *next; p; p = next) {
+    next = p->next;
+    p->next = NULL;
+    hak_span_free(p);
+  }
+}
+
+/* reclaim, by a freer that pushed onto a page without owner: if that was
+ * the page's last block and the page is abandoned, it goes back. A page
+ * still RELEASED is checked by hak_abandoned_push instead, under the same
+ * lock, after every push before it. */
+static void abandoned_reclaim_check(hak_page_t *page) {
+  hak_abandoned_t *a = abandoned_of(page);
+  pthread_mutex_lock(&a->lock);
+  bool reclaim =
+      atomic_load_explicit(&page->abandoned, memory_order_relaxed) && abandoned_all_free(page);
+  if (reclaim) abandoned_unlink(a, page);
+  pthread_mutex_unlock(&a->lock);
+  if (reclaim) hak_span_free(page);
+}
+
+/* abandon: pages of a dismantled heap (linked by next, all RELEASED, their
+ * lists collected) go to the pool of their region's node, which need not be
+ * the heap's; a page whose last block came back meanwhile goes back to its
+ * region instead. Returns the pages listed. */
+size_t hak_abandoned_push(hak_page_t *pages) {
+  size_t listed = 0;
+  while (pages) {
+    hak_abandoned_t *a = abandoned_of(pages);
+    hak_page_t *empty = NULL;
+    pthread_mutex_lock(&a->lock);
+    /* the run of pages of this node */
+    while (pages && abandoned_of(pages) == a) {
+      hak_page_t *p = pages;
+      pages = p->next;
+      if (abandoned_all_free(p)) {
+        p->next = empty;
+        empty = p;
+      } else {
+        abandoned_link(a, p);
+        listed++;
+      }
+    }
+    pthread_mutex_unlock(&a->lock);
+    spans_free(empty);
+  }
+  return listed;
+}
+
+/* An abandoned page, off its list, becomes heap's: remote frees go to its
+ * remote list again. */
+static void page_take(hak_page_t *page, hak_heap_t *heap) {
+  if (region_of_page(page)->node != heap->node) heap->foreign = true;
+  page_set_heap(page, heap);
+  remote_set_state(page, 1u << REMOTE_NEVER, REMOTE_PLAIN);
+}
+
+/* claim: by a thread freeing into an abandoned page of its node. The
+ * blocks a dead thread left are mostly freed by the thread that inherited
+ * its work, which then reuses the page locally. */
+bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap) {
+  if (heap->queues[page->cls].count >= CLAIM_QUEUE_MAX) return false;
+  if (region_of_page(page)->node != heap->node) return false;
+  hak_abandoned_t *a = abandoned_of(page);
+  pthread_mutex_lock(&a->lock);
+  bool ok = atomic_load_explicit(&page->abandoned, memory_order_relaxed);
+  if (ok) abandoned_unlink(a, page);
+  pthread_mutex_unlock(&a->lock);
+  if (ok) page_take(page, heap);
+  return ok;
+}
+
+/* adopt: an abandoned page of class cls with room, now heap's; NULL if
+ * none. Pages found all free on the way go back to their regions; pages
+ * found full move to the back, so the next look sees others. */
+hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap) {
+  hak_abandoned_t *a = &abandoned[node];
+  if (!atomic_load_explicit(&a->count[cls], memory_order_relaxed)) return NULL;
+  hak_page_t *found = NULL, *empty = NULL;
+  pthread_mutex_lock(&a->lock);
+  for (unsigned i = 0; i < ADOPT_SCAN && a->first[cls] && !found; i++) {
+    hak_page_t *p = a->first[cls];
+    hak_page_collect(p);
+    abandoned_unlink(a, p);
+    if (p->used == 0) {
+      p->next = empty;
+      empty = p;
+    } else if (p->free || p->reserved < p->capacity) {
+      found = p;
+    } else {
+      abandoned_link(a, p);
+    }
+  }
+  pthread_mutex_unlock(&a->lock);
+  spans_free(empty);
+  if (found) {
+    page_take(found, heap);
+    hak_page_collect_remote(found); /* frees that raced the state change */
+  }
+  return found;
+}
+
+/* malloc_trim: every abandoned page whose blocks have all come back goes
+ * back to its region. */
+void hak_abandoned_trim(void) {
+  for (int n = 0; n < kmem_node_count(); n++) {
+    hak_abandoned_t *a = &abandoned[n];
+    hak_page_t *empty = NULL;
+    pthread_mutex_lock(&a->lock);
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+      for (hak_page_t *p = a->first[c], *next; p; p = next) {
+        next = p->next;
+        hak_page_collect(p);
+        if (p->used == 0) {
+          abandoned_unlink(a, p);
+          p->next = empty;
+          empty = p;
+        }
+      }
+    }
+    pthread_mutex_unlock(&a->lock);
+    spans_free(empty);
+  }
+}
+
+void hak_abandoned_fork_prepare(void) {
+  for (int n = 0; n < kmem_node_count(); n++)
+    pthread_mutex_lock(&abandoned[n].lock);
+}
+
+void hak_abandoned_fork_release(void) {
+  for (int n = kmem_node_count() - 1; n >= 0; n--)
+    pthread_mutex_unlock(&abandoned[n].lock);
+}
+
+#ifdef HAK_DEBUG
+/* The checked build: every listed page is abandoned, without owner, NEVER,
+ * of its list's class, linked both ways, and the counts agree. */
+void hak_abandoned_check(void) {
+  for (int n = 0; n < kmem_node_count(); n++) {
+    hak_abandoned_t *a = &abandoned[n];
+    pthread_mutex_lock(&a->lock);
+    for (unsigned c = 0; c < NUM_CLASSES; c++) {
+      uint32_t count = 0;
+      hak_page_t *prev = NULL;
+      for (hak_page_t *p = a->first[c]; p; prev = p, p = p->next) {
+        HAK_ASSERT(count++ < (1u << 30));
+        HAK_ASSERT(p->prev == prev);
+        HAK_ASSERT(p->cls == c);
+        HAK_ASSERT(region_of_page(p)->node == n);
+        HAK_ASSERT(atomic_load(&p->abandoned) == 1);
+        HAK_ASSERT(page_heap(p) == NULL);
+        HAK_ASSERT(remote_state(atomic_load(&p->remote)) == REMOTE_NEVER);
+      }
+      HAK_ASSERT(a->last[c] == prev);
+      HAK_ASSERT(atomic_load(&a->count[c]) == count);
+    }
+    pthread_mutex_unlock(&a->lock);
+  }
+}
+#endif
