@@ -113,6 +113,11 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
       char *q = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
       if (q != p) {
         hak_page_t *page = page_of(region_of(p), p);
+        /* free takes q only as the first multiple of an alignment the page
+         * has used past its block's start: record the largest */
+        uint8_t shift = (uint8_t)__builtin_ctzl(align);
+        if (atomic_load_explicit(&page->align_shift, memory_order_relaxed) < shift)
+          atomic_store_explicit(&page->align_shift, shift, memory_order_relaxed);
         page_flags_set(page, page_flags(page) | PAGE_HAS_ALIGNED);
       }
       return q;

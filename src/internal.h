@@ -73,6 +73,9 @@ typedef struct hak_page {
   _Atomic uintptr_t owner;
   uint16_t used; /* blocks out, remote frees not yet collected included */
   uint8_t cls;
+  /* log2 of the largest alignment aligned_alloc_impl moved a block start to
+   * (0: none; set with PAGE_HAS_ALIGNED): free accepts no other offsets */
+  _Atomic uint8_t align_shift;
   uint32_t block_size;
   uint16_t capacity;         /* blocks the span holds */
   uint16_t reserved;         /* blocks carved so far */
@@ -306,7 +309,7 @@ uint64_t hak_now_ms(void); /* coarse monotonic clock */
 /* ---- node pools: regions, free spans, abandoned pages --------------------- */
 
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero);
-void hak_span_free(hak_page_t *span);
+void hak_span_free(hak_page_t *span); /* a span already free counts as an invalid free */
 void hak_abandoned_push(int node, hak_page_t *pages); /* a list linked by next */
 hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap);
 bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
@@ -345,6 +348,9 @@ size_t hak_page_collect_remote(hak_page_t *page);
 bool hak_page_set_remote_state(hak_page_t *page, uintptr_t from_mask, uintptr_t to);
 void hak_page_set_never(hak_page_t *page);
 void *hak_block_start(const hak_page_t *page, const void *p);
+/* The block a free of p on small-class page `page` gives back, or NULL when
+ * p is no block handed out (counted as an invalid free). */
+void *hak_free_check(hak_page_t *page, void *p);
 
 /* ---- allocation paths ---------------------------------------------------- */
 
@@ -439,6 +445,9 @@ static inline void hak_free_inline(void *p) {
   if (likely(region_tag(r) == heap->region_tag)) {
     hak_page_t *page = page_of(r, p);
     if (likely(page_owner(page) == (uintptr_t)heap)) {
+#ifdef HAK_DEBUG
+      if (!hak_free_check(page, p)) return; /* release builds check this only off the fast path */
+#endif
       page_push_local(page, (hak_block_t *)p);
       if (unlikely(page->used == 0)) hak_heap_retire(heap, page);
       return;
