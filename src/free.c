@@ -130,16 +130,18 @@ void *hak_free_check(hak_page_t *page, void *p) {
   if (idx >= (own ? page->reserved : page->capacity)) goto bad;
   char *b = start + idx * bs;
   if (q != b) {
-    /* An aligned block is handed out at roundup(b, align), align a power of
-     * two up to the page's largest (align_shift). Any such q is also
-     * roundup(b, a) for a = its own alignment capped at that largest: q is
-     * a multiple of a >= align, and q - b < align <= a. So exactly the q
-     * passing this are accepted; with mixed alignments an interior q that
-     * happens to be one of them is taken for that block (counted nowhere). */
-    unsigned shift = atomic_load_explicit(&page->align_shift, memory_order_relaxed);
-    uintptr_t a = (uintptr_t)q & -(uintptr_t)q;
-    if (shift && a > (uintptr_t)1 << shift) a = (uintptr_t)1 << shift;
-    if (!shift || (((uintptr_t)b + a - 1) & ~(a - 1)) != (uintptr_t)q) goto bad;
+    /* An aligned block is handed out at q = roundup(b, align), align a
+     * power of two between the page's smallest and largest (align_shifts).
+     * Such a q is also roundup(b, a) for a = its own alignment capped at the
+     * largest: q is a multiple of a >= align, and q - b < align <= a. So
+     * every q handed out passes; with one alignment only exactly those do,
+     * with several an interior q that is roundup(b, a) for an a between
+     * them passes too. */
+    unsigned s = atomic_load_explicit(&page->align_shifts, memory_order_relaxed);
+    uintptr_t a = (uintptr_t)q & -(uintptr_t)q, max = (uintptr_t)16 << (s >> 4);
+    if (a > max) a = max;
+    if (!s || a < (uintptr_t)16 << (s & 15) || (((uintptr_t)b + a - 1) & ~(a - 1)) != (uintptr_t)q)
+      goto bad;
   }
 #ifdef HAK_DEBUG
   if (own && debug_block_free(page, (hak_block_t *)b)) goto bad; /* a double free */

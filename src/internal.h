@@ -73,9 +73,10 @@ typedef struct hak_page {
   _Atomic uintptr_t owner;
   uint16_t used; /* blocks out, remote frees not yet collected included */
   uint8_t cls;
-  /* log2 of the largest alignment aligned_alloc_impl moved a block start to
-   * (0: none; set with PAGE_HAS_ALIGNED): free accepts no other offsets */
-  _Atomic uint8_t align_shift;
+  /* alignments aligned_alloc_impl moved a block start to (set with
+   * PAGE_HAS_ALIGNED; 0: none), log2 - 4 of the smallest in the low nibble,
+   * of the largest in the high one: free accepts no other offsets */
+  _Atomic uint8_t align_shifts;
   uint32_t block_size;
   uint16_t capacity;         /* blocks the span holds */
   uint16_t reserved;         /* blocks carved so far */

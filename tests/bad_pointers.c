@@ -130,25 +130,29 @@ static void small_interior_remote(void) {
   CHECK(got == 0, "free(a) from another thread counted %llu invalid frees",
         (unsigned long long)got);
 
-  /* A page with aligned blocks: only the aligned address is a block. Size
-   * 100 with alignment 64 over-allocates, so some blocks start unaligned. */
-  void *q[64];
-  for (int i = 0; i < 64; i++)
-    CHECK(posix_memalign(&q[i], 64, opaque_size(100)) == 0, "posix_memalign(64, 100) failed");
-  for (int i = 0; i < 64; i++) {
+  /* A page with aligned blocks: only the aligned address is a block. 100 B
+   * aligned to 256 and 200 B aligned to 128 both take 384 B blocks (over-
+   * allocated), so blocks not aligned already are handed out further in. */
+  enum { NQ = 96 };
+  void *q[NQ];
+  for (int i = 0; i < NQ; i++) {
+    size_t align = i % 3 ? 256 : 128, size = i % 3 ? 100 : 200;
+    CHECK(posix_memalign(&q[i], align, opaque_size(size)) == 0, "posix_memalign(%zu) failed",
+          align);
+    CHECK(((uintptr_t)q[i] & (align - 1)) == 0, "posix_memalign(%zu) gave %p", align, q[i]);
+    memset(q[i], 0x5A, 100);
+  }
+  for (int i = 0; i < NQ; i++) {
     char *p = q[i];
-    CHECK(((uintptr_t)p & 63) == 0, "posix_memalign(64) gave %p", (void *)p);
-    memset(p, 0x5A, 100);
-    got = free_from_thread(p + 16);
-    CHECK(got == 1, "free(q + 16) of an aligned block from another thread: %llu invalid frees",
-          (unsigned long long)got);
-    got = free_from_thread(p + 64);
-    CHECK(got == 1, "free(q + 64) of an aligned block from another thread: %llu invalid frees",
-          (unsigned long long)got);
+    for (size_t off = 16; off < 256; off += 16 + 32 * (off >= 64)) {
+      got = free_from_thread(p + off);
+      CHECK(got == 1, "free(q + %zu) of an aligned block from another thread: %llu invalid frees",
+            off, (unsigned long long)got);
+    }
     for (int k = 0; k < 100; k++)
       CHECK(p[k] == 0x5A, "an aligned block changed after interior frees");
   }
-  for (int i = 0; i < 64; i++) {
+  for (int i = 0; i < NQ; i++) {
     got = free_from_thread(q[i]);
     CHECK(got == 0, "free of an aligned block from another thread counted %llu invalid frees",
           (unsigned long long)got);
