@@ -64,12 +64,17 @@ $(BUILD)/ubsan/libhakmem.a: $(UBSAN_OBJ)
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -Iuapi -O2 -g -o $@ $< $(BUILD)/libhakmem.a $(LDLIBS)
+# bad_pointers once more without hakmem: tests/run.sh runs it under
+# LD_PRELOAD=build/debug/libhakmem.so, whose fast path checks more.
+$(BUILD)/tests/bad_pointers_preload: tests/bad_pointers.c $(HDRS) $(wildcard tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -Iuapi -O2 -g -DBAD_POINTERS_PRELOAD -o $@ $< -lpthread
 # Benchmarks link nothing of ours: the runner picks the allocator with LD_PRELOAD.
 $(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -g -o $@ $< -lpthread
 
-tests: lib debug sanitize $(TEST_BIN)
+tests: lib debug sanitize $(TEST_BIN) $(BUILD)/tests/bad_pointers_preload
 benches: lib $(BENCH_BIN)
 
 deps:

@@ -92,6 +92,19 @@ HAK_EXPORT void *hak_reallocarray(void *p, size_t n, size_t size) {
   return hak_realloc(p, total);
 }
 
+/* free takes an aligned block's address only as the first multiple, at or
+ * after its block's start, of an alignment between the smallest and the
+ * largest the page has used: records them (the owner only writes). */
+static void page_note_align(hak_page_t *page, size_t align) {
+  unsigned s = (unsigned)__builtin_ctzl(align) - 4; /* 32 B .. 64 KiB: 1 .. 12 */
+  unsigned old = atomic_load_explicit(&page->align_shifts, memory_order_relaxed);
+  unsigned lo = old & 15, hi = old >> 4;
+  if (!lo || s < lo) lo = s;
+  if (s > hi) hi = s;
+  if ((hi << 4 | lo) != old)
+    atomic_store_explicit(&page->align_shifts, (uint8_t)(hi << 4 | lo), memory_order_relaxed);
+}
+
 /* Alignment up to 64 KiB from size classes (over-allocating and marking the
  * page, so free finds the block start) or page runs; beyond, a huge mapping. */
 static void *aligned_alloc_impl(size_t align, size_t size) {
@@ -113,6 +126,7 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
       char *q = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
       if (q != p) {
         hak_page_t *page = page_of(region_of(p), p);
+        page_note_align(page, align);
         page_flags_set(page, page_flags(page) | PAGE_HAS_ALIGNED);
       }
       return q;

@@ -51,22 +51,79 @@ void hak_invalid_free(const void *p) {
   }
 }
 
+#ifdef HAK_DEBUG
+/* Debug builds: whether b is free already, on one of the lists of a page
+ * the calling thread owns (only the owner may walk them: it alone takes
+ * blocks off them). Bounded, so a list a missed double free made circular
+ * ends the walk. */
+static bool on_list(const hak_block_t *x, const hak_block_t *b, size_t max) {
+  for (size_t i = 0; x && i <= max; x = x->next, i++)
+    if (x == b) return true;
+  return false;
+}
+
+static bool debug_block_free(hak_page_t *page, const hak_block_t *b) {
+  hak_heap_t *heap = page_heap(page);
+  size_t max = page->capacity;
+  return on_list(page->free, b, max) || on_list(page->local_free, b, max) ||
+         on_list(remote_list(atomic_load_explicit(&page->remote, memory_order_acquire)), b, max) ||
+         on_list(atomic_load_explicit(&heap->delayed, memory_order_acquire), b, (size_t)1 << 20);
+}
+#endif
+
+/* What the slow path (and the debug fast path) accepts on a small-class
+ * page: p at a block boundary below the blocks carved so far (capacity for
+ * a thread that does not own the page: `reserved` is the owner's, and a
+ * pointer it handed out is covered by both), or, on a page with aligned
+ * blocks, the address aligned_alloc_impl handed out. Release builds cannot
+ * tell a free block from a live one; debug builds check the owner's lists. */
+void *hak_free_check(hak_page_t *page, void *p) {
+  char *start = page_start(page), *q = p;
+  size_t bs = page->block_size;
+  bool own = page_heap(page) == hak_tls_heap;
+  if (bs == 0 || q < start) goto bad;
+  size_t idx = (uint32_t)(q - start) / (uint32_t)bs; /* within one region: a 32-bit divide */
+  if (idx >= (own ? page->reserved : page->capacity)) goto bad;
+  char *b = start + idx * bs;
+  if (q != b) {
+    /* An aligned block is handed out at q = roundup(b, align), align a
+     * power of two between the page's smallest and largest (align_shifts).
+     * Such a q is also roundup(b, a) for a = its own alignment capped at the
+     * largest: q is a multiple of a >= align, and q - b < align <= a. So
+     * every q handed out passes; with one alignment only exactly those do,
+     * with several an interior q that is roundup(b, a) for an a between
+     * them passes too. */
+    unsigned s = atomic_load_explicit(&page->align_shifts, memory_order_relaxed);
+    uintptr_t a = (uintptr_t)q & -(uintptr_t)q, max = (uintptr_t)16 << (s >> 4);
+    if (a > max) a = max;
+    if (!s || a < (uintptr_t)16 << (s & 15) || (((uintptr_t)b + a - 1) & ~(a - 1)) != (uintptr_t)q)
+      goto bad;
+  }
+#ifdef HAK_DEBUG
+  if (own && debug_block_free(page, (hak_block_t *)b)) goto bad; /* a double free */
+#endif
+  return b;
+bad:
+  hak_invalid_free(p);
+  return NULL;
+}
+
 /* The page of *p, a pointer into small region r, with *p moved to its
  * block's start; NULL when the free is done already: p was no block
  * (counted), or a large block, whose span went back to its region. */
 static hak_page_t *block_page(hak_region_t *r, void **p) {
   hak_page_t *page = page_of(r, *p);
-  if (page->block_size == 0 || (char *)*p < page_start(page)) {
-    hak_invalid_free(*p);
-    return NULL;
-  }
   if (page_flags(page) & PAGE_LARGE) {
+    if ((char *)*p != page_start(page)) { /* inside the span: not its block */
+      hak_invalid_free(*p);
+      return NULL;
+    }
     atomic_fetch_and_explicit(&r->large_starts, ~region_page_bit(r, *p), memory_order_relaxed);
-    hak_span_free(page);
+    hak_span_free(page); /* counts a second free that raced this one */
     return NULL;
   }
-  if (page_flags(page) & PAGE_HAS_ALIGNED) *p = hak_block_start(page, *p);
-  return page;
+  *p = hak_free_check(page, *p); /* a freed large span has block_size 0: counted */
+  return *p ? page : NULL;
 }
 
 void hak_free_slow(hak_region_t *r, void *p) {

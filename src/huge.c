@@ -114,6 +114,9 @@ static void *huge_setup(char *base, size_t len, size_t off, int node) {
 void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) hak_init();
   size_t off = align > PAGE_SIZE ? align : PAGE_SIZE; /* header page before the block */
+  /* a real block for size 0 too: it must lie inside its mapping, where free
+   * and malloc_usable_size find it (and, aligned past 2 MiB, its header) */
+  if (size == 0) size = 1;
   size_t map_align = align > REGION_SIZE ? align : REGION_SIZE;
   size_t ps = kmem_os_page_size();
   if (size > ((size_t)1 << VA_BITS) || off > ((size_t)1 << VA_BITS)) {

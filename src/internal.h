@@ -93,6 +93,10 @@ typedef struct hak_page {
   _Atomic uintptr_t owner;
   uint16_t used; /* blocks out, remote frees not yet collected included */
   uint8_t cls;
+  /* alignments aligned_alloc_impl moved a block start to (set with
+   * PAGE_HAS_ALIGNED; 0: none), log2 - 4 of the smallest in the low nibble,
+   * of the largest in the high one: free accepts no other offsets */
+  _Atomic uint8_t align_shifts;
   uint32_t block_size;
   uint16_t capacity;         /* blocks the span holds */
   uint16_t reserved;         /* blocks carved so far */
@@ -327,8 +331,8 @@ uint64_t hak_now_ms(void); /* coarse monotonic clock */
 /* ---- node pools: regions, free spans, abandoned pages --------------------- */
 
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero);
-void hak_span_free(hak_page_t *span);
-size_t hak_pool_trim(void); /* purges every free page */
+void hak_span_free(hak_page_t *span); /* a span already free counts as an invalid free */
+size_t hak_pool_trim(void);           /* purges every free page */
 size_t hak_pool_purge(bool force, bool wait);
 void hak_pool_purge_maybe(void);
 void hak_pool_populate_after(hak_page_t *span);
@@ -379,6 +383,9 @@ void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero);
 void hak_page_extend(hak_page_t *page);
 size_t hak_page_collect(hak_page_t *page); /* local_free + remote into free */
 void *hak_block_start(const hak_page_t *page, const void *p);
+/* The block a free of p on small-class page `page` gives back, or NULL when
+ * p is no block handed out (counted as an invalid free). */
+void *hak_free_check(hak_page_t *page, void *p);
 
 /* ---- allocation paths ---------------------------------------------------- */
 
@@ -475,6 +482,9 @@ static inline void hak_free_inline(void *p) {
   if (likely(region_tag(r) == heap->region_tag)) {
     hak_page_t *page = page_of(r, p);
     if (likely(page_owner(page) == (uintptr_t)heap)) {
+#ifdef HAK_DEBUG
+      if (!hak_free_check(page, p)) return; /* release builds check this only off the fast path */
+#endif
       page_push_local(page, (hak_block_t *)p);
       if (unlikely(page->used == 0)) hak_heap_retire(heap, page);
       return;

@@ -136,7 +136,7 @@ static void batch_route(hak_heap_t *heap, const hak_batch_t *bt) {
       /* our own page: a plain local free. Like a collected remote list it
        * leaves an emptied page in its queue: retired here, pages cycled
        * through the pool, taken again by the next malloc of the class. */
-      page_push_local(page, b);
+      if (hak_free_check(page, b)) page_push_local(page, b); /* sent unchecked */
     } else {
       hak_free_block(heap, r, b);
     }

@@ -338,10 +338,13 @@ void hak_pool_populate_after(hak_page_t *span) {
   if (n) kmem_populate((char *)r + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
 }
 
-static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
+/* False when the run is free already (or out for purging): a second free of
+ * a large block that raced the first past free's checks. */
+static bool span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   hak_region_t *r = region_of_page(span);
   unsigned first = (unsigned)(span - r->pages), n = span->span_pages;
   uint32_t run = run_mask(first, n);
+  if ((r->free_mask | r->purging_mask) & run) return false;
   atomic_store_explicit(&span->owner, 0, memory_order_relaxed);
   span->block_size = 0;
   bucket_remove(pool, r);
@@ -352,15 +355,20 @@ static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   for (unsigned i = first; i < first + n; i++)
     r->page_freed_ms[i] = now;
   if (r->nfree == PAGES_PER_REGION) r->empty_since_ms = now;
+  return true;
 }
 
 void hak_span_free(hak_page_t *span) {
   hak_region_t *r = region_of_page(span);
   hak_pool_t *pool = pool_of(r->node);
   pthread_mutex_lock(&pool->lock);
-  span_free_locked(pool, span);
+  bool freed = span_free_locked(pool, span);
   bool empty = r->nfree == PAGES_PER_REGION;
   pthread_mutex_unlock(&pool->lock);
+  if (!freed) {
+    hak_invalid_free(page_start(span));
+    return;
+  }
   /* now there is something for an idle process to give back */
   if (empty || hak_opt.purge == PURGE_PAGE) hak_background_want();
   hak_pool_purge_maybe();

@@ -112,6 +112,16 @@ run_bin api_realloc
 run_bin api_misc
 run_bin api_foreign_free
 run_bin abort_on_error
+# Interior pointers, double frees, zero-size aligned blocks; then the same
+# and the owner's fast path (checked in debug builds only) under the debug
+# library, preloaded into a copy of the test that does not link hakmem.
+run_bin bad_pointers
+if [ -x "$bin/bad_pointers_preload" ] && [ -f "$repo/build/debug/libhakmem.so" ]; then
+  run_one bad_pointers_debug env LD_PRELOAD="$repo/build/debug/libhakmem.so" \
+    "$bin/bad_pointers_preload" debug
+else
+  run_bin bad_pointers_preload # reports it as not built
+fi
 run_bin stats_api
 run_bin stats_env
 # Out of address space: a 512 MiB limit on this one process.
