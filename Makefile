@@ -69,6 +69,10 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS) $(wildcard tests/*.h)
 $(BUILD)/tests/bad_pointers_preload: tests/bad_pointers.c $(HDRS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -Iuapi -O2 -g -DBAD_POINTERS_PRELOAD -o $@ $< -lpthread
+# Tests of the checked build's hooks link its shared library.
+$(BUILD)/tests/debug_%: tests/debug_%.c $(BUILD)/debug/libhakmem.so $(HDRS) $(wildcard tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -Iuapi -O1 -g -o $@ $< -L$(BUILD)/debug -Wl,-rpath,$(abspath $(BUILD)/debug) -lhakmem -lpthread
 # Benchmarks link nothing of ours: the runner picks the allocator with LD_PRELOAD.
 $(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h)
 	@mkdir -p $(dir $@)

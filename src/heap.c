@@ -85,6 +85,7 @@ static void abandon_list(hak_page_t *first, hak_page_t **keep) {
     if (p->used == 0) {
       p->next = NULL;
       hak_span_free(p);
+      HAK_HOOK(HAK_HOOK_ABANDON); /* mid-dismantle: what runs here must not use the heap */
     } else {
       page_set_heap(p, NULL);
       p->next = *keep;
@@ -101,7 +102,6 @@ static void abandon_list(hak_page_t *first, hak_page_t **keep) {
 void hak_heap_abandon(hak_heap_t *heap) {
   if (heap == &hak_heap_empty) return;
   if (hak_tls_heap == heap) hak_tls_heap = &hak_heap_empty;
-  HAK_HOOK(HAK_HOOK_ABANDON);
   /* cross-node frees leave first; then the node's mailbox, some of it ours */
   hak_mailbox_flush(heap);
   hak_mailbox_drain(heap, heap->node, SIZE_MAX);

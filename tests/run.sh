@@ -122,6 +122,10 @@ if [ -x "$bin/bad_pointers_preload" ] && [ -f "$repo/build/debug/libhakmem.so" ]
 else
   run_bin bad_pointers_preload # reports it as not built
 fi
+# The remote-free protocol's windows, forced through the checked build's
+# hooks: a freer stopped in FREEING, a thread stopped mid-exit.
+run_bin debug_windows freeing
+run_one debug_windows_exit "$bin/debug_windows" exit
 run_bin stats_api
 run_bin stats_env
 # Out of address space: a 512 MiB limit on this one process.

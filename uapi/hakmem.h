@@ -98,7 +98,7 @@ void hak_thread_done(void);
  * list (it aborts with a message when an invariant does not hold). */
 enum hak_debug_point {
   HAK_HOOK_FREEING = 1, /* a freer delivered to the owner's delayed list, state not reset */
-  HAK_HOOK_ABANDON = 2, /* thread exit: the heap is off TLS, not yet dismantled */
+  HAK_HOOK_ABANDON = 2, /* thread exit: an empty page went back, mid-dismantle */
 };
 void hak_debug_set_hook(void (*hook)(int point));
 void hak_debug_check(void);

@@ -1,0 +1,184 @@
+/* The windows of the remote-free protocol, forced with the checked build's
+ * hooks (linked against build/debug/libhakmem.so): a thread is stopped at a
+ * named protocol point while the test runs another through the window.
+ *
+ * freeing: a remote freer delivers a block of a parked page to the owner's
+ *   delayed list and stops before it resets the page's state. Meanwhile the
+ *   owner drains, allocates and parks pages. Then the freer finishes and
+ *   frees the page's other blocks: the owner must get them back. (When the
+ *   owner used to take the block at once and park the page again while the
+ *   freer was still in FREEING, the freer's late reset left a parked page
+ *   that no remote free notified: every later block was stranded.)
+ * exit: a thread exiting is stopped in the middle of taking its heap apart
+ *   (an empty page just went back); there it allocates and frees, as a
+ *   background thread's start or another TLS destructor would. That must
+ *   not touch the heap being taken apart: the checked build verifies every
+ *   list afterwards, the blocks keep their patterns, malloc_trim ends. */
+#include <malloc.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "check.h"
+#include "hakmem.h"
+
+#define BS 1024                   /* a class with 64 blocks a 64 KiB page */
+#define PAGE_OF(p) ((uintptr_t)(p) & ~(uintptr_t)0xFFFF)
+
+static _Atomic int stage; /* freeing: 1 in the window, 2 let go, 3 free the rest */
+static pthread_t freer_thread;
+static __thread bool in_freer, in_exiting; /* which thread a hook runs in */
+
+static void freeing_hook(int point) {
+  if (point != HAK_HOOK_FREEING || !in_freer) return;
+  int one = 0;
+  if (!atomic_compare_exchange_strong(&stage, &one, 1)) return; /* only the first time */
+  while (atomic_load(&stage) == 1)
+    sched_yield();
+}
+
+static void *page_blocks[64];
+static int npage_blocks;
+
+static void *freer(void *arg) {
+  (void)arg;
+  in_freer = true;
+  free(page_blocks[0]); /* stops in the window */
+  while (atomic_load(&stage) != 3)
+    sched_yield();
+  for (int i = 1; i < npage_blocks; i++)
+    free(page_blocks[i]);
+  return NULL;
+}
+
+static int freeing(void) {
+  /* Fill page P and more, so that P is parked as full. */
+  enum { N = 64 * 4 };
+  static void *b[N];
+  for (int i = 0; i < N; i++)
+    b[i] = malloc(BS);
+  uintptr_t p = PAGE_OF(b[0]);
+  for (int i = 0; i < N; i++)
+    if (PAGE_OF(b[i]) == p) page_blocks[npage_blocks++] = b[i];
+  CHECK(npage_blocks >= 32, "only %d blocks of %d B on the first page", npage_blocks, BS);
+  hak_debug_set_hook(freeing_hook);
+  CHECK(pthread_create(&freer_thread, NULL, freer, NULL) == 0, "pthread_create");
+  while (atomic_load(&stage) != 1)
+    sched_yield();
+  /* In the window: the owner drains its delayed list and allocates until
+   * the block comes back (it must not) or far past it, parking pages. */
+  hakmem_flush();
+  static void *more[4096];
+  int got_back = 0, n = 0;
+  for (; n < 4096 && !got_back; n++) {
+    more[n] = malloc(BS);
+    got_back = more[n] == page_blocks[0];
+  }
+  printf("in the window: %d mallocs, the delivered block %s\n", n,
+         got_back ? "came back (page taken back during FREEING)" : "waited");
+  /* taken back: fill the page again, so the next malloc parks it */
+  while (got_back && n < 4096) {
+    more[n] = malloc(BS);
+    if (PAGE_OF(more[n++]) != p) break;
+  }
+  atomic_store(&stage, 2);
+  atomic_store(&stage, 3);
+  pthread_join(freer_thread, NULL);
+  hak_debug_set_hook(NULL);
+  /* Every block of P is free now: the owner's next mallocs must find them. */
+  int from_p = 0;
+  static void *again[8192];
+  for (int i = 0; i < 8192; i++) {
+    again[i] = malloc(BS);
+    if (PAGE_OF(again[i]) == p) from_p++;
+  }
+  hak_debug_check();
+  hak_stats_t s;
+  hak_stats_get(&s);
+  printf("after the window: %d of %d freed blocks of the page reused; remote_blocks_collected %llu\n",
+         from_p, npage_blocks - (got_back ? 1 : 0), (unsigned long long)s.remote_blocks_collected);
+  CHECK(from_p >= npage_blocks - 1,
+        "the page whose remote free was in FREEING was not revisited: %d of its %d freed blocks "
+        "came back in 8192 mallocs",
+        from_p, npage_blocks);
+  return 0;
+}
+
+/* ---- exit ---- */
+
+#define KEEP 512
+static void *kept[KEEP];
+static size_t kept_size[KEEP];
+static _Atomic int hook_calls;
+static pthread_t exiting_thread;
+
+static void fill(void *p, size_t n) {
+  uint64_t *w = p;
+  for (size_t i = 0; i < n / 8; i++)
+    w[i] = pattern_word(p, i);
+}
+
+static void check_fill(void *p, size_t n) {
+  uint64_t *w = p;
+  for (size_t i = 0; i < n / 8; i++)
+    CHECK(w[i] == pattern_word(p, i), "block %p of %zu B changed at word %zu", p, n, i);
+}
+
+static void exit_hook(int point) {
+  if (point != HAK_HOOK_ABANDON || !in_exiting) return;
+  int k = atomic_fetch_add(&hook_calls, 1);
+  /* what a thread start or a TLS destructor does: allocate, some of it in
+   * the classes of the pages being taken apart, and free */
+  for (int i = 0; i < 64; i++) {
+    size_t n = 16 + (size_t)((i * 37 + k * 11) % 64) * 16;
+    void *p = malloc(n);
+    fill(p, n);
+    int slot = (k * 64 + i) % KEEP;
+    if (kept[slot]) {
+      check_fill(kept[slot], kept_size[slot]);
+      free(kept[slot]);
+    }
+    kept[slot] = p;
+    kept_size[slot] = n;
+  }
+}
+
+static void *exiting(void *arg) {
+  (void)arg;
+  in_exiting = true;
+  enum { N = 20000 };
+  static void *b[N];
+  for (int i = 0; i < N; i++)
+    b[i] = malloc(16 + (size_t)(i % 64) * 16);
+  for (int i = 0; i < N; i++) /* whole pages empty, some pages still live */
+    if (i % 64 < 60) free(b[i]);
+  return NULL;
+}
+
+static int exit_window(void) {
+  hak_debug_set_hook(exit_hook);
+  for (int round = 0; round < 20; round++) {
+    CHECK(pthread_create(&exiting_thread, NULL, exiting, NULL) == 0, "pthread_create");
+    pthread_join(exiting_thread, NULL);
+  }
+  hak_debug_set_hook(NULL);
+  CHECK(atomic_load(&hook_calls) > 0, "the exit hook never ran: no empty page went back at exit");
+  for (int i = 0; i < KEEP; i++)
+    if (kept[i]) check_fill(kept[i], kept_size[i]);
+  hak_debug_check();
+  alarm(20); /* a cycle in a list spins malloc_trim forever */
+  malloc_trim(0);
+  alarm(0);
+  hak_debug_check();
+  printf("exit: %d allocations inside exits mid-dismantle, lists and blocks intact\n",
+         atomic_load(&hook_calls) * 64);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc > 1 && !strcmp(argv[1], "freeing")) return freeing();
+  if (argc > 1 && !strcmp(argv[1], "exit")) return exit_window();
+  FAIL("usage: debug_windows freeing|exit");
+}
