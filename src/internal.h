@@ -335,6 +335,7 @@ void hak_background_ahead(hak_page_t *span);
 void hak_background_fork_child(void);
 void hak_pool_fork_prepare(void);
 void hak_pool_fork_release(void);
+void hak_pool_fork_child(void); /* purges whose completion cannot come */
 
 /* ---- pages --------------------------------------------------------------- */
 

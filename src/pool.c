@@ -472,6 +472,33 @@ void hak_pool_fork_release(void) {
     pthread_mutex_unlock(&pools[n].lock);
 }
 
+/* In the fork child, after the pools are unlocked. kmem sends the purges it
+ * still holds again here: they finish now. Pages still out for purging were
+ * on the stacks of threads that do not exist here (between collecting and
+ * submitting, or between a reap and its completion): no completion comes for
+ * them, so they go back to the free pages, dirty (maybe purged, not known
+ * zero), and a later purge takes them again. */
+void hak_pool_fork_child(void) {
+  kmem_purge_reap(purge_done, true);
+  for (int n = 0; n < kmem_node_count(); n++) {
+    hak_pool_t *pool = &pools[n];
+    pthread_mutex_lock(&pool->lock);
+    for (unsigned k = 0; k <= PAGES_PER_REGION; k++) {
+      for (hak_region_t *r = pool->buckets[k], *next; r; r = next) {
+        next = r->next;
+        uint32_t mask = r->purging_mask;
+        if (!mask) continue;
+        bucket_remove(pool, r); /* reinserted at a bucket's head: looked at again, mask 0 */
+        r->purging_mask = 0;
+        r->free_mask |= mask;
+        r->nfree = (uint16_t)(r->nfree + __builtin_popcount(mask));
+        bucket_insert(pool, r);
+      }
+    }
+    pthread_mutex_unlock(&pool->lock);
+  }
+}
+
 HAK_EXPORT int hak_node_count(void) {
   return kmem_node_count();
 }
