@@ -313,7 +313,7 @@ bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
 size_t hak_pool_trim(void); /* reclaims empty abandoned pages, purges every free page */
 size_t hak_pool_purge(bool force, bool wait);
 void hak_pool_purge_maybe(void);
-void hak_pool_populate_after(hak_page_t *span);
+void hak_pool_populate_at(uintptr_t region, unsigned next); /* validated under the lock */
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */
 

@@ -321,20 +321,31 @@ void hak_pool_purge_maybe(void) {
 #define AHEAD_PAGES 4
 
 /* HAKMEM_PREFAULT=ahead, on the background thread: populates the untouched
- * free pages right after span, so the heap's next spans take no faults.
- * Populating a page someone just took is harmless: only missing pages are
- * filled, with zeros. */
-void hak_pool_populate_after(hak_page_t *span) {
-  hak_region_t *r = region_of_page(span);
-  hak_pool_t *pool = pool_of(r->node);
-  unsigned next = (unsigned)(span - r->pages) + span->span_pages;
+ * free pages from page `next` of the region at address `region`, so the
+ * heap's next spans take no faults. The region may be gone since it was
+ * named (an empty hugetlbfs region is unmapped whole, under its pool lock):
+ * its node comes from the region map, and its header is read only once that
+ * pool's lock is held and the map still says small of that node. Regions of
+ * ordinary pages are never unmapped, so the system call runs unlocked;
+ * hugetlbfs regions are skipped (one huge page, faulted whole by the first
+ * touch). Populating a page someone just took is harmless: only missing
+ * pages are filled, with zeros. */
+void hak_pool_populate_at(uintptr_t region, unsigned next) {
+  uintptr_t idx = region >> REGION_SHIFT;
+  if (idx >= REGION_MAP_ENTRIES || next >= PAGES_PER_REGION) return;
+  uint8_t tag = atomic_load_explicit(&hak_region_map[idx], memory_order_acquire);
+  if ((tag & 3) != REGION_SMALL) return;
+  hak_pool_t *pool = pool_of(tag >> 2);
   pthread_mutex_lock(&pool->lock);
-  uint32_t untouched = r->free_mask & ~r->dirty_mask & ~r->purging_mask;
   unsigned n = 0;
-  while (next + n < PAGES_PER_REGION && n < AHEAD_PAGES && (untouched >> (next + n) & 1))
-    n++;
+  if (atomic_load_explicit(&hak_region_map[idx], memory_order_relaxed) == tag) {
+    hak_region_t *r = (hak_region_t *)region;
+    uint32_t untouched = r->hugetlb ? 0 : r->free_mask & ~r->dirty_mask & ~r->purging_mask;
+    while (next + n < PAGES_PER_REGION && n < AHEAD_PAGES && (untouched >> (next + n) & 1))
+      n++;
+  }
   pthread_mutex_unlock(&pool->lock);
-  if (n) kmem_populate((char *)r + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
+  if (n) kmem_populate((char *)region + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
 }
 
 static void span_free_locked(hak_pool_t *pool, hak_page_t *span) {
