@@ -24,9 +24,12 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -42,6 +45,8 @@
 #define MSGS_PER_READ 32
 
 static int uffd = -1;
+static dev_t uffd_dev; /* the file's identity: the program may close our */
+static ino_t uffd_ino; /* number (close_range) and reuse it for another file */
 static _Atomic bool uffd_on;
 static _Atomic bool tried;           /* one attempt (and message) per process */
 static _Atomic bool register_failed; /* said once */
@@ -73,6 +78,44 @@ static int open_uffd(const char **why) {
   return -1;
 }
 
+/* A high number, so a program that opens files after closing ours (daemons
+ * closing every descriptor) is unlikely to get it back. */
+static int move_high(int fd) {
+  struct rlimit rl;
+  int want = 512;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur / 2 < (rlim_t)want)
+    want = (int)(rl.rlim_cur / 2);
+  if (fd >= want) return fd;
+  int hi = fcntl(fd, F_DUPFD_CLOEXEC, want);
+  if (hi < 0) return fd;
+  close(fd);
+  return hi;
+}
+
+/* Whether uffd still names our userfaultfd: same inode (each userfaultfd
+ * has its own), and where /proc says, a userfaultfd at all. */
+static bool uffd_ours(void) {
+  struct stat st;
+  if (uffd < 0 || fstat(uffd, &st) != 0 || st.st_dev != uffd_dev || st.st_ino != uffd_ino)
+    return false;
+  char path[40], link[64];
+  int n = 0;
+  for (const char *s = "/proc/self/fd/"; *s; s++)
+    path[n++] = *s;
+  char digits[12];
+  int d = 0;
+  for (unsigned v = (unsigned)uffd; d == 0 || v; v /= 10)
+    digits[d++] = (char)('0' + v % 10);
+  while (d)
+    path[n++] = digits[--d];
+  path[n] = 0;
+  ssize_t len = readlink(path, link, sizeof link - 1);
+  if (len < 0) return true; /* no /proc: the inode has to do */
+  link[len] = 0;
+  return strcmp(link, "anon_inode:[userfaultfd]") == 0;
+}
+
 /* Fills [dst, dst+len) with zeros and wakes the threads waiting there.
  * Returns the bytes filled from dst onwards; errno tells why it stopped. */
 static size_t fill(uintptr_t dst, size_t len) {
@@ -102,21 +145,25 @@ static void give_up(uintptr_t at) {
                   "a fault could not be served; its region uses demand paging");
 }
 
-static void serve(uintptr_t addr) {
+/* Returns false when the fd is no longer our userfaultfd: stop. */
+static bool serve(uintptr_t addr) {
   uintptr_t page = addr & ~(uintptr_t)(KPAGE - 1);
   uintptr_t at = addr & ~(uintptr_t)(OS_PAGE - 1);
   /* Counted before the wake, so the woken thread already sees it. */
   kmem_count(&kmem_counters.uffd_faults, 1);
   size_t done = fill(page, KPAGE);
-  if (at < page + done) return; /* filled and woken */
+  if (at < page + done) return true; /* filled and woken */
   /* Stopped before the faulting 4 KiB: part of this page is there already
    * (a partial purge, or another thread's fault on the same page served
    * first). Fill just that 4 KiB. */
-  if (fill(at, OS_PAGE) == OS_PAGE) return;
+  if (fill(at, OS_PAGE) == OS_PAGE) return true;
   if (errno == EEXIST || errno == EAGAIN || errno == ENOMEM || errno == EINTR)
     wake(at, OS_PAGE); /* there, or worth a retry: the thread faults again */
+  else if (!uffd_ours())
+    return false; /* no ioctls on whatever file has the number now */
   else
     give_up(at);
+  return true;
 }
 
 static void *handler(void *arg) {
@@ -126,20 +173,27 @@ static void *handler(void *arg) {
   for (;;) {
     struct pollfd pfd = {.fd = uffd, .events = POLLIN};
     if (poll(&pfd, 1, -1) < 0) continue; /* EINTR (setxid) */
-    /* Never for a live userfaultfd opened O_NONBLOCK: the program closed
-     * our fd (the number may be another file's now). */
-    if (pfd.revents & (POLLNVAL | POLLERR | POLLHUP)) break;
+    /* The program may have closed our fd and opened another file under its
+     * number: reading that would eat its data. Looked at before every read
+     * (an fstat; a fault costs far more). */
+    if (!uffd_ours()) break;
+    if (pfd.revents & (POLLNVAL | POLLERR | POLLHUP)) break; /* never for a live userfaultfd */
     ssize_t n = read(uffd, msg, sizeof msg);
     if (n < 0) {
-      if (errno == EBADF) break;
-      continue; /* EAGAIN: another wakeup took it */
+      if (errno == EAGAIN || errno == EINTR || uffd_ours()) continue; /* another wakeup took it */
+      break;
     }
     for (ssize_t i = 0; i < n / (ssize_t)sizeof *msg; i++)
-      if (msg[i].event == UFFD_EVENT_PAGEFAULT) serve((uintptr_t)msg[i].arg.pagefault.address);
+      if (msg[i].event == UFFD_EVENT_PAGEFAULT && !serve((uintptr_t)msg[i].arg.pagefault.address))
+        goto gone;
   }
-  /* The fd is gone, and with it the registrations: stop registering (the
-   * number may belong to another file by now). */
+gone:
+  /* The file is gone from our number, and once its last reference goes the
+   * kernel drops the registrations and wakes their waiters: faults are
+   * demand paging again. Stop registering (the number may be another
+   * file's) and never touch the number again. */
   atomic_store(&uffd_on, false);
+  kmem_fallback(false, "HAKMEM_UFFD", "its file descriptor was closed; demand paging from now");
   return NULL;
 }
 
@@ -199,6 +253,15 @@ bool kmem_uffd_start(void) {
       z[i] = 0;
     zero_src = z;
   }
+  fd = move_high(fd);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    kmem_fallback(kmem_cfg.uffd, "HAKMEM_UFFD", "fstat of its fd failed; demand paging");
+    return false;
+  }
+  uffd_dev = st.st_dev;
+  uffd_ino = st.st_ino;
   uffd = fd;
   /* pthread_create may allocate (glibc's TLS vector): uffd_on is still off,
    * so that memory is not registered and nothing waits on a handler that
@@ -222,6 +285,10 @@ void kmem_uffd_register(void *p, size_t len) {
   const uint64_t want = (uint64_t)1 << _UFFDIO_COPY | (uint64_t)1 << _UFFDIO_ZEROPAGE;
   const char *why = NULL;
   if (ioctl(uffd, UFFDIO_REGISTER, &r) != 0) {
+    if (!uffd_ours()) { /* closed by the program: stop, quietly */
+      atomic_store(&uffd_on, false);
+      return;
+    }
     why = "UFFDIO_REGISTER failed; such regions use demand paging";
   } else if ((r.ioctls & want) != want) {
     /* Registered, but not fillable 4 KiB at a time: hugetlbfs pages (no
@@ -239,6 +306,6 @@ void kmem_uffd_register(void *p, size_t len) {
 void kmem_uffd_fork_child(void) {
   if (!atomic_load(&uffd_on)) return;
   atomic_store(&uffd_on, false);
-  close(uffd);
+  if (uffd_ours()) close(uffd); /* not a file of the program's under our old number */
   uffd = -1;
 }

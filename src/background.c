@@ -12,7 +12,11 @@ static _Atomic int state;   /* 0 not started, 1 starting or running */
 static _Atomic bool wanted; /* something for it to do: start it */
 static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
-static _Atomic(hak_page_t *) ahead; /* span after which to populate */
+/* Where to populate: a region's address | the index of the first page after
+ * the span, as an integer. The region may be unmapped by the time the thread
+ * looks (an empty hugetlbfs region goes back whole), so it is validated under
+ * its pool lock before its header is read. 0: nothing. */
+static _Atomic uintptr_t ahead;
 
 uint64_t hak_background_period_ms(void) {
   uint64_t p = hak_opt.purge_delay_ms / 2;
@@ -31,8 +35,9 @@ static void *background_main(void *arg) {
     if (!atomic_load_explicit(&ahead, memory_order_relaxed))
       pthread_cond_timedwait(&wake, &wake_lock, &until);
     pthread_mutex_unlock(&wake_lock);
-    hak_page_t *after = atomic_exchange_explicit(&ahead, NULL, memory_order_acquire);
-    if (after) hak_pool_populate_after(after);
+    uintptr_t at = atomic_exchange_explicit(&ahead, 0, memory_order_acquire);
+    if (at)
+      hak_pool_populate_at(at & ~(uintptr_t)(REGION_SIZE - 1), (unsigned)(at & (REGION_SIZE - 1)));
     hak_mailbox_drain_stale(&hak_heap_empty); /* no heap: it owns no pages */
     hak_pool_purge(false, false);
     hak_huge_expire();
@@ -66,8 +71,11 @@ void hak_background_start_if_wanted(void) {
 
 /* HAKMEM_PREFAULT=ahead: the thread populates the pages after this span. */
 void hak_background_ahead(hak_page_t *span) {
+  hak_region_t *r = region_of_page(span); /* the caller owns span: valid now */
+  unsigned next = (unsigned)(span - r->pages) + span->span_pages;
+  if (next >= PAGES_PER_REGION) return;
   hak_background_want();
-  atomic_store_explicit(&ahead, span, memory_order_release);
+  atomic_store_explicit(&ahead, (uintptr_t)r | next, memory_order_release);
   pthread_mutex_lock(&wake_lock);
   pthread_cond_signal(&wake);
   pthread_mutex_unlock(&wake_lock);
@@ -76,7 +84,7 @@ void hak_background_ahead(hak_page_t *span) {
 /* The child of a fork has no background thread. */
 void hak_background_fork_child(void) {
   atomic_store(&state, 0);
-  atomic_store(&ahead, NULL);
+  atomic_store(&ahead, 0);
   pthread_mutex_init(&wake_lock, NULL);
   pthread_cond_init(&wake, NULL);
 }

@@ -197,11 +197,19 @@ void hak_heaps_fork_release(void) {
   pthread_mutex_unlock(&heaps_lock);
 }
 
-/* In the child only the forking thread lives. The other threads' heaps keep
- * their pages and become free for the child's next threads to take over
- * whole, so their blocks stay reachable instead of stranded. */
+/* In the child only the forking thread lives. The other threads' heaps stay
+ * in use for good: those threads may have been halfway through a queue
+ * change or a remote-free hand-off, so their lists cannot be trusted. Their
+ * pages are unreachable here (as in mimalloc): a free into one is a remote
+ * free that nobody collects, and they stay counted as committed. Heaps that
+ * were already free (cleanly abandoned) are reused as usual. */
 void hak_heaps_fork_child(hak_heap_t *survivor) {
-  for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_relaxed); h; h = h->pool_next)
-    if (h != survivor) h->in_use = false;
+  if (survivor != &hak_heap_empty) {
+    for (unsigned c = 0; c < NUM_CLASSES; c++)
+      for (hak_page_t *p = survivor->queues[c].first; p; p = p->next)
+        hak_remote_fork_child(p);
+    for (hak_page_t *p = survivor->full.first; p; p = p->next)
+      hak_remote_fork_child(p);
+  }
   pthread_mutex_unlock(&heaps_lock);
 }

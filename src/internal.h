@@ -335,7 +335,7 @@ void hak_span_free(hak_page_t *span); /* a span already free counts as an invali
 size_t hak_pool_trim(void);           /* purges every free page */
 size_t hak_pool_purge(bool force, bool wait);
 void hak_pool_purge_maybe(void);
-void hak_pool_populate_after(hak_page_t *span);
+void hak_pool_populate_at(uintptr_t region, unsigned next); /* validated under the lock */
 
 /* ---- the remote-free protocol (remote.c) --------------------------------- */
 
@@ -345,6 +345,7 @@ size_t hak_page_collect_remote(hak_page_t *page);
 park_result_t hak_remote_park(hak_heap_t *heap, hak_page_t *page);
 void hak_remote_drain_delayed(hak_heap_t *heap);
 void hak_remote_release(hak_page_t *page);
+void hak_remote_fork_child(hak_page_t *page);
 size_t hak_abandoned_push(hak_page_t *pages); /* a list linked by next */
 hak_page_t *hak_abandoned_adopt(int node, unsigned cls, hak_heap_t *heap);
 bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
@@ -376,6 +377,7 @@ void hak_background_ahead(hak_page_t *span);
 void hak_background_fork_child(void);
 void hak_pool_fork_prepare(void);
 void hak_pool_fork_release(void);
+void hak_pool_fork_child(void); /* purges whose completion cannot come */
 
 /* ---- pages --------------------------------------------------------------- */
 

@@ -322,20 +322,31 @@ void hak_pool_purge_maybe(void) {
 #define AHEAD_PAGES 4
 
 /* HAKMEM_PREFAULT=ahead, on the background thread: populates the untouched
- * free pages right after span, so the heap's next spans take no faults.
- * Populating a page someone just took is harmless: only missing pages are
- * filled, with zeros. */
-void hak_pool_populate_after(hak_page_t *span) {
-  hak_region_t *r = region_of_page(span);
-  hak_pool_t *pool = pool_of(r->node);
-  unsigned next = (unsigned)(span - r->pages) + span->span_pages;
+ * free pages from page `next` of the region at address `region`, so the
+ * heap's next spans take no faults. The region may be gone since it was
+ * named (an empty hugetlbfs region is unmapped whole, under its pool lock):
+ * its node comes from the region map, and its header is read only once that
+ * pool's lock is held and the map still says small of that node. Regions of
+ * ordinary pages are never unmapped, so the system call runs unlocked;
+ * hugetlbfs regions are skipped (one huge page, faulted whole by the first
+ * touch). Populating a page someone just took is harmless: only missing
+ * pages are filled, with zeros. */
+void hak_pool_populate_at(uintptr_t region, unsigned next) {
+  uintptr_t idx = region >> REGION_SHIFT;
+  if (idx >= REGION_MAP_ENTRIES || next >= PAGES_PER_REGION) return;
+  uint8_t tag = atomic_load_explicit(&hak_region_map[idx], memory_order_acquire);
+  if ((tag & 3) != REGION_SMALL) return;
+  hak_pool_t *pool = pool_of(tag >> 2);
   pthread_mutex_lock(&pool->lock);
-  uint32_t untouched = r->free_mask & ~r->dirty_mask & ~r->purging_mask;
   unsigned n = 0;
-  while (next + n < PAGES_PER_REGION && n < AHEAD_PAGES && (untouched >> (next + n) & 1))
-    n++;
+  if (atomic_load_explicit(&hak_region_map[idx], memory_order_relaxed) == tag) {
+    hak_region_t *r = (hak_region_t *)region;
+    uint32_t untouched = r->hugetlb ? 0 : r->free_mask & ~r->dirty_mask & ~r->purging_mask;
+    while (next + n < PAGES_PER_REGION && n < AHEAD_PAGES && (untouched >> (next + n) & 1))
+      n++;
+  }
   pthread_mutex_unlock(&pool->lock);
-  if (n) kmem_populate((char *)r + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
+  if (n) kmem_populate((char *)region + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
 }
 
 /* False when the run is free already (or out for purging): a second free of
@@ -387,6 +398,33 @@ void hak_pool_fork_prepare(void) {
 void hak_pool_fork_release(void) {
   for (int n = kmem_node_count() - 1; n >= 0; n--)
     pthread_mutex_unlock(&pools[n].lock);
+}
+
+/* In the fork child, after the pools are unlocked. kmem sends the purges it
+ * still holds again here: they finish now. Pages still out for purging were
+ * on the stacks of threads that do not exist here (between collecting and
+ * submitting, or between a reap and its completion): no completion comes for
+ * them, so they go back to the free pages, dirty (maybe purged, not known
+ * zero), and a later purge takes them again. */
+void hak_pool_fork_child(void) {
+  kmem_purge_reap(purge_done, true);
+  for (int n = 0; n < kmem_node_count(); n++) {
+    hak_pool_t *pool = &pools[n];
+    pthread_mutex_lock(&pool->lock);
+    for (unsigned k = 0; k <= PAGES_PER_REGION; k++) {
+      for (hak_region_t *r = pool->buckets[k], *next; r; r = next) {
+        next = r->next;
+        uint32_t mask = r->purging_mask;
+        if (!mask) continue;
+        bucket_remove(pool, r); /* reinserted at a bucket's head: looked at again, mask 0 */
+        r->purging_mask = 0;
+        r->free_mask |= mask;
+        r->nfree = (uint16_t)(r->nfree + __builtin_popcount(mask));
+        bucket_insert(pool, r);
+      }
+    }
+    pthread_mutex_unlock(&pool->lock);
+  }
 }
 
 HAK_EXPORT int hak_node_count(void) {

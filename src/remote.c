@@ -28,6 +28,8 @@
  *               there, so no page is retired under a freer    remote_drain_delayed
  *   release     OWNED|NOTIFY -> RELEASED      H at exit, waits    remote_release
  *                                             out FREEING
+ *   fork        FREEING -> NOTIFY             the fork child      remote_fork_child
+ *               (the freer is gone there)
  *   abandon     RELEASED -> ABANDONED         H at exit           hak_abandoned_push
  *   claim       ABANDONED -> OWNED            a freer of its node hak_abandoned_claim
  *   adopt       ABANDONED -> OWNED            a heap of its node  hak_abandoned_adopt
@@ -199,6 +201,14 @@ void hak_remote_release(hak_page_t *page) {
   const unsigned not_freeing = (1u << REMOTE_PLAIN) | (1u << REMOTE_NOTIFY) | (1u << REMOTE_NEVER);
   while (!remote_set_state(page, not_freeing, REMOTE_NEVER))
     sched_yield();
+}
+
+/* fork child: a freer that was delivering to the survivor's delayed list
+ * (FREEING) does not exist here, and its block may be lost. The state must
+ * not stay (the thread's exit would wait for it forever), and a parked page
+ * must still be revisited: the next remote free notifies. */
+void hak_remote_fork_child(hak_page_t *page) {
+  remote_set_state(page, 1u << REMOTE_FREEING, REMOTE_NOTIFY);
 }
 
 /* ---- abandoned pages: one list per size class on each node ---------------- */

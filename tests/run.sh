@@ -139,6 +139,11 @@ run_bin seed_remote
 run_bin thread_exit
 run_bin thread_done
 run_bin fork
+# fork against stdio locks (glibc bug 19431), from a signal handler inside a
+# fork, and the child's new threads never taking over dead threads' heaps.
+run_bin fork_deadlock
+run_bin fork_sigfork
+run_bin fork_child_heaps
 run_bin dlopen "$repo/build/libhakmem-dlopen.so"
 # calloc and the stress again in the allocator's other modes: purging at
 # once through each engine (memory given back and marked known-zero while
@@ -161,8 +166,9 @@ done
 run_one fork_uffd env HAKMEM_UFFD=1 "$bin/fork"
 # userfaultfd in detail: faults per 64 KiB page, threads, purge, faults
 # taken in the kernel, fork, refusal (as root, uffd_refused sets
-# vm.unprivileged_userfaultfd to 0 for a moment and restores it).
-for t in faults threads read fork refused; do run_bin "uffd_$t"; done
+# vm.unprivileged_userfaultfd to 0 for a moment and restores it), and a
+# program closing every descriptor.
+for t in faults threads read fork refused closefds; do run_bin "uffd_$t"; done
 # Lazy zero, purge and huge pages through the allocator, each in children
 # with HAKMEM_* set: calloc zero on fresh/dirty/purged memory, RSS given back
 # (background, on activity, never with off), per-page purge, prefault fault
