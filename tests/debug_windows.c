@@ -24,7 +24,7 @@
 #include "check.h"
 #include "hakmem.h"
 
-#define BS 1024                   /* a class with 64 blocks a 64 KiB page */
+#define BS 1024 /* a class with 64 blocks a 64 KiB page */
 #define PAGE_OF(p) ((uintptr_t)(p) & ~(uintptr_t)0xFFFF)
 
 static _Atomic int stage; /* freeing: 1 in the window, 2 let go, 3 free the rest */
@@ -97,8 +97,9 @@ static int freeing(void) {
   hak_debug_check();
   hak_stats_t s;
   hak_stats_get(&s);
-  printf("after the window: %d of %d freed blocks of the page reused; remote_blocks_collected %llu\n",
-         from_p, npage_blocks - (got_back ? 1 : 0), (unsigned long long)s.remote_blocks_collected);
+  printf(
+      "after the window: %d of %d freed blocks of the page reused; remote_blocks_collected %llu\n",
+      from_p, npage_blocks - (got_back ? 1 : 0), (unsigned long long)s.remote_blocks_collected);
   CHECK(from_p >= npage_blocks - 1,
         "the page whose remote free was in FREEING was not revisited: %d of its %d freed blocks "
         "came back in 8192 mallocs",

@@ -126,6 +126,10 @@ fi
 # hooks: a freer stopped in FREEING, a thread stopped mid-exit.
 run_bin debug_windows freeing
 run_one debug_windows_exit "$bin/debug_windows" exit
+# Its promises between threads: pages listed by their region's node (no two
+# owners), mailboxes drained when their node has no allocating thread, no
+# thread started by an exiting one.
+run_bin protocol
 run_bin stats_api
 run_bin stats_env
 # Out of address space: a 512 MiB limit on this one process.
