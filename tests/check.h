@@ -90,6 +90,12 @@ static inline size_t check_pattern(const void *p, size_t n) {
   return check_pattern_as(p, p, n);
 }
 
+/* Fails the test unless the block at p still holds its pattern. */
+static inline void expect_pattern(const void *p, size_t n) {
+  size_t at = check_pattern(p, n);
+  CHECK(at == SIZE_MAX, "block %p of %zu B changed at byte %zu", p, n, at);
+}
+
 /* Same pattern, but only every stride bytes and the last word: for blocks of
  * hundreds of MiB, where touching every page would only cost time. */
 static inline void fill_sparse(void *p, size_t n, size_t stride) {

@@ -115,18 +115,6 @@ static size_t kept_size[KEEP];
 static _Atomic int hook_calls;
 static pthread_t exiting_thread;
 
-static void fill(void *p, size_t n) {
-  uint64_t *w = p;
-  for (size_t i = 0; i < n / 8; i++)
-    w[i] = pattern_word(p, i);
-}
-
-static void check_fill(void *p, size_t n) {
-  uint64_t *w = p;
-  for (size_t i = 0; i < n / 8; i++)
-    CHECK(w[i] == pattern_word(p, i), "block %p of %zu B changed at word %zu", p, n, i);
-}
-
 static void exit_hook(int point) {
   if (point != HAK_HOOK_ABANDON || !in_exiting) return;
   int k = atomic_fetch_add(&hook_calls, 1);
@@ -135,10 +123,10 @@ static void exit_hook(int point) {
   for (int i = 0; i < 64; i++) {
     size_t n = 16 + (size_t)((i * 37 + k * 11) % 64) * 16;
     void *p = malloc(n);
-    fill(p, n);
+    fill_pattern(p, n);
     int slot = (k * 64 + i) % KEEP;
     if (kept[slot]) {
-      check_fill(kept[slot], kept_size[slot]);
+      expect_pattern(kept[slot], kept_size[slot]);
       free(kept[slot]);
     }
     kept[slot] = p;
@@ -167,7 +155,7 @@ static int exit_window(void) {
   hak_debug_set_hook(NULL);
   CHECK(atomic_load(&hook_calls) > 0, "the exit hook never ran: no empty page went back at exit");
   for (int i = 0; i < KEEP; i++)
-    if (kept[i]) check_fill(kept[i], kept_size[i]);
+    if (kept[i]) expect_pattern(kept[i], kept_size[i]);
   hak_debug_check();
   alarm(20); /* a cycle in a list spins malloc_trim forever */
   malloc_trim(0);

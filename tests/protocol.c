@@ -30,18 +30,6 @@ static void set_node(int node) {
   CHECK(hakmem_thread_set_node(node) == 0, "hakmem_thread_set_node(%d) failed", node);
 }
 
-static void fill(void *p, size_t n) {
-  uint64_t *w = p;
-  for (size_t i = 0; i < n / 8; i++)
-    w[i] = pattern_word(p, i);
-}
-
-static void check_fill(void *p, size_t n) {
-  uint64_t *w = p;
-  for (size_t i = 0; i < n / 8; i++)
-    CHECK(w[i] == pattern_word(p, i), "block %p changed at word %zu", p, i);
-}
-
 /* ---- owners ---- */
 
 static void *blocks[NBLOCKS];
@@ -51,7 +39,7 @@ static void *node0_then_1(void *arg) {
   set_node(0);
   for (int i = 0; i < NBLOCKS; i++) {
     blocks[i] = malloc(BS);
-    fill(blocks[i], BS);
+    fill_pattern(blocks[i], BS);
   }
   set_node(1); /* its pages stay node 0's: the heap is foreign now */
   return NULL;
@@ -60,7 +48,7 @@ static void *node0_then_1(void *arg) {
 static void *node0_frees_half(void *arg) {
   set_node(0);
   for (int i = (int)(uintptr_t)arg; i < NBLOCKS; i += 2) {
-    check_fill(blocks[i], BS);
+    expect_pattern(blocks[i], BS);
     free(blocks[i]);
     blocks[i] = NULL;
   }
@@ -81,10 +69,10 @@ static void *node1_allocates(void *arg) {
     uintptr_t pg = (uintptr_t)mine[i] & ~(uintptr_t)0xFFFF;
     CHECK(!bsearch(&pg, pages, NBLOCKS / 2, sizeof pg, cmp_ptr),
           "a node-1 thread got %p, on a page of node 0 that another heap claimed", mine[i]);
-    fill(mine[i], BS);
+    fill_pattern(mine[i], BS);
   }
   for (int i = 0; i < NBLOCKS; i++) {
-    check_fill(mine[i], BS);
+    expect_pattern(mine[i], BS);
     free(mine[i]);
   }
   return NULL;
