@@ -64,12 +64,17 @@ $(BUILD)/ubsan/libhakmem.a: $(UBSAN_OBJ)
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -Iuapi -O2 -g -o $@ $< $(BUILD)/libhakmem.a $(LDLIBS)
+# The fuzzer once more without hakmem, for tests/run.sh to run under
+# LD_PRELOAD with the release and the debug library.
+$(BUILD)/tests/fuzz_plain: tests/fuzz.c $(wildcard tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O2 -g -DFUZZ_PLAIN -o $@ $< -lpthread
 # Benchmarks link nothing of ours: the runner picks the allocator with LD_PRELOAD.
 $(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -g -o $@ $< -lpthread
 
-tests: lib debug sanitize $(TEST_BIN)
+tests: lib debug sanitize $(TEST_BIN) $(BUILD)/tests/fuzz_plain
 benches: lib $(BENCH_BIN)
 
 deps:

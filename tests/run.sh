@@ -182,6 +182,41 @@ for prog in python perl git gcc sort; do
   run_one "preload_$prog" bash tests/preload.sh "$prog"
 done
 
+# Concurrency correctness: bad pointers (interior and double frees), fork
+# while other threads use stdio (glibc bug 19431), fork from a signal
+# handler interrupting fork, memory growth under hand-offs between
+# short-lived threads, and the shadow-model fuzzer in each mode, linked and
+# under LD_PRELOAD (release and debug library). HAKMEM_SOAK=1 makes each of
+# them run longer.
+run_bin interior_free
+run_bin fork_stdio
+run_bin fork_signal
+run_bin handoff_churn
+FUZZ_SECS=${HAK_FUZZ_SECS:-8}
+fuzz_modes=(
+  "fuzz:"
+  "fuzz_purgepage:HAKMEM_PURGE=page"
+  "fuzz_purge0:HAKMEM_PURGE_DELAY_MS=0"
+  "fuzz_nodes2:HAKMEM_NODES=2"
+  "fuzz_uffd:HAKMEM_UFFD=1"
+  "fuzz_prefault:HAKMEM_PREFAULT=ahead"
+)
+for mode in "${fuzz_modes[@]}"; do
+  # shellcheck disable=SC2086 # the variables are meant to split
+  run_one "${mode%%:*}" env ${mode#*:} "$bin/fuzz" "$FUZZ_SECS"
+done
+for lib in libhakmem.so debug/libhakmem.so; do
+  name=fuzz_preload_$([ "$lib" = libhakmem.so ] && echo release || echo debug)
+  if [ ! -x "$bin/fuzz_plain" ] || [ ! -f "$repo/build/$lib" ]; then
+    echo "FAIL: $bin/fuzz_plain or build/$lib is not built" >"$logs/$name.log"
+    echo "FAIL $name ($bin/fuzz_plain or build/$lib is not built: run make tests)"
+    failed=$((failed + 1))
+    failures+=("$name")
+    continue
+  fi
+  run_one "$name" env LD_PRELOAD="$repo/build/$lib" "$bin/fuzz_plain" "$FUZZ_SECS"
+done
+
 # Any tests/*.c the list above does not name still runs.
 for src in tests/*.c; do
   name=$(basename "$src" .c)
