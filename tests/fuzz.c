@@ -16,7 +16,8 @@
  *    to the pool first) and new ones start, until the time is up.
  *  - At random: malloc_trim(0); fork, whose child checks some of the
  *    forking thread's blocks, allocates and frees a little and _exits
- *    (a child not done in 10 s, or a nonzero status, fails the test).
+ *    (a child not done in 10 s, or a nonzero status, fails the test);
+ *    linked with hakmem, hak_thread_done (the heap dropped mid-run).
  * A watchdog fails the test when it is not done 40 s after its time.
  * Built twice: linked with hakmem (the Makefile's rule), and with
  * -DFUZZ_PLAIN against libc only (build/tests/fuzz_plain), to be run with
@@ -421,6 +422,11 @@ static void *worker_main(void *arg) {
       } else if (x < 3) {
         op_fork(local);
       }
+#ifndef FUZZ_PLAIN
+      else if (x < 5) {
+        hak_thread_done(); /* drop the heap with blocks live; go on with a fresh one */
+      }
+#endif
     }
   }
   /* Hand everything to the pool; free what comes back. */
