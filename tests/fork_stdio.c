@@ -55,8 +55,14 @@ static void read_all(FILE *f, int delim) {
   size_t cap = 0;
   ssize_t n;
   long count = 0;
-  while ((n = getdelim(&line, &cap, delim, f)) > 0)
+  while ((n = getdelim(&line, &cap, delim, f)) > 0) {
     count++;
+    if (n > 1024) { /* the next long line allocates afresh, under the FILE's lock */
+      free(line);
+      line = NULL;
+      cap = 0;
+    }
+  }
   free(line);
   atomic_fetch_add(&lines_read, count);
 }
