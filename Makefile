@@ -64,11 +64,11 @@ $(BUILD)/ubsan/libhakmem.a: $(UBSAN_OBJ)
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libhakmem.a $(HDRS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -Iuapi -O2 -g -o $@ $< $(BUILD)/libhakmem.a $(LDLIBS)
-# bad_pointers once more without hakmem: tests/run.sh runs it under
-# LD_PRELOAD=build/debug/libhakmem.so, whose fast path checks more.
-$(BUILD)/tests/bad_pointers_preload: tests/bad_pointers.c $(HDRS) $(wildcard tests/*.h)
+# A test once more without hakmem (-DTEST_PRELOAD): tests/run.sh runs it
+# under LD_PRELOAD with the release or the checked debug library.
+$(BUILD)/tests/%_preload: tests/%.c $(HDRS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) -Iuapi -O2 -g -DBAD_POINTERS_PRELOAD -o $@ $< -lpthread
+	$(CC) $(WARN) -Iuapi -O2 -g -DTEST_PRELOAD -o $@ $< -lpthread
 # Tests of the checked build's hooks link its shared library.
 $(BUILD)/tests/debug_%: tests/debug_%.c $(BUILD)/debug/libhakmem.so $(HDRS) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
@@ -78,7 +78,8 @@ $(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -g -o $@ $< -lpthread
 
-tests: lib debug sanitize $(TEST_BIN) $(BUILD)/tests/bad_pointers_preload
+PRELOAD_BIN := $(BUILD)/tests/bad_pointers_preload $(BUILD)/tests/fuzz_preload
+tests: lib debug sanitize $(TEST_BIN) $(PRELOAD_BIN)
 benches: lib $(BENCH_BIN)
 
 deps:

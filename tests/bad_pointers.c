@@ -5,7 +5,7 @@
  * one invalid_frees, is ignored, and leaves the block and the heap intact.
  *
  * Built twice: linked with the release archive (build/tests/bad_pointers),
- * and without hakmem (build/tests/bad_pointers_preload, -DBAD_POINTERS_PRELOAD)
+ * and without hakmem (build/tests/bad_pointers_preload, -DTEST_PRELOAD)
  * to run under LD_PRELOAD=build/debug/libhakmem.so with the argument
  * "debug": the debug build also checks the owner's fast path (an interior
  * pointer, a block freed twice). */
@@ -21,7 +21,7 @@
 
 /* The counters, from hakmem whether it is linked in or preloaded. */
 static void stats(hak_stats_t *s) {
-#ifdef BAD_POINTERS_PRELOAD
+#ifdef TEST_PRELOAD
   void (*get)(hak_stats_t *) = (void (*)(hak_stats_t *))dlsym(RTLD_DEFAULT, "hak_stats_get");
   CHECK(get, "hak_stats_get not found: run with LD_PRELOAD=build/debug/libhakmem.so");
   get(s);

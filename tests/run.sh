@@ -206,6 +206,35 @@ for prog in python perl git gcc sort; do
   run_one "preload_$prog" bash tests/preload.sh "$prog"
 done
 
+# Memory growth under hand-offs between short-lived threads (flat as the
+# rounds double), then the shadow-model fuzzer in each mode: linked with the
+# release library, and the checked debug library preloaded into a copy that
+# does not link hakmem. HAKMEM_SOAK=1 makes each of them run longer.
+run_bin handoff_churn
+FUZZ_SECS=${HAK_FUZZ_SECS:-6}
+fuzz_modes=(
+  "fuzz:"
+  "fuzz_purgepage:HAKMEM_PURGE=page"
+  "fuzz_purge0:HAKMEM_PURGE_DELAY_MS=0"
+  "fuzz_nodes2:HAKMEM_NODES=2"
+  "fuzz_uffd:HAKMEM_UFFD=1"
+  "fuzz_prefault:HAKMEM_PREFAULT=ahead"
+)
+for mode in "${fuzz_modes[@]}"; do
+  name=${mode%%:*} vars=${mode#*:}
+  # shellcheck disable=SC2086 # the variables are meant to split
+  run_one "$name" env $vars "$bin/fuzz" "$FUZZ_SECS"
+  if [ ! -x "$bin/fuzz_preload" ] || [ ! -f "$repo/build/debug/libhakmem.so" ]; then
+    echo "FAIL ${name}_debug ($bin/fuzz_preload or build/debug/libhakmem.so is not built: run make tests)"
+    failed=$((failed + 1))
+    continue
+  fi
+  # shellcheck disable=SC2086
+  run_one "${name}_debug" env $vars LD_PRELOAD="$repo/build/debug/libhakmem.so" \
+    "$bin/fuzz_preload" "$FUZZ_SECS"
+done
+run_one fuzz_preload env LD_PRELOAD="$repo/build/libhakmem.so" "$bin/fuzz_preload" "$FUZZ_SECS"
+
 # Any tests/*.c the list above does not name still runs.
 for src in tests/*.c; do
   name=$(basename "$src" .c)
