@@ -35,6 +35,17 @@
     _exit(77);                                                                                     \
   } while (0)
 
+/* xorshift64*: the tests' random numbers, the same for the same seed. */
+struct rng {
+  uint64_t s;
+};
+static inline uint64_t rng_next(struct rng *r) {
+  r->s ^= r->s >> 12;
+  r->s ^= r->s << 25;
+  r->s ^= r->s >> 27;
+  return r->s * 0x2545F4914F6CDD1Dull;
+}
+
 /* Hide a value from the optimiser: keeps gcc from folding impossible sizes
  * into compile-time warnings and from eliding malloc/free pairs or frees of
  * non-heap objects. */

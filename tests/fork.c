@@ -1,7 +1,8 @@
 /* fork from a multi-threaded process while the other threads are busy
  * allocating and freeing. The child must not deadlock on a lock a vanished
  * thread held: it frees blocks those threads allocated, allocates and frees a
- * lot (also from new threads), and exits 0. The parent carries on. */
+ * lot (also from new threads, which get heaps of their own: the vanished
+ * threads' heaps stay unused), and exits 0. The parent carries on. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -94,8 +95,15 @@ static void *tight_worker(void *arg) {
   return NULL;
 }
 
+#define CHILD_THREADS 2
+static pthread_barrier_t child_barrier;
+
 static void *child_thread(void *arg) {
+  void *p = malloc(64); /* this thread's heap exists from here */
+  CHECK(p, "malloc failed");
+  pthread_barrier_wait(&child_barrier); /* all of them hold one at once */
   churn((uint64_t)(uintptr_t)arg, 3000);
+  free(p);
   return NULL;
 }
 
@@ -108,12 +116,23 @@ static void child(int round) {
   }
   pthread_mutex_unlock(&shared_lock);
   churn((uint64_t)round * 7919 + 1, 10000);
-  pthread_t t[2];
-  for (int i = 0; i < 2; i++)
-    CHECK(pthread_create(&t[i], NULL, child_thread, (void *)(uintptr_t)(round * 2 + i + 1)) == 0,
+  hak_stats_t before, after;
+  hak_stats_get(&before);
+  pthread_barrier_init(&child_barrier, NULL, CHILD_THREADS);
+  pthread_t t[CHILD_THREADS];
+  for (int i = 0; i < CHILD_THREADS; i++)
+    CHECK(pthread_create(&t[i], NULL, child_thread,
+                         (void *)(uintptr_t)(round * CHILD_THREADS + i + 1)) == 0,
           "pthread_create in the child failed");
-  for (int i = 0; i < 2; i++)
+  for (int i = 0; i < CHILD_THREADS; i++)
     pthread_join(t[i], NULL);
+  hak_stats_get(&after);
+  /* No heap was free at the fork (no parent thread had exited): each new
+   * thread made one. Taking over a dead worker's heap would trust lists it
+   * may have been changing when the fork came. */
+  CHECK(after.heaps_created - before.heaps_created >= CHILD_THREADS,
+        "round %d: %d threads in the child made %llu heaps: they took over dead threads' heaps",
+        round, CHILD_THREADS, (unsigned long long)(after.heaps_created - before.heaps_created));
   exit(0);
 }
 

@@ -49,16 +49,6 @@ struct blk {
   uint64_t serial;
 };
 
-struct rng {
-  uint64_t s;
-};
-static uint64_t rnd(struct rng *r) {
-  r->s ^= r->s >> 12;
-  r->s ^= r->s << 25;
-  r->s ^= r->s >> 27;
-  return r->s * 0x2545F4914F6CDD1Dull;
-}
-
 static atomic_ullong serials, total_ops, forks, trims;
 static atomic_int stop;
 static uint64_t base_seed = 1;
@@ -195,11 +185,11 @@ static void model_remove(const struct blk *b) {
 /* ---- operations ---- */
 
 static size_t random_size(struct rng *r) {
-  uint64_t k = rnd(r) % 1000;
-  if (k < 800) return 1 + rnd(r) % 1024;
-  if (k < 950) return 1024 + rnd(r) % (127 * 1024 + 1);
-  if (k < 995) return (128 << 10) + rnd(r) % ((4 << 20) - (128 << 10) + 1);
-  return (4 << 20) + rnd(r) % ((12 << 20) + 1);
+  uint64_t k = rng_next(r) % 1000;
+  if (k < 800) return 1 + rng_next(r) % 1024;
+  if (k < 950) return 1024 + rng_next(r) % (127 * 1024 + 1);
+  if (k < 995) return (128 << 10) + rng_next(r) % ((4 << 20) - (128 << 10) + 1);
+  return (4 << 20) + rng_next(r) % ((12 << 20) + 1);
 }
 
 static void check_align(uintptr_t p, size_t n, const char *what) {
@@ -232,7 +222,7 @@ static void op_malloc(struct rng *r, struct blk *b) {
 
 static void op_calloc(struct rng *r, struct blk *b) {
   size_t n = random_size(r), cnt = 1, sz = n;
-  if (n % 8 == 0 && rnd(r) % 2) cnt = 8, sz = n / 8;
+  if (n % 8 == 0 && rng_next(r) % 2) cnt = 8, sz = n / 8;
   char *p = calloc(cnt, sz);
   CHECK(p, "calloc(%zu, %zu) failed: %s", cnt, sz, strerror(errno));
   check_align((uintptr_t)p, n, "calloc");
@@ -246,11 +236,11 @@ static void op_calloc(struct rng *r, struct blk *b) {
 }
 
 static void op_aligned(struct rng *r, struct blk *b) {
-  size_t align = (size_t)8 << (rnd(r) % 19); /* 8 B .. 2 MiB */
+  size_t align = (size_t)8 << (rng_next(r) % 19); /* 8 B .. 2 MiB */
   size_t n = random_size(r);
   char *p = NULL;
   const char *what;
-  switch (rnd(r) % 3) {
+  switch (rng_next(r) % 3) {
   case 0: {
     what = "posix_memalign";
     int rc = posix_memalign((void **)&p, align, n);
@@ -277,7 +267,8 @@ static void op_aligned(struct rng *r, struct blk *b) {
 static void op_realloc(struct rng *r, struct blk *b) {
   if (!b->p) return op_malloc(r, b);
   verify(b, "before realloc");
-  size_t to = rnd(r) % 4 ? random_size(r) : b->n + 1 + rnd(r) % 64; /* some grow a little */
+  size_t to =
+      rng_next(r) % 4 ? random_size(r) : b->n + 1 + rng_next(r) % 64; /* some grow a little */
   struct blk old = *b;
   old.p = opaque_ptr(old.p); /* its address is the old pattern's key, used after realloc */
   uintptr_t was = (uintptr_t)old.p;
@@ -300,7 +291,7 @@ static struct {
 } pool[POOL];
 
 static void pool_swap(struct rng *r, struct blk *b) {
-  size_t i = rnd(r) % POOL;
+  size_t i = rng_next(r) % POOL;
   pthread_mutex_lock(&pool[i].m);
   struct blk got = pool[i].b;
   pool[i].b = *b;
@@ -392,8 +383,8 @@ static void *worker_main(void *arg) {
   CHECK(local, "calloc failed");
   long n = 0;
   for (; n < w->ops && !atomic_load(&stop); n++) {
-    struct blk *b = &local[rnd(&r) % LOCAL];
-    uint64_t k = rnd(&r) % 1000;
+    struct blk *b = &local[rng_next(&r) % LOCAL];
+    uint64_t k = rng_next(&r) % 1000;
     if (k < 300) {
       release(b, "before free");
       op_malloc(&r, b);
@@ -415,7 +406,7 @@ static void *worker_main(void *arg) {
         CHECK(malloc_usable_size(b->p) >= b->n, "malloc_usable_size(%p) = %zu < %zu", (void *)b->p,
               malloc_usable_size(b->p), b->n);
       }
-      uint64_t x = rnd(&r) % 1000;
+      uint64_t x = rng_next(&r) % 1000;
       if (x < 2) {
         malloc_trim(0);
         atomic_fetch_add(&trims, 1);
@@ -443,9 +434,9 @@ static void *worker_main(void *arg) {
 
 static void start_worker(int i, uint64_t gen) {
   struct rng r = {base_seed * 0x9E3779B97F4A7C15ull + gen * 0xBF58476D1CE4E5B9ull + 1};
-  rnd(&r);
-  workers[i].seed = rnd(&r) | 1;
-  workers[i].ops = 2000 + (long)(rnd(&r) % 60000);
+  rng_next(&r);
+  workers[i].seed = rng_next(&r) | 1;
+  workers[i].ops = 2000 + (long)(rng_next(&r) % 60000);
   atomic_store(&workers[i].done, 0);
   CHECK(pthread_create(&workers[i].tid, NULL, worker_main, &workers[i]) == 0,
         "pthread_create failed");

@@ -33,19 +33,9 @@ void hak_stats_get(hak_stats_t *out) {
 
 static _Atomic(uintptr_t) shared[SHARED];
 
-struct rng {
-  uint64_t s;
-};
-static uint64_t rnd(struct rng *r) {
-  r->s ^= r->s >> 12;
-  r->s ^= r->s << 25;
-  r->s ^= r->s >> 27;
-  return r->s * 0x2545F4914F6CDD1Dull;
-}
-
 static size_t random_size(struct rng *r) {
-  if (rnd(r) % 100 < 95) return 8 + rnd(r) % (4096 - 8 + 1);
-  return 4096 + rnd(r) % (60 * 1024 + 1);
+  if (rng_next(r) % 100 < 95) return 8 + rng_next(r) % (4096 - 8 + 1);
+  return 4096 + rng_next(r) % (60 * 1024 + 1);
 }
 
 static void *new_block(struct rng *r) {
@@ -57,7 +47,7 @@ static void *new_block(struct rng *r) {
 }
 
 static void hand_off(struct rng *r, void *p) {
-  free((void *)atomic_exchange(&shared[rnd(r) % SHARED], (uintptr_t)p));
+  free((void *)atomic_exchange(&shared[rng_next(r) % SHARED], (uintptr_t)p));
 }
 
 /* One thread's share of a round; keep: KEEP slots that live on (main) or
@@ -65,13 +55,13 @@ static void hand_off(struct rng *r, void *p) {
 static void round_work(struct rng *r, void **keep) {
   for (int i = 0; i < PER_ROUND; i++) {
     void *p = new_block(r);
-    uint64_t k = rnd(r) % 100;
+    uint64_t k = rng_next(r) % 100;
     if (k < 25) {
       hand_off(r, p);
     } else if (k < 60) {
       free(p);
     } else {
-      size_t j = rnd(r) % KEEP;
+      size_t j = rng_next(r) % KEEP;
       free(keep[j]);
       keep[j] = p;
     }

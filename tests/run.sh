@@ -147,7 +147,6 @@ run_bin fork
 # fork, and the child's new threads never taking over dead threads' heaps.
 run_bin fork_deadlock
 run_bin fork_sigfork
-run_bin fork_child_heaps
 run_bin dlopen "$repo/build/libhakmem-dlopen.so"
 # calloc and the stress again in the allocator's other modes: purging at
 # once through each engine (memory given back and marked known-zero while

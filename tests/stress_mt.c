@@ -40,22 +40,12 @@
 static _Atomic(uintptr_t) slots[SLOTS];
 static long ops_per_thread = 50000;
 
-struct rng {
-  uint64_t s;
-};
-static uint64_t rnd(struct rng *r) {
-  r->s ^= r->s >> 12;
-  r->s ^= r->s << 25;
-  r->s ^= r->s >> 27;
-  return r->s * 0x2545F4914F6CDD1Dull;
-}
-
 static size_t random_size(struct rng *r) {
-  uint64_t k = rnd(r) % 1000;
-  if (k < 860) return HDR + rnd(r) % 1024;              /* small */
-  if (k < 989) return 1024 + rnd(r) % (31 * 1024);      /* mid, up to 32 KiB */
-  if (k < 999) return 32 * 1024 + rnd(r) % (480 << 10); /* large */
-  return (1 << 20) + rnd(r) % (3 << 20);                /* huge */
+  uint64_t k = rng_next(r) % 1000;
+  if (k < 860) return HDR + rng_next(r) % 1024;              /* small */
+  if (k < 989) return 1024 + rng_next(r) % (31 * 1024);      /* mid, up to 32 KiB */
+  if (k < 999) return 32 * 1024 + rng_next(r) % (480 << 10); /* large */
+  return (1 << 20) + rng_next(r) % (3 << 20);                /* huge */
 }
 
 /* Header: the size, then the address xor a constant; the rest a pattern. */
@@ -95,12 +85,12 @@ static void release(void *p, const char *when) {
 /* Put a block into a random shared slot; whatever was there is freed here,
  * usually by a thread other than the one that allocated it. */
 static void publish(struct rng *r, void *p) {
-  uintptr_t old = atomic_exchange(&slots[rnd(r) % SLOTS], (uintptr_t)p);
+  uintptr_t old = atomic_exchange(&slots[rng_next(r) % SLOTS], (uintptr_t)p);
   release((void *)old, "shared slot");
 }
 
 static void op_realloc(struct rng *r) {
-  void *p = (void *)atomic_exchange(&slots[rnd(r) % SLOTS], 0);
+  void *p = (void *)atomic_exchange(&slots[rng_next(r) % SLOTS], 0);
   if (!p) return;
   size_t n = verify(p, "before realloc");
   size_t to = random_size(r);
@@ -126,14 +116,14 @@ static void op_calloc(struct rng *r) {
 }
 
 static void op_memalign(struct rng *r, void **local) {
-  size_t align = (size_t)16 << (rnd(r) % 9); /* 16 .. 4096 */
+  size_t align = (size_t)16 << (rng_next(r) % 9); /* 16 .. 4096 */
   size_t n = random_size(r);
   void *p = NULL;
   int rc = T_MEMALIGN(&p, align, n);
   CHECK(rc == 0 && p, "posix_memalign(%zu, %zu) failed: %d", align, n, rc);
   CHECK((uintptr_t)p % align == 0, "posix_memalign(%zu) = %p misaligned", align, p);
   stamp(p, n);
-  size_t i = rnd(r) % LOCAL;
+  size_t i = rng_next(r) % LOCAL;
   release(local[i], "local slot");
   local[i] = p;
 }
@@ -145,11 +135,11 @@ static void *worker(void *arg) {
     /* Odd threads drop their heap halfway, with blocks still live, while
      * the others keep freeing into it. */
     if (op == ops_per_thread / 2 && ((uintptr_t)arg & 1)) hak_thread_done();
-    uint64_t k = rnd(&r) % 100;
+    uint64_t k = rng_next(&r) % 100;
     if (k < 60) {
       publish(&r, new_block(random_size(&r)));
     } else if (k < 85) {
-      size_t i = rnd(&r) % LOCAL;
+      size_t i = rng_next(&r) % LOCAL;
       release(local[i], "local slot");
       local[i] = new_block(random_size(&r));
     } else if (k < 90) {
