@@ -2,8 +2,6 @@
  * node; heaps come here once per span, not per block. */
 #include "internal.h"
 
-#include <string.h>
-
 #define MAX_NODES KMEM_MAX_NODES
 #define BACKGROUND_AFTER_REGIONS 1 /* the background thread is wanted from the 2nd region on */
 
@@ -133,6 +131,25 @@ static hak_region_t *pool_find(hak_pool_t *pool, int node, unsigned npages, uint
   return r;
 }
 
+/* A descriptor as new. The words a thread of the span's previous life may
+ * still load (a freer checking whether it freed an abandoned page's last
+ * block reads `abandoned`) are stored atomically, not by a memset. */
+static void page_clear(hak_page_t *d, unsigned back) {
+  d->free = d->local_free = NULL;
+  atomic_store_explicit(&d->owner, 0, memory_order_relaxed);
+  d->used = 0;
+  d->cls = 0;
+  atomic_store_explicit(&d->align_shifts, 0, memory_order_relaxed);
+  d->block_size = 0;
+  d->capacity = d->reserved = 0;
+  d->free_is_zero = d->fresh_zero = 0;
+  atomic_store_explicit(&d->abandoned, 0, memory_order_relaxed);
+  d->span_pages = 0;
+  d->back = (uint8_t)back;
+  atomic_store_explicit(&d->remote, 0, memory_order_relaxed);
+  d->next = d->prev = NULL;
+}
+
 /* A run of npages pages from the node's pool; when the node has no room and
  * no new region can be made, from the next nodes' (node_fallbacks). */
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero) {
@@ -165,11 +182,8 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   if (newly) node_committed_add(r->node, (int64_t)__builtin_popcount(newly) * (int64_t)PAGE_SIZE);
 
   hak_page_t *head = &r->pages[first];
-  for (unsigned i = 0; i < npages; i++) {
-    hak_page_t *d = &r->pages[first + i];
-    memset(d, 0, sizeof *d);
-    d->back = (uint8_t)i;
-  }
+  for (unsigned i = 0; i < npages; i++)
+    page_clear(&r->pages[first + i], i);
   head->span_pages = (uint8_t)npages;
   return head;
 }
