@@ -82,7 +82,7 @@ void *hak_free_check(hak_page_t *page, void *p) {
   size_t bs = page->block_size;
   bool own = page_heap(page) == hak_tls_heap;
   if (bs == 0 || q < start) goto bad;
-  size_t idx = (uint32_t)(q - start) / (uint32_t)bs; /* within one region: a 32-bit divide */
+  size_t idx = class_block_index(page->cls, (size_t)(q - start));
   if (idx >= (own ? page->reserved : page->capacity)) goto bad;
   char *b = start + idx * bs;
   if (q != b) {

@@ -268,6 +268,15 @@ static inline void stat_inc(_Atomic uint64_t *c, uint64_t n) {
 extern uint8_t hak_class_direct[DIRECT_MAX / MIN_ALIGN + 1];
 extern uint32_t hak_class_size[NUM_CLASSES];
 extern uint8_t hak_class_pages[NUM_CLASSES];
+/* ceil(2^40 / size): off * inverse >> 40 is off / size, without a divide on
+ * every remote free. Exact while off * (inverse * size - 2^40) < 2^40, so
+ * for every off below 2^40 / size >= 2^23 (sizes up to 128 KiB): any
+ * offset within a region. */
+#define CLASS_INVERSE_SHIFT 40
+extern uint64_t hak_class_inverse[NUM_CLASSES];
+static inline size_t class_block_index(unsigned cls, size_t off) {
+  return (size_t)(((uint64_t)off * hak_class_inverse[cls]) >> CLASS_INVERSE_SHIFT);
+}
 void hak_classes_init(void);
 unsigned hak_class_of_large(size_t size); /* DIRECT_MAX < size <= SMALL_MAX */
 

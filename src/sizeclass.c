@@ -5,6 +5,7 @@
 uint8_t hak_class_direct[DIRECT_MAX / MIN_ALIGN + 1];
 uint32_t hak_class_size[NUM_CLASSES];
 uint8_t hak_class_pages[NUM_CLASSES];
+uint64_t hak_class_inverse[NUM_CLASSES];
 
 #define LINEAR_CLASSES 8 /* 16 .. 128 */
 
@@ -29,6 +30,7 @@ void hak_classes_init(void) {
       bs = ((size_t)1 << b) + (q + 1) * ((size_t)1 << (b - 2));
     }
     hak_class_size[c] = (uint32_t)bs;
+    hak_class_inverse[c] = (((uint64_t)1 << CLASS_INVERSE_SHIFT) + bs - 1) / bs;
     /* at least 8 blocks per span keeps span churn low for mid sizes */
     unsigned k = 1;
     while (k * PAGE_SIZE / bs < 4)

@@ -21,7 +21,7 @@
 #include "hakmem.h"
 #include "watchdog.h"
 
-#ifdef PLAIN_LIBC /* built without hakmem, to measure other allocators with LD_PRELOAD */
+#ifdef TEST_PRELOAD /* built without hakmem, to measure other allocators with LD_PRELOAD */
 void hak_stats_get(hak_stats_t *out) {
   memset(out, 0, sizeof *out);
 }
