@@ -17,24 +17,25 @@
  *   ABANDONED  NEVER, listed     in its region node's pool; remote frees push
  *                                onto page->remote
  *
- *   transition  from -> to                    by                  function
- *   own         fresh span -> OWNED           the heap taking it  hak_page_init (page.c)
- *   free        OWNED|RELEASED|ABANDONED      any other thread    remote_free
- *               -> same
- *   notify      NOTIFY -> FREEING -> OWNED    any other thread    remote_free
- *   park        OWNED -> NOTIFY               H, lists all empty  remote_park
- *               (FREEING: not parked, the delivery under way brings it back)
- *   deliver     H takes H->delayed; a block whose page is still FREEING stays
- *               there, so no page is retired under a freer    remote_drain_delayed
- *   release     OWNED|NOTIFY -> RELEASED      H at exit, waits    remote_release
- *                                             out FREEING
- *   fork        FREEING -> NOTIFY             the fork child      remote_fork_child
- *               (the freer is gone there)
- *   abandon     RELEASED -> ABANDONED         H at exit           hak_abandoned_push
- *   claim       ABANDONED -> OWNED            a freer of its node hak_abandoned_claim
- *   adopt       ABANDONED -> OWNED            a heap of its node  hak_abandoned_adopt
- *   reclaim     ABANDONED, every block free   the last freer,     abandoned_reclaim
- *               -> back to its region         adopt, push, trim
+ *   transition  from -> to                  by                   function
+ *   own         fresh span -> OWNED         the heap taking it   hak_page_init (page.c)
+ *   free        OWNED|RELEASED|ABANDONED    any other thread     hak_remote_free
+ *               -> the same
+ *   notify      NOTIFY -> FREEING -> OWNED  any other thread     hak_remote_free
+ *   park        OWNED -> NOTIFY             H, lists all empty   hak_remote_park
+ *               (FREEING: not parked; the delivery under way brings it back)
+ *   deliver     H takes H->delayed; a block  H                   hak_remote_drain_delayed
+ *               of a FREEING page stays there (no page is retired under a freer)
+ *   release     OWNED|NOTIFY -> RELEASED    H at exit; waits out hak_remote_release
+ *                                           FREEING
+ *   fork        FREEING -> NOTIFY           the fork child (the  hak_remote_fork_child
+ *                                           freer is gone there)
+ *   abandon     RELEASED -> ABANDONED       H at exit            hak_abandoned_push
+ *   claim       ABANDONED -> OWNED          a freer of its node  hak_abandoned_claim
+ *   adopt       ABANDONED -> OWNED          a heap of its node   hak_abandoned_adopt
+ *   reclaim     ABANDONED, all blocks free  the last block's     abandoned_reclaim_check,
+ *               -> back to its region       freer; push, adopt,  hak_abandoned_push,
+ *                                           trim                 _adopt, _trim
  *
  * RELEASED and ABANDONED pages have nobody to collect their remote lists, so
  * whoever frees into one checks, under the abandoned lock, whether that was
