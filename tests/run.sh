@@ -147,6 +147,9 @@ run_bin fork
 # fork, and the child's new threads never taking over dead threads' heaps.
 run_bin fork_deadlock
 run_bin fork_sigfork
+# fork while the background thread has pages out for purging (one CPU, the
+# thread SCHED_IDLE): every fork child gets every page back.
+run_bin fork_purging
 run_bin dlopen "$repo/build/libhakmem-dlopen.so"
 # calloc and the stress again in the allocator's other modes: purging at
 # once through each engine (memory given back and marked known-zero while
@@ -178,6 +181,9 @@ for t in faults threads read fork refused closefds; do run_bin "uffd_$t"; done
 # counts, THP and hugetlbfs (as root kmem_hugetlb changes the 2 MiB pool for
 # a moment and restores it), bad values of every variable.
 for t in calloc_zero rss_return purge_page prefault thp hugetlb bad_env; do run_bin "kmem_$t"; done
+# HAKMEM_PREFAULT=ahead aimed at a hugetlbfs region unmapped before the
+# background thread looks (as root, raises the 2 MiB pool for a moment).
+run_bin kmem_hugetlb_ahead
 # The purge engines (kmem/purge.c) called directly, each case in a fresh
 # child; then through the allocator with each HAKMEM_PURGE_ENGINE, and with
 # io_uring_setup (and process_madvise) forbidden by a seccomp filter.

@@ -1,0 +1,135 @@
+/* HAKMEM_PREFAULT=ahead with HAKMEM_HUGETLB=1: the background thread is told
+ * to populate after a span of a hugetlbfs region, and the region goes back
+ * whole (munmap) before it looks. It must not read the unmapped header (it
+ * once kept a raw span pointer and dereferenced it: SIGSEGV).
+ *
+ * The child (HAKMEM_HUGETLB=1 HAKMEM_PREFAULT=ahead HAKMEM_PURGE_DELAY_MS=0)
+ * runs on one CPU with the background thread SCHED_IDLE (tests/bg_idle.h),
+ * so the background thread cannot run between the malloc that names the
+ * region and the free + malloc_trim(0) that unmap it; then the main thread
+ * sleeps and the background thread takes the stale target. Each round checks
+ * that the last block's region really was unmapped (regions and
+ * hugetlb_bytes down). A guardian process raises the 2 MiB pool
+ * (nr_hugepages) and puts the old values back however the child ends; no
+ * root, no pool: SKIP. */
+#define _GNU_SOURCE
+#include <malloc.h>
+#include <signal.h>
+#include "bg_idle.h"
+
+#define SYS_HP "/sys/kernel/mm/hugepages/hugepages-2048kB/"
+#define NR SYS_HP "nr_hugepages"
+#define OVERCOMMIT SYS_HP "nr_overcommit_hugepages"
+#define FREE SYS_HP "free_hugepages"
+
+#define ROUNDS 300
+#define NBLK 4
+/* 24 of a region's 32 pages: one such block per region, and the pages after
+ * it (25..31) are what the background thread is asked to populate */
+#define BLK (24 * 64 * KIB)
+
+static void poke(void) {
+  void *p = malloc(BLK), *q = malloc(100);
+  free(p);
+  free(q);
+}
+
+static uint64_t regions_now(void) {
+  uint64_t n = 0;
+  hak_node_stats_t ns;
+  for (int i = 0; hak_node_stats_get(i, &ns) == 0; i++)
+    n += ns.regions;
+  return n;
+}
+
+static int child_main(void) {
+  pin_to_one_cpu();
+  background_idle(poke);
+  void *blk[NBLK];
+  unsigned unmapped = 0;
+  for (int round = 0; round < ROUNDS; round++) {
+    for (int i = 0; i < NBLK; i++) {
+      blk[i] = malloc(BLK);
+      CHECK(blk[i], "malloc(%zu) failed", BLK);
+      ((volatile char *)blk[i])[0] = 1;
+    }
+    hak_stats_t s = stats_now();
+    if (round == 0 && s.hugetlb_bytes < NBLK * 2 * MIB)
+      SKIP("hugetlb_bytes %llu with %d blocks live: the pool gave too few pages",
+           (unsigned long long)s.hugetlb_bytes, NBLK);
+    uint64_t before = regions_now();
+    /* the background thread was named the last block's region; it cannot
+     * run before the region is gone */
+    for (int i = 0; i < NBLK; i++)
+      free(blk[i]);
+    malloc_trim(0);
+    uint64_t after = regions_now();
+    if (after < before) unmapped++;
+    sleep_ms(2); /* now it runs, with the stale target */
+  }
+  hak_stats_t s = stats_now();
+  fprintf(stderr, "%d rounds, %u with regions unmapped under the background thread's target; "
+          "hugetlb_bytes at the end %llu KiB\n",
+          ROUNDS, unmapped, (unsigned long long)(s.hugetlb_bytes / KIB));
+  CHECK(unmapped >= ROUNDS / 2,
+        "only %u of %d rounds unmapped a region: the window was not exercised", unmapped, ROUNDS);
+  return 0;
+}
+
+/* ---- the guardian: raises the pool, runs the child, restores the pool ---- */
+
+static long old_nr = -1, old_overcommit = -1;
+static pid_t worker;
+
+static void restore(void) {
+  if (old_overcommit >= 0) write_long(OVERCOMMIT, old_overcommit);
+  if (old_nr >= 0) write_long(NR, old_nr);
+}
+
+static void on_signal(int sig) {
+  if (worker > 0) kill(worker, SIGKILL);
+  restore();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+int main(int argc, char **argv) {
+  (void)argv;
+  if (argc > 1) return child_main();
+  if (access(SYS_HP, F_OK) != 0) SKIP("no 2 MiB huge page size here (%s missing)", SYS_HP);
+  if (geteuid() != 0) SKIP("needs root to change the hugetlbfs pool (%s)", NR);
+  if (access(NR, W_OK) != 0 || access(OVERCOMMIT, W_OK) != 0)
+    SKIP("%s is not writable here (read-only /sys?)", NR);
+  old_nr = read_long(NR);
+  old_overcommit = read_long(OVERCOMMIT);
+  CHECK(old_nr >= 0 && old_overcommit >= 0, "cannot read %s", NR);
+  int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGALRM};
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+    signal(sigs[i], on_signal);
+
+  write_long(OVERCOMMIT, 0);
+  write_long(NR, old_nr + 16);
+  long free_pages = read_long(FREE);
+  if (free_pages < NBLK + 4) {
+    restore();
+    SKIP("the kernel put only %ld free huge pages in the pool (%ld asked for)", free_pages,
+         old_nr + 16);
+  }
+  static struct child c;
+  const char *env[] = {"HAKMEM_HUGETLB=1", "HAKMEM_PREFAULT=ahead", "HAKMEM_PURGE_DELAY_MS=0",
+                       NULL};
+  run_self("child", env, &c);
+  restore();
+  long now = read_long(NR);
+  if (now != old_nr) fprintf(stderr, "WARNING: nr_hugepages is %ld, was %ld before\n", now, old_nr);
+  fputs(c.err, stdout);
+  if (WIFSIGNALED(c.status))
+    FAIL("the child (HAKMEM_HUGETLB=1 HAKMEM_PREFAULT=ahead HAKMEM_PURGE_DELAY_MS=0) was killed "
+         "by signal %d (%s): the background thread read a region unmapped under it",
+         WTERMSIG(c.status), strsignal(WTERMSIG(c.status)));
+  if (WIFEXITED(c.status) && WEXITSTATUS(c.status) == 77) return 77;
+  CHECK(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0, "the child exited %d",
+        WIFEXITED(c.status) ? WEXITSTATUS(c.status) : -1);
+  printf("hugetlb_ahead: ok\n");
+  return 0;
+}
