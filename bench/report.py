@@ -34,12 +34,22 @@ ABOUT = {
     "fragment": "Waves of 16 B - 1 MiB blocks, 10% survive; RSS at the end vs live bytes below.",
     "largeheap": "A heap of 16-64 KiB blocks (256 MiB, 1 GiB with BENCH_FULL) built, touched, "
                  "freed and built again, 4 rounds; RSS after 2x the purge delay idle below.",
+    "largelive": "128 live blocks of one size (256 with BENCH_FULL, and up to 32 MiB), each written "
+                 "once, a fresh child process per size; below: (RSS with them live - RSS before) / "
+                 "live bytes, 1.00 = no overhead. One op = one block.",
+    "hugereplace": "20 live blocks of 5-25 MiB, 200 replaced at random (2000 with BENCH_FULL), each "
+                   "zeroed with memset after malloc. One op = one replacement; secs = the timed loop.",
+    "manythreads": "256 threads on T CPUs hand 16 B - 64 KiB blocks to each other through "
+                   "mutex-protected inboxes for 1 s (3 s with BENCH_FULL). One op = one malloc + free; "
+                   "end RSS = after all blocks are freed.",
 }
 
 # Extra fields shown in a workload's second table (all go to the JSON).
 SHOWN = {
     "crossnode": ["nodes", "cross_node_frees", "batches"],
     "largeheap": ["s_per_round", "app_cpu_s", "helper_cpu_s", "freed_rss_kb"],
+    "hugereplace": ["secs"],
+    "manythreads": ["end_rss_kb"],
 }
 
 
@@ -49,12 +59,26 @@ def fmt_extra(k, v):
         return "-"
     if k.endswith("_kb"):
         return "%.1f" % (v / 1024)
-    if k.endswith("_s") or k.startswith("s_"):
+    if k.startswith("rss_live") or k == "worst":
+        return "%.2f" % v
+    if k.endswith("_s") or k.startswith("s_") or k == "secs":
         return "%.3f" % v
     return "%.0f" % v
 
 
+def size_order(k):
+    """rss_live_<count>_<size> keys by count, then size (128k < 1m < 1536k); others keep their place."""
+    if not k.startswith("rss_live_"):
+        return (2, 0, 0)
+    n, _, size = k[len("rss_live_"):].partition("_")
+    kb = float(size[:-1]) * (1024 if size.endswith("m") else 1)
+    return (1, int(n), kb)
+
+
 def extra_head(k):
+    if k.startswith("rss_live_"):  # rss_live_128_512k -> RSS/live 128x512k
+        n, _, size = k[len("rss_live_"):].partition("_")
+        return "RSS/live %sx%s" % (n, size)
     return k.replace("_kb", " MiB")
 
 FIELDS = ["workload", "alloc", "threads", "run", "status", "code", "ops", "maxrss_kb", "minflt",
@@ -140,15 +164,193 @@ def append_sections(md, failures, notes):
             md += ["## " + title, ""] + ["- " + l for l in lines] + [""]
 
 
+# --- servers (bench/servers.sh) ---
+SRV_FIELDS = ["server", "alloc", "run", "test", "size", "status", "value", "peak_kb", "detail"]
+SRV_ABOUT = {
+    "redis": "redis-server (Debian's, linked with jemalloc 5.3) with --save '' --appendonly no, "
+             "pinned to one CPU; redis-benchmark -P 16 -c 50 -t set,get,lpush,lpop -d SIZE on the "
+             "other (LPUSH builds one list of N values that LPOP empties: N x SIZE live at the top). "
+             "glibc = LD_PRELOAD=libc.so.6 (binds before redis's jemalloc); jemalloc = the same "
+             "libjemalloc.so.2 preloaded; jemalloc-linked = no preload.",
+    "memcached": "memcached -m 1024 -t 2 -U 0, pinned to one CPU; memaslap (memcaslap) -T 1 -c 16 "
+                 "on the other, 40000 operations (200000 with BENCH_FULL; the same work under every "
+                 "allocator): keys 16-64 B, values 64 B - 128 KiB, 30% set, 70% get, about 0.8 GB "
+                 "set into a 1 GB cache. "
+                 "memcached keeps its 1 MiB slab pages after flush_all, so RSS after idle is about "
+                 "its peak under every allocator.",
+}
+
+
+def read_servers(path, servers):
+    """{(server, alloc, test, size): [record, ...]} plus the order of allocators."""
+    cells = {}
+    order = []
+    if not os.path.exists(path):
+        return {"cells": cells, "order": order, "servers": servers}
+    with open(path) as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            p += [""] * (len(SRV_FIELDS) - len(p))
+            r = dict(zip(SRV_FIELDS, p))
+            if r["server"] not in servers:
+                continue
+            r["ok"] = r["status"] == "ok" and r["value"] != ""
+            if r["alloc"] not in order:
+                order.append(r["alloc"])
+            cells.setdefault((r["server"], r["alloc"], r["test"], r["size"]), []).append(r)
+    return {"cells": cells, "order": order, "servers": servers}
+
+
+def srv_alloc_order(srv):
+    return srv.get("order", []) if srv else []
+
+
+def srv_tests(srv, s):
+    """(test, size) columns of server s, in the order first seen; idle and start last/out."""
+    seen = []
+    for (sv, al, t, z) in srv["cells"]:
+        if sv == s and t not in ("idle", "start") and (t, z) not in seen:
+            seen.append((t, z))
+    return seen
+
+
+def srv_cell(srv, s, al, t, z):
+    runs = srv["cells"].get((s, al, t, z), [])
+    good = [r for r in runs if r["ok"]]
+    bad = [r for r in runs if not r["ok"]]
+    bad += [r for r in srv["cells"].get((s, al, "start", "-"), [])]
+    vals = [float(r["value"]) for r in good]
+    peaks = [float(r["peak_kb"]) for r in good if r["peak_kb"]]
+    return {"runs": len(good), "failed": len(bad), "bad": bad,
+            "median": statistics.median(vals) if vals else None,
+            "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+            "peak": statistics.median(peaks) if peaks else None,
+            "peak_min": min(peaks) if peaks else None, "peak_max": max(peaks) if peaks else None}
+
+
+def srv_base(srv, s):
+    order = [al for al in srv["order"] if any(k[0] == s and k[1] == al for k in srv["cells"])]
+    return "hakmem" if "hakmem" in order else (order[0] if order else None), order
+
+
+def servers_geomean(srv, al):
+    """Throughput and peak RSS geomeans of allocator al vs hakmem over all server cells."""
+    if not srv:
+        return None, None, 0
+    tp, rss = [], []
+    for s in srv["servers"]:
+        base, order = srv_base(srv, s)
+        if al not in order:
+            continue
+        for t, z in srv_tests(srv, s):
+            c, b = srv_cell(srv, s, al, t, z), srv_cell(srv, s, base, t, z)
+            if c["failed"] or b["failed"] or not c["median"] or not b["median"]:
+                continue
+            tp.append(c["median"] / b["median"])
+            if c["peak"] and b["peak"]:
+                rss.append(c["peak"] / b["peak"])
+    return geomean(tp), geomean(rss), len(tp)
+
+
+def srv_workload(s, t, z):
+    return "%s_%s" % (s, t) if z in ("", "-", "64-128k") else "%s_%s_%s" % (s, t, z)
+
+
+def servers_json(srv):
+    out = []
+    if not srv:
+        return out
+    for s in srv["servers"]:
+        base, order = srv_base(srv, s)
+        unit = "req/s" if s == "redis" else "ops/s"
+        for al in order:
+            for t, z in srv_tests(srv, s):
+                c = srv_cell(srv, s, al, t, z)
+                out.append({"workload": srv_workload(s, t, z), "allocator": al, "threads": 1,
+                            "peak_rss_kb": c["peak"], "minor_faults": None, "runs": c["runs"],
+                            "failed": c["failed"], "status": "crash" if c["failed"] else "ok",
+                            "metric": "throughput", "unit": unit, "median": c["median"],
+                            "min": c["min"], "max": c["max"], "value_size": z})
+            idle = srv_cell(srv, s, al, "idle", "-")
+            common = {"workload": s, "allocator": al, "threads": 1, "peak_rss_kb": idle["peak"],
+                      "minor_faults": None, "runs": idle["runs"], "failed": idle["failed"],
+                      "status": "crash" if idle["failed"] else "ok"}
+            out.append(dict(common, metric="peak_rss_kb", unit="KiB", median=idle["peak"],
+                            min=idle["peak_min"], max=idle["peak_max"]))
+            out.append(dict(common, metric="idle_rss_kb", unit="KiB", median=idle["median"],
+                            min=idle["min"], max=idle["max"]))
+    return out
+
+
+def servers_md(srv, failures):
+    md = []
+    if not srv:
+        return md
+    for s in srv["servers"]:
+        base, order = srv_base(srv, s)
+        if not order:
+            continue
+        tests = srv_tests(srv, s)
+        sizes = []
+        for t, z in tests:
+            if z not in sizes:
+                sizes.append(z)
+        md += ["## %s (server)" % s, ""]
+        if s in SRV_ABOUT:
+            md += [SRV_ABOUT[s], ""]
+        md += ["Median of the runs (interleaved, a fresh server each): requests/s per test and "
+               "value size; peak RSS = the server's VmHWM (per value size where there are "
+               "several, reset between sizes; `all` = the whole run); RSS after idle = VmRSS "
+               "after FLUSHALL / flush_all and %s; vs %s = geometric mean of the throughput "
+               "ratios." % ("the idle wait", base), ""]
+        head = ["allocator"] + ["%s %s" % (t.upper(), z) if z not in ("-", "") else t.upper()
+                                for t, z in tests]
+        if len(sizes) > 1:
+            head += ["peak RSS MiB %s" % z for z in sizes]
+        head += ["peak RSS MiB all", "RSS after idle MiB", "vs %s" % base]
+        md.append("| " + " | ".join(head) + " |")
+        md.append("|" + "---|" * len(head))
+        for al in order:
+            line = [al]
+            ratios = []
+            peaks = {}
+            for t, z in tests:
+                c = srv_cell(srv, s, al, t, z)
+                if c["failed"]:
+                    line.append("CRASH (%d/%d)" % (c["failed"], c["failed"] + c["runs"]))
+                    failures += [(s + "_" + t + "_" + z, al, 1, r) for r in c["bad"]]
+                    continue
+                line.append(fmt_ops(c["median"]))
+                peaks.setdefault(z, c["peak"])
+                b = srv_cell(srv, s, base, t, z)
+                if not b["failed"]:
+                    ratios.append(ratio(c["median"], b["median"]))
+            if len(sizes) > 1:
+                line += [fmt(peaks[z] / 1024 if peaks.get(z) else None, "%.1f") for z in sizes]
+            idle = srv_cell(srv, s, al, "idle", "-")
+            if idle["failed"]:
+                failures += [(s + "_idle", al, 1, r) for r in idle["bad"] if r["test"] == "idle"]
+            line += [fmt(idle["peak"] / 1024 if idle["peak"] else None, "%.1f"),
+                     fmt(idle["median"] / 1024 if idle["median"] is not None else None, "%.1f"),
+                     fmt(geomean(ratios) if len(ratios) == len(tests) else None, "%.2f")]
+            md.append("| " + " | ".join(line) + " |")
+        md.append("")
+    return md
+
+
 def main():
     ap = argparse.ArgumentParser()
     for opt in ("raw", "meta", "notes", "out", "allocs", "threads", "workloads", "chart",
                 "chart-data"):
         ap.add_argument("--" + opt, required=True)
+    ap.add_argument("--servers-raw", default="")
+    ap.add_argument("--servers", default="")
     a = ap.parse_args()
     allocs = a.allocs.split(",")
     threads = [int(t) for t in a.threads.split(",")]
-    workloads = a.workloads.split(",")
+    workloads = [w for w in a.workloads.split(",") if w]
+    servers = [s for s in a.servers.split(",") if s]
+    srv = read_servers(a.servers_raw, servers) if servers and a.servers_raw else {}
     meta = dict(line.rstrip("\n").split("=", 1) for line in open(a.meta) if "=" in line)
     notes = [line.rstrip("\n") for line in open(a.notes) if line.strip()]
 
@@ -179,6 +381,7 @@ def main():
         for k, (m, lo, hi) in c["extras"].items():
             out.append(dict(common, metric=k, unit="KiB" if k.endswith("_kb") else "",
                             median=m, min=lo, max=hi))
+    out += servers_json(srv)
     out = [{k: tidy(v) for k, v in o.items()} for o in out]
     with open(os.path.join(a.out, "latest.json"), "w") as f:
         json.dump(out, f, indent=1)
@@ -232,6 +435,7 @@ def main():
                        for k in (cells.get((w, al, t)) or {"extras": {}})["extras"]})
         if w in SHOWN:
             keys = [k for k in SHOWN[w] if k in keys]
+        keys.sort(key=size_order)
         if keys:
             head = ["allocator"] + ["%s %dT" % (extra_head(k), t) for t in threads for k in keys]
             md.append("| " + " | ".join(head) + " |")
@@ -248,16 +452,21 @@ def main():
                 md.append("| " + " | ".join(line) + " |")
             md.append("")
 
+    md += servers_md(srv, failures)
+
     md.append("## Summary")
     md.append("")
     md.append("Geometric mean over all workloads and thread counts where both ran cleanly, "
               "relative to %s: throughput above 1 is faster, peak RSS above 1 uses more "
-              "memory." % base)
+              "memory. The servers (redis, memcached: every test and value size a cell) are "
+              "their own columns, not in the first ones." % base)
     md.append("")
-    md.append("| allocator | throughput vs %s | peak RSS vs %s | cells | crashed cells |" %
-              (base, base))
-    md.append("|---|---|---|---|---|")
-    for al in allocs:
+    md.append("| allocator | throughput vs %s | peak RSS vs %s | cells | crashed cells "
+              "| servers: throughput vs %s | servers: peak RSS vs %s | server cells |" %
+              (base, base, base, base))
+    md.append("|---|---|---|---|---|---|---|---|")
+    srv_allocs = [x for x in srv_alloc_order(srv) if x not in allocs]
+    for al in allocs + srv_allocs:
         tp, rss, n = [], [], 0
         crashed = sum(1 for (w, x, t), c in cells.items() if x == al and c["failed"])
         for w in workloads:
@@ -268,8 +477,10 @@ def main():
                 n += 1
                 tp.append(r)
                 rss.append(ratio(med(w, al, t, "rss"), med(w, base, t, "rss")))
-        md.append("| %s | %s | %s | %d | %d |" % (al, fmt(geomean(tp), "%.2f"),
-                                                   fmt(geomean(rss), "%.2f"), n, crashed))
+        stp, srss, sn = servers_geomean(srv, al)
+        md.append("| %s | %s | %s | %d | %d | %s | %s | %d |" % (
+            al, fmt(geomean(tp), "%.2f") if n else "-", fmt(geomean(rss), "%.2f") if n else "-",
+            n, crashed, fmt(stp, "%.2f"), fmt(srss, "%.2f"), sn))
     md.append("")
 
     if a.chart == "yes":
@@ -283,7 +494,7 @@ def main():
                     f.write("%s/%dT " % (w, t) + " ".join(fmt(v, "%.4f") if v else "?"
                                                           for v in vals) + "\n")
 
-    append_sections(md, ["%s, %s, %dT, run %s: %s" % (w, al, t, r["run"], r["detail"] or r["status"])
+    append_sections(md, ["%s, %s, %sT, run %s: %s" % (w, al, t, r["run"], r["detail"] or r["status"])
                          for w, al, t, r in failures], notes)
 
     with open(os.path.join(a.out, "latest.md"), "w") as f:

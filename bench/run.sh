@@ -9,7 +9,11 @@
 # A crash, corruption or timeout is recorded as a result (CRASH), never aborts.
 #
 # Environment:
-#   BENCH_ONLY=larson,fragment     workloads (default: all)
+#   BENCH_ONLY=larson,fragment     workloads (default: all); redis and memcached are the real
+#                                  servers (bench/servers.sh): BENCH_ONLY=redis,memcached runs just them
+#   BENCH_SERVERS=0                skip the servers (default: 1, run them)
+#   BENCH_SERVER_RUNS=3            runs per server and allocator (default: 3)
+#   BENCH_IDLE=5                   seconds a server idles after FLUSHALL before its RSS is read
 #   BENCH_ALLOCS=glibc,hakmem,...  allocators (default: glibc,hakmem,hakmem-batch1,mimalloc,
 #                                  jemalloc,tcmalloc); NAME=/path/to/lib.so adds any preloadable
 #                                  allocator; hakmem-batch1 is hakmem with HAKMEM_MAILBOX_BATCH=1,
@@ -29,11 +33,21 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 
-all_workloads=(larson larson_mid prodcons crossnode churn_small churn_mid pingpong falseshare realloc_grow fragment largeheap)
+all_workloads=(larson larson_mid prodcons crossnode churn_small churn_mid pingpong falseshare realloc_grow fragment largeheap
+  largelive hugereplace manythreads)
+all_servers=(redis memcached)
 workloads=("${all_workloads[@]}")
+servers_list=("${all_servers[@]}")
 modes_mode=${BENCH_MODES:-0}
 case $modes_mode in 0 | 1 | only) ;; *) echo "run.sh: BENCH_MODES must be 0, 1 or only" >&2; exit 64 ;; esac
-[ -n "${BENCH_ONLY:-}" ] && IFS=, read -r -a workloads <<<"$BENCH_ONLY"
+if [ -n "${BENCH_ONLY:-}" ]; then
+  IFS=, read -r -a only <<<"$BENCH_ONLY"
+  workloads=() servers_list=()
+  for w in "${only[@]}"; do
+    if [[ " ${all_servers[*]} " == *" $w "* ]]; then servers_list+=("$w"); else workloads+=("$w"); fi
+  done
+fi
+[ "${BENCH_SERVERS:-1}" = 0 ] && servers_list=()
 IFS=, read -r -a allocs <<<"${BENCH_ALLOCS:-glibc,hakmem,hakmem-batch1,mimalloc,jemalloc,tcmalloc}"
 IFS=, read -r -a threads <<<"${BENCH_THREADS:-1,2}"
 runs=${BENCH_RUNS:-5}
@@ -45,6 +59,8 @@ bin=build/bench
 for w in "${workloads[@]}"; do
   [[ " ${all_workloads[*]} " == *" $w "* ]] || { echo "run.sh: unknown workload '$w'" >&2; exit 64; }
 done
+[ ${#workloads[@]} -gt 0 ] || [ ${#servers_list[@]} -gt 0 ] || [ "$modes_mode" = only ] ||
+  { echo "run.sh: nothing to run" >&2; exit 64; }
 
 # Builds only the bench binaries: the library may be another developer's work in progress.
 targets=("$bin/runone")
@@ -153,6 +169,32 @@ args_for() { # $1 = workload, $2 = threads
     fragment) [ "$big" = 1 ] && echo "$secs $t 10000 10000 2097152" || echo "$secs $t 2000 2000 1048576" ;;
     # heap MiB, threads, rounds: a run does not depend on BENCH_SECS
     largeheap) [ "$big" = 1 ] && echo "1024 $t 4" || echo "256 $t 4" ;;
+    # live blocks, then sizes in KiB (a child process per size)
+    largelive) [ "$big" = 1 ] && echo "256 128 256 512 768 1024 1536 2048 4096 8192 32768" ||
+      echo "128 128 256 512 768 1024 1536 2048 4096" ;;
+    # replacements of 20 live 5-25 MiB blocks (the issue's figures are for 2000)
+    hugereplace) [ "$big" = 1 ] && echo 2000 || echo 200 ;;
+    # seconds, 256 threads whatever T (T = the CPUs they are pinned to)
+    manythreads) [ "$big" = 1 ] && echo "3 256" || echo "1 256" ;;
+  esac
+}
+
+# Thread counts a workload runs at: the one-thread memory workloads at 1,
+# manythreads (256 threads) pinned to the largest count.
+threads_for() { # $1 = workload
+  local t max=0
+  case $1 in
+    largelive | hugereplace) echo 1 ;;
+    manythreads) for t in "${threads[@]}"; do [ "$t" -gt "$max" ] && max=$t; done; echo "$max" ;;
+    *) echo "${threads[@]}" ;;
+  esac
+}
+
+# Runs per cell: the slow memory workloads at most 3.
+runs_for() { # $1 = workload
+  case $1 in
+    largelive | hugereplace | manythreads) [ "$runs" -gt 3 ] && echo 3 || echo "$runs" ;;
+    *) echo "$runs" ;;
   esac
 }
 
@@ -250,24 +292,35 @@ warm_memory() {
 
 # Every workload under every allocator: latest.md, latest.json, latest.png.
 compare() {
-  local cells=0 w i
+  local cells=0 w i t wt
+  total=0
   for w in "${workloads[@]}"; do
-    for i in "${!names[@]}"; do runs_on "$w" "$i" && cells=$((cells + 1)); done
+    read -r -a wt <<<"$(threads_for "$w")"
+    for i in "${!names[@]}"; do runs_on "$w" "$i" && total=$((total + ${#wt[@]} * $(runs_for "$w"))); done
   done
-  total=$((cells * ${#threads[@]} * runs))
   done_runs=0
   started=$(date +%s)
-  echo "run.sh: ${#workloads[@]} workloads x ${#threads[@]} thread counts x ${#names[@]} allocators x $runs runs = $total runs of ${secs}s (pinning: $pin)" >&2
+  [ ${#workloads[@]} -gt 0 ] &&
+    echo "run.sh: ${#workloads[@]} workloads x ${#threads[@]} thread counts x ${#names[@]} allocators x $runs runs = $total runs of ${secs}s (pinning: $pin)" >&2
   for w in "${workloads[@]}"; do
     [ "$w" = largeheap ] && warm_memory
-    for t in "${threads[@]}"; do
-      for ((r = 1; r <= runs; r++)); do
+    read -r -a wt <<<"$(threads_for "$w")"
+    for t in "${wt[@]}"; do
+      for ((r = 1; r <= $(runs_for "$w"); r++)); do
         for i in "${!names[@]}"; do
           runs_on "$w" "$i" && run_one "$w" "$i" "$t" "$r"
         done
       done
     done
   done
+  srv_raw=$tmp/servers.tsv
+  : >"$srv_raw"
+  ran_servers=()
+  if [ ${#servers_list[@]} -gt 0 ]; then
+    # shellcheck source=bench/servers.sh
+    . bench/servers.sh
+    servers
+  fi
   elapsed=$(($(date +%s) - started))
 
   # Chart only when it can be drawn: gnuplot present and glibc measured.
@@ -276,6 +329,8 @@ compare() {
     note "gnuplot missing: no chart"
   elif [[ " ${names[*]} " != *" glibc "* ]]; then
     note "glibc not measured: no chart (it is the chart's baseline)"
+  elif [ ${#workloads[@]} -eq 0 ]; then
+    :
   else
     chart=yes
   fi
@@ -283,7 +338,8 @@ compare() {
   write_meta "$tmp/meta" "$runs" "$elapsed"
   "$py" bench/report.py --raw "$raw" --meta "$tmp/meta" --notes "$notes" --out "$out" \
     --allocs "$(IFS=,; echo "${names[*]}")" --threads "$(IFS=,; echo "${threads[*]}")" \
-    --workloads "$(IFS=,; echo "${workloads[*]}")" --chart "$chart" --chart-data "$tmp/chart.dat" ||
+    --workloads "$(IFS=,; echo "${workloads[*]}")" --chart "$chart" --chart-data "$tmp/chart.dat" \
+    --servers-raw "$srv_raw" --servers "$(IFS=,; echo "${ran_servers[*]}")" ||
     { echo "run.sh: report failed" >&2; exit 1; }
 
   if [ "$chart" = yes ]; then

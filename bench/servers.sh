@@ -1,0 +1,240 @@
+# Real servers under each allocator: redis-server driven by redis-benchmark,
+# memcached driven by memaslap (Debian's memcaslap). Sourced by bench/run.sh,
+# which provides names/libs/envs/only_for, find_lib, note, pin, cpus, tmp and
+# out; servers() appends to $srv_raw one record per measurement:
+#   server alloc run test size status value peak_kb detail
+# test is set/get/lpush/lpop (redis) or mixed (memcached): value = requests/s,
+# peak_kb = the server's VmHWM over that value size's tests (reset with
+# /proc/PID/clear_refs before each size); test "idle": value = VmRSS after
+# FLUSHALL / flush_all and BENCH_IDLE seconds idle, peak_kb = VmHWM of the run.
+#
+# Each run starts a fresh server on its own loopback port, pinned to the first
+# CPU, the client pinned to the second. The idle wait of a run overlaps the
+# next run (an idle server uses no CPU but its allocator's background work);
+# the server is stopped when its idle reading is done. Every step is bounded:
+# start 10 s, a client 60 s, stop 5 s then SIGKILL.
+#
+# Environment (see bench/README.md): BENCH_SERVERS=0 skips them,
+# BENCH_SERVER_RUNS=3, BENCH_IDLE=5, BENCH_PORT=23000 (first port used).
+
+srv_runs=${BENCH_SERVER_RUNS:-3}
+srv_idle=${BENCH_IDLE:-5}
+srv_port=${BENCH_PORT:-23000}
+# redis value sizes and requests per test (a few seconds per run in all)
+redis_sizes=(256 16384 100000)
+redis_reqs=(100000 10000 2000)
+[ "$full" = 1 ] && redis_reqs=(1000000 100000 10000)
+# memaslap operations per run: the same work under every allocator, so peak
+# RSS compares (a fixed time would let a slower allocator store less)
+mc_ops=40000
+[ "$full" = 1 ] && mc_ops=200000
+
+size_label() { # 256 -> 256, 16384 -> 16k, 100000 -> 100k
+  case $1 in 16384) echo 16k ;; 100000) echo 100k ;; *) echo "$1" ;; esac
+}
+
+# Pinning of the server (first CPU) and the client (second CPU, or the same).
+srv_pin() { [ "$pin" = none ] || echo numactl --physcpubind="${cpus[0]}"; }
+cli_pin() { [ "$pin" = none ] || echo numactl --physcpubind="${cpus[1]:-${cpus[0]}}"; }
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Next port nobody listens on.
+next_port() {
+  local i
+  for ((i = 0; i < 200; i++)); do
+    srv_port=$((srv_port + 1))
+    [ $srv_port -gt 60000 ] && srv_port=23001
+    port_busy $srv_port || { echo $srv_port; return 0; }
+  done
+  return 1
+}
+
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+
+# Stops server $1 listening on port $2: TERM, 5 s, KILL; then waits for the port.
+stop_server() {
+  local pid=$1 port=$2 i
+  kill -TERM "$pid" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
+  alive "$pid" && { kill -KILL "$pid" 2>/dev/null; note "$3: server did not stop in 5 s: killed"; }
+  wait "$pid" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do port_busy "$port" || break; sleep 0.1; done
+}
+
+status_kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status" 2>/dev/null; }
+
+# Which library the server binary's malloc binds to under LD_PRELOAD=$2 (ld.so's view).
+bound_lib() { # $1 binary, $2 preload
+  LD_DEBUG=bindings LD_PRELOAD=$2 timeout 10 "$1" --version 2>&1 >/dev/null |
+    sed -n "s|.*binding file $1 \[0\] to \([^ ]*\) .*normal symbol \`malloc'.*|\1|p" | head -n 1
+}
+
+srv_rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$srv_raw"; }
+
+# Servers waiting for their idle reading: "pid port server alloc run" per line.
+pending=()
+
+reap_pending() { # $1 = all: wait for every one
+  local keep=() p pid port s a r f
+  for p in "${pending[@]}"; do
+    read -r pid port s a r <<<"$p"
+    f=$tmp/idle.$pid
+    if [ "${1:-}" = all ]; then
+      for ((i = 0; i < (srv_idle + 5) * 10; i++)); do [ -s "$f" ] && break; sleep 0.1; done
+    fi
+    if [ -s "$f" ]; then
+      read -r rss hwm <"$f"
+      if [ -n "$rss" ]; then
+        srv_rec "$s" "$a" "$r" idle - ok "$rss" "$hwm" ""
+      else
+        srv_rec "$s" "$a" "$r" idle - error "" "" "server gone before the idle reading"
+      fi
+      stop_server "$pid" "$port" "$s $a"
+    else
+      keep+=("$p")
+    fi
+  done
+  pending=("${keep[@]}")
+}
+
+# Starts server $1 under allocator index $2 on port $3; sets srv_pid.
+start_server() {
+  local s=$1 i=$2 port=$3 lib=${srv_libs[$2]} pid k
+  # shellcheck disable=SC2046
+  case $s in
+    redis) $(srv_pin) env ${srv_envs[$i]} ${lib:+LD_PRELOAD=$lib} redis-server --port "$port" \
+      --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$tmp/srv.log" 2>&1 </dev/null & ;;
+    memcached) $(srv_pin) env ${srv_envs[$i]} ${lib:+LD_PRELOAD=$lib} memcached -m 1024 -t 2 \
+      -p "$port" -U 0 -l 127.0.0.1 -u root >"$tmp/srv.log" 2>&1 </dev/null & ;;
+  esac
+  pid=$!
+  for ((k = 0; k < 100; k++)); do
+    alive "$pid" || break
+    port_busy "$port" && { srv_pid=$pid; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  return 1
+}
+
+# One run of server $1 under allocator index $2, round $3.
+server_run() {
+  local s=$1 i=$2 r=$3 a=${srv_names[$2]} lib=${srv_libs[$2]} port pid k size lab hwm peak=0 line
+  port=$(next_port) || { note "$s: no free port"; return; }
+  if ! start_server "$s" "$i" "$port"; then
+    srv_rec "$s" "$a" "$r" start - error "" "" "server did not start: $(tail -n 1 "$tmp/srv.log" | tr '\t' ' ')"
+    return
+  fi
+  pid=$srv_pid
+  # the preloaded library is mapped in the server (the binding itself is checked once, by ld.so)
+  if [ -n "$lib" ] && ! grep -qF "$(readlink -f "$lib")" "/proc/$pid/maps"; then
+    note "$s, $a, run $r: $lib not mapped in the server"
+  fi
+  case $s in
+    redis)
+      for k in "${!redis_sizes[@]}"; do
+        size=${redis_sizes[$k]}
+        lab=$(size_label "$size")
+        echo 5 >"/proc/$pid/clear_refs" 2>/dev/null
+        # shellcheck disable=SC2046
+        timeout -k 2 60 $(cli_pin) redis-benchmark -p "$port" -P 16 -c 50 -n "${redis_reqs[$k]}" \
+          -d "$size" -t set,get,lpush,lpop --csv >"$tmp/cli.out" 2>"$tmp/cli.err" </dev/null
+        local rc=$?
+        hwm=$(status_kb "$pid" VmHWM)
+        [ -n "$hwm" ] && [ "$hwm" -gt "$peak" ] && peak=$hwm
+        for t in set get lpush lpop; do
+          local T=${t^^} v
+          v=$(sed -n "s/^\"$T\",\"\([0-9.]*\)\".*/\1/p" "$tmp/cli.out" | head -n 1)
+          if [ -n "$v" ]; then
+            srv_rec "$s" "$a" "$r" "$t" "$lab" ok "$v" "$hwm" ""
+          elif [ $rc = 124 ] || [ $rc = 137 ]; then
+            srv_rec "$s" "$a" "$r" "$t" "$lab" timeout "" "" "redis-benchmark timed out after 60 s"
+          else
+            srv_rec "$s" "$a" "$r" "$t" "$lab" error "" "" "no result (rc $rc$(alive "$pid" || echo ', server died')): $(tail -n 1 "$tmp/cli.err" | tr '\t' ' ')"
+          fi
+        done
+      done
+      timeout 10 redis-cli -p "$port" flushall >/dev/null 2>&1 ;;
+    memcached)
+      echo 5 >"/proc/$pid/clear_refs" 2>/dev/null
+      # shellcheck disable=SC2046
+      timeout -k 2 60 $(cli_pin) memcaslap -s "127.0.0.1:$port" -F "$tmp/memaslap.cfg" \
+        -x "$mc_ops" -T 1 -c 16 >"$tmp/cli.out" 2>"$tmp/cli.err" </dev/null
+      local rc=$? v
+      hwm=$(status_kb "$pid" VmHWM)
+      peak=${hwm:-0}
+      v=$(sed -n 's/.*Ops: [0-9]* TPS: \([0-9.]*\) .*/\1/p' "$tmp/cli.out" | tail -n 1)
+      if [ -n "$v" ]; then
+        srv_rec "$s" "$a" "$r" mixed 64-128k ok "$v" "$hwm" ""
+      else
+        srv_rec "$s" "$a" "$r" mixed 64-128k "$([ $rc = 124 ] && echo timeout || echo error)" "" "" \
+          "no result (rc $rc$(alive "$pid" || echo ', server died')): $(tail -n 1 "$tmp/cli.err" | tr '\t' ' ')"
+      fi
+      timeout 10 memcflush --servers="127.0.0.1:$port" >/dev/null 2>&1 ;;
+  esac
+  if ! alive "$pid"; then
+    srv_rec "$s" "$a" "$r" idle - error "" "" "server died: $(tail -n 1 "$tmp/srv.log" | tr '\t' ' ')"
+    wait "$pid" 2>/dev/null
+    return
+  fi
+  # idle reading in the background; the next run goes on meanwhile
+  (
+    sleep "$srv_idle"
+    echo "$(status_kb "$pid" VmRSS) $peak" >"$tmp/idle.$pid.tmp" && mv "$tmp/idle.$pid.tmp" "$tmp/idle.$pid"
+  ) &
+  pending+=("$pid $port $s $a $r")
+}
+
+servers() {
+  local s i r k n m
+  srv_raw=$tmp/servers.tsv
+  : >"$srv_raw"
+  printf 'key\n16 64 1\nvalue\n64 131072 1\ncmd\n0 0.3\n1 0.7\n' >"$tmp/memaslap.cfg"
+  ran_servers=()
+  for s in "${servers_list[@]}"; do
+    case $s in
+      redis) bins=(redis-server redis-benchmark redis-cli) ;;
+      memcached) bins=(memcached memcaslap memcflush) ;;
+    esac
+    local miss=
+    for b in "${bins[@]}"; do command -v "$b" >/dev/null || miss+=" $b"; done
+    [ -n "$miss" ] && { note "$s: missing$miss (bash .ci/deps installs them): skipped"; continue; }
+    # the allocator rows: every preloadable one of run.sh's, glibc preloaded
+    # too (Debian's redis links jemalloc), and for redis its own jemalloc
+    srv_names=() srv_libs=() srv_envs=()
+    for i in "${!names[@]}"; do
+      [ -n "${only_for[$i]}" ] && continue
+      m=${libs[$i]}
+      [ "${names[$i]}" = glibc ] && m=$(find_lib libc.so.6)
+      srv_names+=("${names[$i]}") srv_libs+=("$m") srv_envs+=("${envs[$i]}")
+      if [ "$s" = redis ] && [ "${names[$i]}" = jemalloc ]; then
+        srv_names+=(jemalloc-linked) srv_libs+=("") srv_envs+=("")
+      fi
+    done
+    n=${#srv_names[@]}
+    local bin=$(command -v "${bins[0]}")
+    for i in "${!srv_names[@]}"; do
+      local want=${srv_libs[$i]} got
+      got=$(bound_lib "$bin" "$want")
+      if [ -z "$want" ]; then
+        note "$s, ${srv_names[$i]}: no preload, malloc binds to ${got:-?}"
+      elif [ "$(readlink -f "$got")" != "$(readlink -f "$want")" ]; then
+        note "$s, ${srv_names[$i]}: malloc binds to ${got:-?}, not $want: the row is not that allocator"
+      fi
+    done
+    echo "run.sh: $s: $n allocators x $srv_runs runs" >&2
+    for ((r = 1; r <= srv_runs; r++)); do
+      for ((k = 0; k < n; k++)); do
+        i=$(((k + r - 1) % n))
+        server_run "$s" "$i" "$r"
+        printf '[%s] %-10s %-16s run %d: %s\n' "$(date +%T)" "$s" "${srv_names[$i]}" "$r" \
+          "$(awk -F'\t' -v s="$s" -v a="${srv_names[$i]}" -v r="$r" '$1==s && $2==a && $3==r && $4!="idle" {printf "%s%s/%s=%s", sep, $4, $5, ($6=="ok" ? int($7) : toupper($6)); sep=" "}' "$srv_raw")" >&2
+        reap_pending
+      done
+    done
+    reap_pending all
+    ran_servers+=("$s")
+  done
+}
