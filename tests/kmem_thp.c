@@ -6,7 +6,7 @@
  *   huge page, even after many background periods; a dense, long-lived,
  *   touched heap is collapsed within a few periods (thp_bytes > 0,
  *   thp_collapses > 0), and freeing it splits and purges it all again.
- *   (A region is collapsed only once 7/8 of it is resident: a heap of 16-64
+ *   (A region is collapsed only once 31/32 of it is resident: a heap of 16-64
  *   KiB blocks leaves too much of its class pages untouched; 1-8 KiB blocks
  *   fill them.)
  * - 1: a 256 MiB live heap gets huge pages at once (advice at mapping).
