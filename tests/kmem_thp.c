@@ -72,14 +72,17 @@ static hak_stats_t checked_stats(const char *mode, const char *what) {
   return s;
 }
 
-/* Waits up to ms for thp_bytes > 0 (collapse mode); returns the last stats. */
+/* Waits up to ms for thp_bytes > 0 and a collapse counted (collapse mode;
+ * the count comes after MADV_COLLAPSE returns, smaps may show the huge page
+ * a moment earlier). */
 static hak_stats_t wait_for_thp(long ms) {
   long until = now_ms() + ms;
   hak_stats_t s;
   do {
     sleep_ms(50);
     s = stats_now();
-  } while (s.thp_bytes == 0 && now_ms() < until);
+  } while ((s.thp_bytes == 0 || s.thp_collapses == 0) && now_ms() < until);
+  sleep_ms(50);
   return s;
 }
 
