@@ -9,13 +9,28 @@
  *   (A region is collapsed only once 31/32 of it is resident: a heap of 16-64
  *   KiB blocks leaves too much of its class pages untouched; 1-8 KiB blocks
  *   fill them.)
+ * - collapse where MADV_COLLAPSE is refused (EINVAL): no huge page, one line
+ *   under HAKMEM_VERBOSE=1, none without.
  * - 1: a 256 MiB live heap gets huge pages at once (advice at mapping).
  * - 0: none, even for the dense heap after waiting.
  * Skipped where THP is off ("never") or where the kernel gives no huge page
  * even to a mapping of our own that asks for one. */
 #include <malloc.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include "kmem_util.h"
+
+/* The "refused" child's kernel has no MADV_COLLAPSE: this madvise (the
+ * statically linked allocator's calls come here) answers EINVAL, as Linux
+ * before 6.1 does. */
+static bool refuse_collapse;
+int madvise(void *p, size_t len, int advice) {
+  if (advice == 25 /* MADV_COLLAPSE */ && refuse_collapse) {
+    errno = EINVAL;
+    return -1;
+  }
+  return syscall(SYS_madvise, p, len, advice) == 0 ? 0 : -1;
+}
 
 #define HEAP (256 * MIB)
 #define NBLK (HEAP / (16 * KIB))
@@ -132,6 +147,15 @@ static int child_main(const char *mode) {
     for (int i = 0; i < 32; i++)
       free(big[i]);
     free_all(n);
+  } else if (!strcmp(mode, "refused")) {
+    refuse_collapse = true;
+    size_t n = build_sized(64 * MIB, 1 * KIB, 8 * KIB, SIZE_MAX);
+    sleep_ms(SETTLE_MS);
+    hak_stats_t s = checked_stats(mode, "64 MiB touched, collapses refused, after 1 s");
+    CHECK(s.thp_bytes == 0 && s.thp_collapses == 0,
+          "refused: thp_bytes %llu MiB, %llu collapses, expected none",
+          (unsigned long long)(s.thp_bytes / MIB), (unsigned long long)s.thp_collapses);
+    free_all(n);
   } else { /* dense: collapsed within a few periods, split again when freed */
     size_t n = build_sized(64 * MIB, 1 * KIB, 8 * KIB, SIZE_MAX); /* pages filled whole */
     hak_stats_t s = checked_stats(mode, "64 MiB touched, at once");
@@ -191,6 +215,16 @@ int main(int argc, char **argv) {
   fputs(c.err, stdout);
   child_ok("dense", collapse, &c);
   fputs(c.err, stdout);
+  const char *refused_verbose[] = {"HAKMEM_VERBOSE=1", NULL};
+  child_ok("refused", refused_verbose, &c);
+  fputs(c.err, stdout);
+  int said = 0;
+  for (const char *p = c.err; (p = strstr(p, "MADV_COLLAPSE")) != NULL; p++)
+    said++;
+  CHECK(said == 1, "refused, HAKMEM_VERBOSE=1: %d lines name MADV_COLLAPSE, expected 1:\n%s", said,
+        c.err);
+  child_ok("refused", deflt, &c);
+  CHECK(hakmem_lines(c.err) == 0, "refused, not verbose: hakmem said something:\n%s", c.err);
   printf("thp: ok (enabled: %s)\n", mode);
   return 0;
 }
