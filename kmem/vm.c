@@ -190,8 +190,9 @@ int kmem_region_collapse(void *r) {
   if (!atomic_load_explicit(&checked, memory_order_relaxed)) {
     if (thp_never()) {
       if (!atomic_exchange(&collapse_refused, true))
-        kmem_fallback(false, "HAKMEM_THP=collapse",
-                      "transparent huge pages are \"never\" on this machine; regions keep 4 KiB pages");
+        kmem_fallback(
+            false, "HAKMEM_THP=collapse",
+            "transparent huge pages are \"never\" on this machine; regions keep 4 KiB pages");
       return EPERM;
     }
     atomic_store_explicit(&checked, 1, memory_order_relaxed);
@@ -203,8 +204,9 @@ int kmem_region_collapse(void *r) {
     kmem_count(&kmem_counters.thp_collapses, 1);
   } else if ((err == EINVAL || err == EPERM) && !atomic_exchange(&collapse_refused, true)) {
     kmem_fallback(false, "HAKMEM_THP=collapse: MADV_COLLAPSE",
-                  err == EINVAL ? "refused (EINVAL: Linux before 6.1, or THP off); regions keep 4 KiB pages"
-                                : "refused (EPERM); regions keep 4 KiB pages");
+                  err == EINVAL
+                      ? "refused (EINVAL: Linux before 6.1, or THP off); regions keep 4 KiB pages"
+                      : "refused (EPERM); regions keep 4 KiB pages");
   }
   return err;
 }

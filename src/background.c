@@ -1,10 +1,10 @@
 /* The background thread: returns memory of an idle process (slow paths
  * only purge while the program allocates), drains node mailboxes no thread
  * of their node drained for a while, and populates pages ahead of use
- * (HAKMEM_PREFAULT=ahead), and collapses dense long-lived regions into
- * huge pages (HAKMEM_THP=collapse), off the application's threads. Wanted from anywhere, started only from a malloc
- * slow path: creating a thread allocates, so never from free, thread exit
- * or under an allocator lock. */
+ * (HAKMEM_PREFAULT=ahead), and collapses dense long-lived regions into huge
+ * pages (HAKMEM_THP=collapse), off the application's threads. Wanted from
+ * anywhere, started only from a malloc slow path: creating a thread
+ * allocates, so never from free, thread exit or under an allocator lock. */
 #include "internal.h"
 
 #include <time.h>

@@ -347,11 +347,12 @@ void hak_pool_purge_maybe(void) {
  * most 64 KiB (3%) to what the region uses (redis LPUSH of 16 KiB values
  * leaves 1/16 of its regions untouched: collapsing at 7/8 cost 6% of peak
  * RSS). A collapsed region is a THP region for purging (its free pages are
- * resident, purged whole with it); the first
- * purge of any of its pages splits the huge page, the region is 4 KiB-grained
- * again and not collapsed again for COLLAPSE_RETRY_MS. At most
- * COLLAPSE_PER_PASS regions a pass: the copying runs on the background
- * thread, which competes with the application for CPUs. */
+ * resident, purged whole with it); the first purge of any of its pages splits
+ * the huge page, the region is 4 KiB-grained again and not collapsed again
+ * for COLLAPSE_RETRY_MS. At most COLLAPSE_PER_PASS regions a pass: the
+ * copying runs on the background thread, which competes with the
+ * application for CPUs. Every node's dense regions are looked at each pass
+ * (their streaks go on) even when the picks are full. */
 #define COLLAPSE_MAX_FREE 2
 #define COLLAPSE_DENSE_MS 100
 #define COLLAPSE_MIN_RESIDENT (REGION_SIZE / 4096 * 31 / 32) /* 4 KiB pages */
@@ -376,7 +377,7 @@ size_t hak_pool_collapse(void) {
   pass++;
   uint64_t now = hak_now_ms();
   size_t done = 0, tried = 0;
-  for (int node = 0; node < kmem_node_count() && tried < COLLAPSE_PER_PASS; node++) {
+  for (int node = 0; node < kmem_node_count(); node++) {
     hak_pool_t *pool = &pools[node];
     hak_region_t *pick[COLLAPSE_PER_PASS];
     size_t n = 0;

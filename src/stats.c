@@ -88,7 +88,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(thp_bytes)                                                                                     \
   X(hugetlb_bytes)                                                                                 \
   X(node_fallbacks)                                                                                \
-  X(mailbox_bytes)                                                                                  \
+  X(mailbox_bytes)                                                                                 \
   X(thp_collapses)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {

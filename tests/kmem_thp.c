@@ -80,8 +80,8 @@ static hak_stats_t checked_stats(const char *mode, const char *what) {
   hak_stats_t s = stats_now();
   size_t all = process_thp();
   fprintf(stderr, "%s, %s: thp_bytes %llu MiB, thp_collapses %llu, process AnonHugePages %zu MiB\n",
-          mode, what, (unsigned long long)(s.thp_bytes / MIB),
-          (unsigned long long)s.thp_collapses, all / MIB);
+          mode, what, (unsigned long long)(s.thp_bytes / MIB), (unsigned long long)s.thp_collapses,
+          all / MIB);
   CHECK(s.thp_bytes <= all, "%s, %s: thp_bytes %llu exceeds the process's AnonHugePages %zu", mode,
         what, (unsigned long long)s.thp_bytes, all);
   return s;
