@@ -358,7 +358,7 @@ compare() {
 # mimalloc for comparison: bench/results/modes.md and modes.json.
 mode_list=(default HAKMEM_PREFAULT=page HAKMEM_PREFAULT=ahead HAKMEM_UFFD=1 HAKMEM_PURGE=page
   HAKMEM_PURGE=off HAKMEM_BACKGROUND=0 HAKMEM_PURGE_ENGINE=uring HAKMEM_PURGE_ENGINE=vector
-  HAKMEM_PURGE_ENGINE=sync HAKMEM_THP=0 HAKMEM_HUGETLB=1)
+  HAKMEM_PURGE_ENGINE=sync HAKMEM_THP=0 HAKMEM_THP=1 HAKMEM_HUGETLB=1)
 hugepages_file=/proc/sys/vm/nr_hugepages
 hugepages_old=
 

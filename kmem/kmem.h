@@ -12,10 +12,13 @@
 
 enum kmem_purge_engine { KMEM_PURGE_URING, KMEM_PURGE_VECTOR, KMEM_PURGE_SYNC };
 enum kmem_numa_mode { KMEM_NUMA_LOCAL, KMEM_NUMA_STRICT, KMEM_NUMA_INTERLEAVE, KMEM_NUMA_OFF };
+/* HAKMEM_THP: never; MADV_HUGEPAGE on regions past the first 16 (advise);
+ * 4 KiB pages, dense long-lived regions collapsed later (collapse) */
+enum kmem_thp { KMEM_THP_NEVER, KMEM_THP_ADVISE, KMEM_THP_COLLAPSE };
 #define KMEM_MAX_NODES 64
 
 typedef struct kmem_config {
-  bool thp;                /* advise MADV_HUGEPAGE on regions */
+  int thp;                 /* enum kmem_thp */
   bool hugetlb;            /* regions from hugetlbfs pages, THP when the pool is empty */
   bool uffd;               /* regions registered with userfaultfd */
   int purge_engine;        /* enum kmem_purge_engine: the first one tried */
@@ -32,6 +35,7 @@ typedef struct kmem_stats {
   uint64_t purges, purged_bytes, purges_uring, purges_vector;
   uint64_t uffd_faults;
   uint64_t hugetlb_bytes; /* regions backed by hugetlbfs pages now */
+  uint64_t thp_collapses; /* regions collapsed into a huge page (MADV_COLLAPSE) */
 } kmem_stats_t;
 void kmem_stats_get(kmem_stats_t *out);
 
@@ -42,6 +46,19 @@ void kmem_stats_get(kmem_stats_t *out);
 enum { KMEM_REGION_HUGETLB = 1, KMEM_REGION_THP = 2 /* advised: a touch commits 2 MiB */ };
 void *kmem_region_alloc(int node, unsigned *flags);
 void kmem_region_free_hugetlb(void *r); /* an empty hugetlbfs region, whole */
+
+/* HAKMEM_THP=collapse: how many 4 KiB pages of a region are resident now
+ * (mincore), and backing a region of 4 KiB pages with one huge page
+ * (MADV_COLLAPSE: the kernel copies its pages into a huge page; the missing
+ * ones read as zero, as before). Regions keep MADV_NOHUGEPAGE, which the
+ * kernel honours for MADV_COLLAPSE too, so the advice is lifted for the call
+ * and set again: no fault of the region ever takes a huge page by itself,
+ * and khugepaged leaves it alone. Returns 0, or the errno; a refusal for good
+ * (EINVAL: no MADV_COLLAPSE before Linux 6.1, or THP unusable; EPERM) is
+ * said once under HAKMEM_VERBOSE=1 and kmem_collapse_usable() turns false. */
+unsigned kmem_region_resident_pages(void *r);
+int kmem_region_collapse(void *r);
+bool kmem_collapse_usable(void);
 
 /* ---- NUMA (kmem/numa.c) ----
  * Topology read once at start (virtual_nodes > 0: HAKMEM_NODES). */

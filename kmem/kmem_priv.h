@@ -7,7 +7,8 @@
 #include <stdatomic.h>
 
 typedef struct kmem_counters {
-  _Atomic uint64_t purges, purged_bytes, purges_uring, purges_vector, uffd_faults, hugetlb_bytes;
+  _Atomic uint64_t purges, purged_bytes, purges_uring, purges_vector, uffd_faults, hugetlb_bytes,
+      thp_collapses;
 } kmem_counters_t;
 
 extern kmem_counters_t kmem_counters;

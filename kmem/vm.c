@@ -2,6 +2,8 @@
 #define _GNU_SOURCE /* mremap */
 #include "kmem_priv.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 
 #include <pthread.h>
@@ -32,6 +34,7 @@ void kmem_stats_get(kmem_stats_t *out) {
       .purges_vector = atomic_load_explicit(&c->purges_vector, memory_order_relaxed),
       .uffd_faults = atomic_load_explicit(&c->uffd_faults, memory_order_relaxed),
       .hugetlb_bytes = atomic_load_explicit(&c->hugetlb_bytes, memory_order_relaxed),
+      .thp_collapses = atomic_load_explicit(&c->thp_collapses, memory_order_relaxed),
   };
 }
 
@@ -132,7 +135,8 @@ void *kmem_region_alloc(int node, unsigned *flags) {
       r = (void *)chunk_next;
       chunk_next += KMEM_REGION_SIZE;
       /* explicit both ways: with THP "always" the kernel would decide */
-      bool huge = (kmem_cfg.thp || kmem_cfg.hugetlb) && ++regions_carved > THP_AFTER_REGIONS;
+      bool huge = (kmem_cfg.thp == KMEM_THP_ADVISE || kmem_cfg.hugetlb) &&
+                  ++regions_carved > THP_AFTER_REGIONS;
       madvise(r, KMEM_REGION_SIZE, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
       if (huge) *flags |= KMEM_REGION_THP;
     }
@@ -146,6 +150,65 @@ void *kmem_region_alloc(int node, unsigned *flags) {
 void kmem_region_free_hugetlb(void *r) {
   munmap(r, KMEM_REGION_SIZE);
   atomic_fetch_sub_explicit(&kmem_counters.hugetlb_bytes, KMEM_REGION_SIZE, memory_order_relaxed);
+}
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+unsigned kmem_region_resident_pages(void *r) {
+  unsigned char vec[KMEM_REGION_SIZE / 4096];
+  if (mincore(r, KMEM_REGION_SIZE, vec) != 0) return 0;
+  unsigned n = 0;
+  for (size_t i = 0; i < sizeof vec; i++)
+    n += vec[i] & 1;
+  return n;
+}
+
+static _Atomic bool collapse_refused;
+
+/* "never" in /sys/kernel/mm/transparent_hugepage/enabled: MADV_COLLAPSE
+ * would still work (it ignores the sysfs settings), but the administrator
+ * asked for no huge pages. Read once, at the first collapse. */
+static bool thp_never(void) {
+  char buf[128];
+  int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true; /* no THP in this kernel */
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return true;
+  buf[n] = 0;
+  return strstr(buf, "[never]") != NULL;
+}
+
+bool kmem_collapse_usable(void) {
+  return !atomic_load_explicit(&collapse_refused, memory_order_relaxed);
+}
+
+int kmem_region_collapse(void *r) {
+  static _Atomic int checked; /* 0 not yet, 1 THP allowed */
+  if (!atomic_load_explicit(&checked, memory_order_relaxed)) {
+    if (thp_never()) {
+      if (!atomic_exchange(&collapse_refused, true))
+        kmem_fallback(
+            false, "HAKMEM_THP=collapse",
+            "transparent huge pages are \"never\" on this machine; regions keep 4 KiB pages");
+      return EPERM;
+    }
+    atomic_store_explicit(&checked, 1, memory_order_relaxed);
+  }
+  if (madvise(r, KMEM_REGION_SIZE, MADV_HUGEPAGE) != 0) return errno;
+  int err = madvise(r, KMEM_REGION_SIZE, MADV_COLLAPSE) == 0 ? 0 : errno;
+  madvise(r, KMEM_REGION_SIZE, MADV_NOHUGEPAGE);
+  if (err == 0) {
+    kmem_count(&kmem_counters.thp_collapses, 1);
+  } else if ((err == EINVAL || err == EPERM) && !atomic_exchange(&collapse_refused, true)) {
+    kmem_fallback(false, "HAKMEM_THP=collapse: MADV_COLLAPSE",
+                  err == EINVAL
+                      ? "refused (EINVAL: Linux before 6.1, or THP off); regions keep 4 KiB pages"
+                      : "refused (EPERM); regions keep 4 KiB pages");
+  }
+  return err;
 }
 
 bool kmem_populate(void *p, size_t len) {

@@ -1,9 +1,10 @@
 /* The background thread: returns memory of an idle process (slow paths
  * only purge while the program allocates), drains node mailboxes no thread
  * of their node drained for a while, and populates pages ahead of use
- * (HAKMEM_PREFAULT=ahead). Wanted from anywhere, started only from a malloc
- * slow path: creating a thread allocates, so never from free, thread exit
- * or under an allocator lock. */
+ * (HAKMEM_PREFAULT=ahead), and collapses dense long-lived regions into huge
+ * pages (HAKMEM_THP=collapse), off the application's threads. Wanted from
+ * anywhere, started only from a malloc slow path: creating a thread
+ * allocates, so never from free, thread exit or under an allocator lock. */
 #include "internal.h"
 
 #include <time.h>
@@ -41,6 +42,7 @@ static void *background_main(void *arg) {
     hak_mailbox_drain_stale(&hak_heap_empty); /* no heap: it owns no pages */
     hak_pool_purge(false, false);
     hak_huge_expire();
+    if (hak_opt.thp == KMEM_THP_COLLAPSE) hak_pool_collapse();
   }
   return NULL;
 }

@@ -125,6 +125,12 @@ typedef struct hak_region {
   uint32_t clean_mask;   /* purged and not handed out since: not resident */
   uint64_t empty_since_ms;
   uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
+  /* HAKMEM_THP=collapse (pool lock): thp is set once collapsed, and cleared
+   * when a purge splits the huge page again */
+  bool collapsed;
+  uint32_t dense_pass;     /* the collapse pass that last found it dense */
+  uint64_t dense_since_ms; /* found dense at every pass since */
+  uint64_t collapse_ms;    /* last collapse tried, or split: not again soon */
   /* bit i: a large block starts on page i. Alone on its line: another node's
    * free reads it to keep large blocks out of the mailboxes. */
   _Alignas(64) _Atomic uint32_t large_starts;
@@ -294,7 +300,8 @@ enum { PREFAULT_OFF, PREFAULT_PAGE, PREFAULT_AHEAD };
 typedef struct hak_options {
   int stats;
   char stats_file[256];
-  bool thp, hugetlb, uffd;
+  int thp; /* enum kmem_thp */
+  bool hugetlb, uffd;
   int purge; /* PURGE_*: what goes back to the kernel */
   uint64_t purge_delay_ms;
   int purge_engine; /* enum kmem_purge_engine */
@@ -345,6 +352,7 @@ size_t hak_pool_trim(void);           /* purges every free page */
 size_t hak_pool_purge(bool force, bool wait);
 void hak_pool_purge_maybe(void);
 void hak_pool_populate_at(uintptr_t region, unsigned next); /* validated under the lock */
+size_t hak_pool_collapse(void); /* HAKMEM_THP=collapse: the background thread's pass */
 
 /* ---- the remote-free protocol (remote.c) --------------------------------- */
 

@@ -8,7 +8,7 @@
 extern char **environ;
 
 hak_options_t hak_opt = {
-    .thp = true,
+    .thp = KMEM_THP_COLLAPSE, /* measured: see README's modes section */
     .purge_delay_ms = 100,
     .purge = PURGE_REGION,
     .purge_engine = KMEM_PURGE_VECTOR, /* measured: least CPU, no extra threads */
@@ -44,7 +44,7 @@ typedef struct option {
 static const option_t options[] = {
     {"HAKMEM_STATS", OPT_CHOICE, &hak_opt.stats, {"0", "1", "json", "text"}, NULL, 0, 0},
     {"HAKMEM_STATS_FILE", OPT_PATH, hak_opt.stats_file, {0}, NULL, 0, 0},
-    {"HAKMEM_THP", OPT_BOOL, &hak_opt.thp, {0}, NULL, 0, 0},
+    {"HAKMEM_THP", OPT_CHOICE, &hak_opt.thp, {"0", "1", "collapse"}, NULL, 0, 0},
     {"HAKMEM_HUGETLB", OPT_BOOL, &hak_opt.hugetlb, {0}, NULL, 0, 0},
     {"HAKMEM_PURGE", OPT_CHOICE, &hak_opt.purge, {"region", "page", "off"}, NULL, 0, 0},
     {"HAKMEM_PURGE_DELAY_MS", OPT_MS, &hak_opt.purge_delay_ms, {0}, NULL, 0, 0},

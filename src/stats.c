@@ -56,6 +56,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .invalid_frees = G(invalid_frees),
       .huge_allocs = G(huge_allocs),
       .heaps_created = G(heaps_created),
+      .thp_collapses = k.thp_collapses,
   };
 #undef G
 #undef H
@@ -87,7 +88,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(thp_bytes)                                                                                     \
   X(hugetlb_bytes)                                                                                 \
   X(node_fallbacks)                                                                                \
-  X(mailbox_bytes)
+  X(mailbox_bytes)                                                                                 \
+  X(thp_collapses)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

@@ -164,7 +164,8 @@ int main(int argc, char **argv) {
   const char *stats_ok[] = {"0", "1", "json", NULL};
   const char *bool_ok[] = {"0", "1", NULL};
   bad_value("HAKMEM_STATS", "work", 1, stats_ok);
-  bad_value("HAKMEM_THP", "work", 1, bool_ok);
+  const char *thp_ok[] = {"0", "1", "collapse", NULL};
+  bad_value("HAKMEM_THP", "work", 1, thp_ok);
   bad_value("HAKMEM_ABORT_ON_ERROR", "invalid", 2, bool_ok);
   return 0;
 }
