@@ -21,7 +21,7 @@ void *hak_calloc_impl(size_t n, size_t size) {
     return NULL;
   }
   hak_heap_t *heap = hak_tls_heap;
-  if (likely(total <= SMALL_MAX)) {
+  if (likely(total <= MAP_MIN)) {
     hak_page_t *page = heap->direct[class_of(total)];
     hak_block_t *b = page_pop(page);
     if (likely(b != NULL)) {
@@ -72,8 +72,9 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
   /* stay in place while the block fits and is not mostly empty */
   if (size <= old && size >= old / 2) return p;
   hak_region_t *r = region_of(p);
-  if (size > old && region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE) {
-    void *q = hak_huge_grow(r, size);
+  if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE) {
+    /* grown or shrunk where it lies (mremap), while it stays past MAP_MIN */
+    void *q = size > old ? hak_huge_grow(r, size) : size > MAP_MIN ? hak_huge_shrink(r, size) : NULL;
     if (q) return q;
   }
   void *q = hak_alloc_inline(size);
@@ -120,7 +121,7 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
       if (align <= REGION_HEADER_SIZE && hak_class_size[cls] % align == 0)
         return hak_alloc_inline(size);
     }
-    if (size + align - 1 <= SMALL_MAX) {
+    if (size + align - 1 <= MAP_MIN) {
       char *p = hak_alloc_inline(size + align - 1);
       if (!p) return NULL;
       char *q = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
@@ -131,14 +132,16 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
       }
       return q;
     }
-    if (size <= LARGE_MAX) {
-      hak_heap_t *heap = hak_tls_heap;
-      if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
-      return hak_large_alloc(heap, size); /* spans start on a 64 KiB boundary */
-    }
   }
+  /* a mapping's block starts 64 KiB past a 2 MiB boundary, or at align */
   bool zero;
-  return hak_huge_alloc(size, align, &zero);
+  void *p = hak_huge_alloc(size, align, &zero);
+  if (!p && align <= PAGE_SIZE && size > SMALL_MAX && size <= LARGE_MAX) {
+    hak_heap_t *heap = hak_tls_heap; /* no mapping to be had: a run of pages */
+    if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
+    p = hak_large_alloc(heap, size); /* spans start on a 64 KiB boundary */
+  }
+  return p;
 }
 
 static bool is_pow2(size_t x) {

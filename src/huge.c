@@ -1,17 +1,29 @@
-/* Huge blocks (beyond LARGE_MAX, or aligned beyond 64 KiB): each its own
+/* Huge blocks (past MAP_MIN, or aligned beyond 64 KiB): each its own
  * mapping. Its header sits on the 2 MiB boundary just below the block, so
- * region_of() finds it exactly as for regions.
+ * region_of() finds it exactly as for regions; only the header's first OS
+ * page is ever touched, so a block costs its own pages plus 4 KiB.
  *
- * Freed mappings are kept for HAKMEM_PURGE_DELAY_MS and reused by a later
- * request of about the same size: a program that frees and allocates big
- * buffers in a loop must not pay an mmap and a fault per page every time. */
+ * Freed mappings are cached and reused: a program that frees and allocates
+ * big buffers in a loop must not pay an mmap and a fault per page every
+ * time. The cache is sized from the heap: the huge memory kept beyond what
+ * the live huge blocks asked for (cached mappings, and tails of less than
+ * 2 MiB left on blocks made from them) stays within half the bytes the live
+ * huge blocks asked for, or SPARE_MIN if more; past it the smallest cached
+ * mappings go first. A request takes the smallest cached piece that fits
+ * (the rest of it, past the next 2 MiB boundary, stays cached as a piece of
+ * its own), or else the longest pieces, moved one after another into a new
+ * mapping by mremap (page tables move, no copy, no fault), so only what the
+ * cache lacks is faulted in. Cached memory unused for HAKMEM_PURGE_DELAY_MS
+ * is unmapped (background thread, slow paths, malloc_trim). A block made of
+ * several moved pieces spans several kernel mappings: growing it where it
+ * lies fails and realloc copies instead. */
 #include "internal.h"
 
 #include <errno.h>
 #include <string.h>
 
-#define CACHE_SLOTS 8
-#define CACHE_MAX_BYTES ((size_t)32 << 20)
+#define CACHE_SLOTS 64
+#define SPARE_MIN ((size_t)32 << 20)
 
 typedef struct cached_map {
   char *base;
@@ -20,90 +32,241 @@ typedef struct cached_map {
   int node; /* its memory policy: reused only on the same node */
 } cached_map_t;
 
+/* all under cache_lock */
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static cached_map_t cache[CACHE_SLOTS];
 static size_t cache_bytes;
+static size_t live_need;  /* mapping bytes the live huge blocks asked for */
+static size_t live_slack; /* their mappings' bytes beyond that */
 
 static void unmap(char *base, size_t len) {
   hak_committed_add(-(int64_t)len);
   kmem_unmap(base, len);
 }
 
-/* Unmaps cached mappings freed more than the purge delay ago (all if force).
- * Called with cache_lock held; returns the bytes released. */
-static size_t cache_expire(uint64_t now, bool force) {
+/* Resident bytes the huge blocks may hold beyond what they asked for. */
+static size_t spare_budget(void) {
+  size_t half = live_need / 2;
+  return half > SPARE_MIN ? half : SPARE_MIN;
+}
+
+static size_t spare_bytes(void) {
+  return cache_bytes + live_slack;
+}
+
+/* Victims of the cache, unmapped once the lock is dropped. */
+typedef struct victims {
+  int n;
+  char *base[CACHE_SLOTS + 2];
+  size_t len[CACHE_SLOTS + 2];
+} victims_t;
+
+static void evict(cached_map_t *c, victims_t *v) {
+  v->base[v->n] = c->base;
+  v->len[v->n++] = c->len;
+  cache_bytes -= c->len;
+  c->base = NULL;
+}
+
+static size_t victims_unmap(victims_t *v) {
   size_t released = 0;
-  for (int i = 0; i < CACHE_SLOTS; i++) {
-    cached_map_t *c = &cache[i];
-    if (c->base && (force || now - c->freed_ms >= hak_opt.purge_delay_ms)) {
-      unmap(c->base, c->len);
-      cache_bytes -= c->len;
-      released += c->len;
-      c->base = NULL;
-    }
+  for (int i = 0; i < v->n; i++) {
+    unmap(v->base[i], v->len[i]);
+    released += v->len[i];
   }
+  v->n = 0;
   return released;
 }
 
-/* A cached mapping of the node, at least len bytes and at most twice that. */
-static char *cache_take(size_t len, int node, size_t *got) {
-  pthread_mutex_lock(&cache_lock);
-  cached_map_t *best = NULL;
+/* Cached mappings freed more than the purge delay ago (all if force), then
+ * the smallest ones (never `keep`) while the spare bytes exceed the budget. */
+static void cache_expire(uint64_t now, bool force, const cached_map_t *keep, victims_t *v) {
   for (int i = 0; i < CACHE_SLOTS; i++) {
     cached_map_t *c = &cache[i];
-    if (c->base && c->node == node && c->len >= len && c->len / 2 <= len &&
-        (!best || c->len < best->len))
-      best = c;
+    if (c->base && c != keep && (force || now - c->freed_ms >= hak_opt.purge_delay_ms))
+      evict(c, v);
   }
-  char *base = NULL;
-  if (best) {
-    base = best->base;
-    *got = best->len;
-    cache_bytes -= best->len;
-    best->base = NULL;
+  while (spare_bytes() > spare_budget()) {
+    cached_map_t *small = NULL;
+    for (int i = 0; i < CACHE_SLOTS; i++)
+      if (cache[i].base && &cache[i] != keep && (!small || cache[i].len < small->len))
+        small = &cache[i];
+    if (!small) break;
+    evict(small, v);
   }
-  cache_expire(hak_now_ms(), false);
+}
+
+#define UNIT REGION_SIZE /* cached pieces start on it: a block's header goes there */
+
+static size_t round_unit(size_t x) {
+  return (x + UNIT - 1) & ~(UNIT - 1);
+}
+
+typedef struct pieces {
+  int n;
+  char *base[CACHE_SLOTS];
+  size_t len[CACHE_SLOTS];
+} pieces_t;
+
+/* Takes bytes from a cached piece: all of it, or its first `len` (a multiple
+ * of UNIT), the rest staying cached. */
+static void piece_take(cached_map_t *c, size_t len, pieces_t *pc) {
+  pc->base[pc->n] = c->base;
+  pc->len[pc->n++] = len;
+  cache_bytes -= len;
+  if (len == c->len) {
+    c->base = NULL;
+  } else {
+    c->base += len;
+    c->len -= len;
+  }
+}
+
+/* A mapping of the node for a block of len bytes made of cached memory,
+ * whose pages are resident already: the smallest cached piece that fits
+ * (its part past the UNIT after the block stays cached), or else the longest
+ * pieces moved one after another into a new mapping (mremap), the rest of it
+ * fresh. Its length in *got: len, or up to a UNIT more while the spare
+ * budget allows (a tail no longer than the block). NULL: nothing cached. */
+static char *cache_take(size_t len, int node, size_t *got) {
+  victims_t v = {0};
+  pieces_t pc = {0};
+  pthread_mutex_lock(&cache_lock);
+  cached_map_t *fit = NULL;
+  for (int i = 0; i < CACHE_SLOTS; i++) {
+    cached_map_t *c = &cache[i];
+    if (c->base && c->node == node && c->len >= len && (!fit || c->len < fit->len)) fit = c;
+  }
+  size_t keep = len;
+  if (fit) {
+    size_t cut = round_unit(len);
+    piece_take(fit, fit->len >= cut + UNIT ? cut : fit->len, &pc);
+    size_t slack = pc.len[0] - len;
+    if (slack <= len && spare_bytes() + slack <= spare_budget()) keep = pc.len[0];
+  } else {
+    size_t filled = 0;
+    while (filled < len) {
+      size_t room = len - filled;
+      cached_map_t *best = NULL, *over = NULL;
+      for (int i = 0; i < CACHE_SLOTS; i++) {
+        cached_map_t *c = &cache[i];
+        if (!c->base || c->node != node) continue;
+        if (c->len <= room && (!best || c->len > best->len)) best = c;
+        if (c->len > room && (!over || c->len < over->len)) over = c;
+      }
+      if (best) {
+        filled += best->len;
+        piece_take(best, best->len, &pc);
+      } else if (over && room >= UNIT) { /* its first whole UNITs */
+        filled += room & ~(UNIT - 1);
+        piece_take(over, room & ~(UNIT - 1), &pc);
+      } else {
+        break;
+      }
+    }
+  }
+  if (pc.n) {
+    live_need += len;
+    live_slack += keep - len;
+  }
+  cache_expire(hak_now_ms(), false, NULL, &v);
   pthread_mutex_unlock(&cache_lock);
+  victims_unmap(&v);
+  if (!pc.n) return NULL;
+  char *base;
+  if (fit) {
+    base = pc.base[0];
+    if (keep < pc.len[0]) unmap(base + keep, pc.len[0] - keep);
+  } else {
+    base = kmem_map_aligned(len, UNIT);
+    if (base) {
+      kmem_bind(base, len, node);
+      hak_committed_add((int64_t)len);
+    }
+    size_t off = 0;
+    for (int i = 0; i < pc.n; i++) {
+      /* moved: its old place is gone and the new one counted already */
+      if (base && kmem_move_fixed(pc.base[i], pc.len[i], base + off))
+        hak_committed_add(-(int64_t)pc.len[i]);
+      else
+        unmap(pc.base[i], pc.len[i]); /* refused: those pages come fresh */
+      off += pc.len[i];
+    }
+    if (!base) {
+      pthread_mutex_lock(&cache_lock);
+      live_need -= len;
+      pthread_mutex_unlock(&cache_lock);
+      return NULL;
+    }
+  }
+  atomic_fetch_add_explicit(&hak_gstats.huge_cache_hits, 1, memory_order_relaxed);
+  *got = keep;
   return base;
 }
 
 static bool cache_put(char *base, size_t len, int node) {
+  victims_t v = {0};
+  bool kept = false;
   pthread_mutex_lock(&cache_lock);
   uint64_t now = hak_now_ms();
-  cache_expire(now, false);
-  bool kept = false;
-  if (hak_opt.purge_delay_ms > 0 && cache_bytes + len <= CACHE_MAX_BYTES) {
-    for (int i = 0; i < CACHE_SLOTS && !kept; i++) {
-      if (!cache[i].base) {
-        cache[i] = (cached_map_t){base, len, now, node};
-        cache_bytes += len;
-        kept = true;
+  if (hak_opt.purge_delay_ms > 0) {
+    cached_map_t *slot = NULL, *oldest = NULL;
+    for (int i = 0; i < CACHE_SLOTS && !slot; i++) {
+      if (!cache[i].base)
+        slot = &cache[i];
+      else if (!oldest || cache[i].freed_ms < oldest->freed_ms)
+        oldest = &cache[i];
+    }
+    if (!slot) {
+      evict(oldest, &v);
+      slot = oldest;
+    }
+    *slot = (cached_map_t){base, len, now, node};
+    cache_bytes += len;
+    kept = true;
+    cache_expire(now, false, slot, &v);
+    size_t spare = spare_bytes(), budget = spare_budget();
+    if (spare > budget) { /* alone past the budget: its tail goes */
+      size_t excess = (spare - budget + 4095) & ~(size_t)4095;
+      if (excess >= slot->len) {
+        evict(slot, &v);
+        kept = false;
+      } else {
+        v.base[v.n] = slot->base + slot->len - excess;
+        v.len[v.n++] = excess;
+        slot->len -= excess;
+        cache_bytes -= excess;
       }
     }
   }
   pthread_mutex_unlock(&cache_lock);
+  victims_unmap(&v);
   return kept;
 }
 
 void hak_huge_expire(void) {
+  victims_t v = {0};
   pthread_mutex_lock(&cache_lock);
-  cache_expire(hak_now_ms(), false);
+  cache_expire(hak_now_ms(), false, NULL, &v);
   pthread_mutex_unlock(&cache_lock);
+  victims_unmap(&v);
 }
 
 size_t hak_huge_trim(void) {
+  victims_t v = {0};
   pthread_mutex_lock(&cache_lock);
-  size_t released = cache_expire(0, true);
+  cache_expire(0, true, NULL, &v);
   pthread_mutex_unlock(&cache_lock);
-  return released;
+  return victims_unmap(&v);
 }
 
-static void *huge_setup(char *base, size_t len, size_t off, int node) {
+static void *huge_setup(char *base, size_t len, size_t need, size_t off, int node) {
   char *block = base + off;
   hak_region_t *r = region_of(block);
   r->kind = REGION_HUGE;
   r->map_base = base;
   r->map_len = len;
+  r->huge_need = need;
   r->huge_usable = len - off;
   r->node = (uint16_t)node;
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_HUGE,
@@ -131,7 +294,7 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
   char *base = map_align == REGION_SIZE ? cache_take(len, node, &got) : NULL;
   if (base) {
     *zero = false;
-    return huge_setup(base, got, off, node);
+    return huge_setup(base, got, len, off, node);
   }
   base = kmem_map_aligned(len, map_align);
   if (!base) {
@@ -140,18 +303,25 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
   }
   kmem_bind(base, len, node); /* the caller's node, like its regions */
   hak_committed_add((int64_t)len);
+  pthread_mutex_lock(&cache_lock);
+  live_need += len;
+  pthread_mutex_unlock(&cache_lock);
   *zero = true;
-  return huge_setup(base, len, off, node);
+  return huge_setup(base, len, len, off, node);
 }
 
 void hak_huge_free(hak_region_t *r) {
   char *base = r->map_base;
-  size_t len = r->map_len;
+  size_t len = r->map_len, need = r->huge_need;
   bool cacheable = (char *)r == base; /* alignment beyond 2 MiB is not reused */
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
+  pthread_mutex_lock(&cache_lock);
+  live_need -= need;
+  live_slack -= len - need;
+  pthread_mutex_unlock(&cache_lock);
   if (cacheable && cache_put(base, len, r->node))
     hak_background_want();
-  else
+  else if (!cacheable || hak_opt.purge_delay_ms == 0)
     unmap(base, len);
 }
 
@@ -164,7 +334,7 @@ void *hak_huge_grow(hak_region_t *r, size_t size) {
   size_t off = r->map_len - r->huge_usable;
   size_t len = (off + size + ps - 1) & ~(ps - 1);
   if ((char *)r != (char *)r->map_base || off + size < size) return NULL;
-  size_t old_len = r->map_len;
+  size_t old_len = r->map_len, old_need = r->huge_need;
   if (!kmem_resize_inplace(r->map_base, old_len, len)) {
     /* unmark before the move: once moved, another mapping may take the old
      * place and mark it */
@@ -181,7 +351,32 @@ void *hak_huge_grow(hak_region_t *r, size_t size) {
                           memory_order_release);
   }
   hak_committed_add((int64_t)(len - old_len));
+  pthread_mutex_lock(&cache_lock);
+  live_need += len - old_need;
+  live_slack -= old_len - old_need;
+  pthread_mutex_unlock(&cache_lock);
   r->map_len = len;
+  r->huge_need = len;
+  r->huge_usable = len - off;
+  return (char *)r + off;
+}
+
+/* Shrinks a huge block where it lies (realloc to a smaller size that still
+ * wants a mapping of its own): the tail is unmapped, no copy. */
+void *hak_huge_shrink(hak_region_t *r, size_t size) {
+  size_t ps = kmem_os_page_size();
+  size_t off = r->map_len - r->huge_usable;
+  size_t len = (off + size + ps - 1) & ~(ps - 1);
+  size_t old_len = r->map_len, old_need = r->huge_need;
+  if ((char *)r != (char *)r->map_base || len >= old_len) return NULL;
+  unmap((char *)r->map_base + len, old_len - len);
+  pthread_mutex_lock(&cache_lock);
+  live_need -= old_need;
+  live_need += len;
+  live_slack -= old_len - old_need;
+  pthread_mutex_unlock(&cache_lock);
+  r->map_len = len;
+  r->huge_need = len;
   r->huge_usable = len - off;
   return (char *)r + off;
 }

@@ -67,7 +67,7 @@ static hak_page_t *page_find(hak_heap_t *heap, unsigned cls) {
 }
 
 void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
-  if (likely(size <= SMALL_MAX)) {
+  if (likely(size <= MAP_MIN)) {
     void *b = page_pop(heap->direct[hak_class_of_large(size)]);
     if (likely(b != NULL)) return b;
   }
@@ -81,19 +81,20 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   }
   /* here, never from free or thread exit: creating a thread allocates */
   hak_background_start_if_wanted();
-  if (size > SMALL_MAX) {
-    /* fresh pages and new mappings are zero already */
+  if (size > MAP_MIN) {
+    /* a mapping of its own; a run of pages only when mapping failed (the
+     * kernel's limit on mappings). New mappings and fresh pages are zero. */
     bool fresh;
-    void *p;
-    if (size > LARGE_MAX) {
-      p = hak_huge_alloc(size, 0, &fresh);
-    } else {
-      p = hak_large_alloc(heap, size);
-      fresh = p && page_of(region_of(p), p)->fresh_zero;
+    void *p = hak_huge_alloc(size, 0, &fresh);
+    if (!p && size <= LARGE_MAX) {
+      p = size > SMALL_MAX ? hak_large_alloc(heap, size) : NULL;
+      if (p) fresh = page_of(region_of(p), p)->fresh_zero;
     }
+    if (!p && size <= SMALL_MAX) goto small; /* the last size class */
     if (p && zero && !fresh) memset(p, 0, size);
     return p;
   }
+small:
   if ((++heap->slow_calls & 63) == 0) {
     hak_mailbox_flush(heap); /* no cross-node free waits for a batch forever */
     hak_mailbox_drain_stale(heap);

@@ -60,6 +60,7 @@ typedef struct hak_stats {
   uint64_t hugetlb_bytes;  /* region memory from hugetlbfs pages now */
   uint64_t node_fallbacks; /* regions taken from another node than the heap's */
   uint64_t mailbox_bytes;  /* batches of cross-node frees ever made (each reused) */
+  uint64_t huge_cache_hits; /* huge_allocs served by a cached mapping (resized to fit) */
 } hak_stats_t;
 
 /* Per node (HAKMEM_NODES virtual nodes, or the machine's). */
