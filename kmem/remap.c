@@ -11,3 +11,11 @@
 bool kmem_move_fixed(void *src, size_t len, void *dst) {
   return mremap(src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != MAP_FAILED;
 }
+
+void kmem_discard(void *p, size_t len) {
+  madvise(p, len, MADV_DONTNEED);
+}
+
+void kmem_advise_nohuge(void *p, size_t len) {
+  madvise(p, len, MADV_NOHUGEPAGE);
+}

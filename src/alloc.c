@@ -69,9 +69,13 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
     hak_free_inline(p);
     return NULL;
   }
-  /* stay in place while the block fits and is not mostly empty */
-  if (size <= old && size >= old / 2) return p;
   hak_region_t *r = region_of(p);
+  /* stay in place while the block fits and is not mostly empty */
+  if (size <= old && size >= old / 2) {
+    if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE)
+      hak_huge_resized(r, size); /* written that far now, maybe */
+    return p;
+  }
   if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE) {
     /* grown or shrunk where it lies (mremap), while it stays past MAP_MIN */
     void *q = size > old ? hak_huge_grow(r, size) : size > MAP_MIN ? hak_huge_shrink(r, size) : NULL;

@@ -137,7 +137,8 @@ typedef struct hak_region {
   void *map_base;
   size_t map_len;
   size_t huge_usable;
-  size_t huge_need; /* mapping bytes the block asked for (map_len - huge_need: slack) */
+  size_t huge_need; /* mapping bytes the block asked for, header page included */
+  size_t huge_res;  /* bytes from map_base that may be resident (>= huge_need) */
 } hak_region_t;
 
 _Static_assert(sizeof(hak_region_t) <= REGION_HEADER_SIZE, "region header too big");
@@ -415,6 +416,7 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);
 void *hak_huge_shrink(hak_region_t *r, size_t size); /* NULL: not done */
+void hak_huge_resized(hak_region_t *r, size_t size);  /* realloc kept it in place */
 size_t hak_huge_trim(void); /* unmaps every cached huge mapping */
 void hak_huge_expire(void); /* unmaps cached mappings past the purge delay */
 void hak_huge_fork_prepare(void);
