@@ -47,6 +47,8 @@ static cached_map_t cache[CACHE_SLOTS];
 static size_t cache_bytes; /* their res */
 static size_t live_need;   /* mapping bytes the live huge blocks asked for */
 static size_t live_slack;  /* their res beyond that */
+static int cache_hi;       /* slots from here on are empty */
+static uint64_t expired_ms; /* when cache_expire last looked at the ages */
 
 /* committed_bytes counts what huge mappings may hold resident (res). */
 static void unmap(char *base, size_t len, size_t res) {
@@ -97,22 +99,28 @@ static size_t victims_unmap(victims_t *v) {
   return released;
 }
 
-/* Cached mappings freed more than the purge delay ago (all if force), then
- * the smallest ones (never `keep`) while the spare bytes exceed the budget. */
+/* Cached mappings freed more than the purge delay ago (all if force; the
+ * ages are looked at once a millisecond), then the smallest ones (never
+ * `keep`) while the spare bytes exceed the budget. */
 static void cache_expire(uint64_t now, bool force, const cached_map_t *keep, victims_t *v) {
-  for (int i = 0; i < CACHE_SLOTS; i++) {
-    cached_map_t *c = &cache[i];
-    if (c->base && c != keep && (force || now - c->freed_ms >= hak_opt.purge_delay_ms))
-      evict(c, v);
+  if (force || now != expired_ms) {
+    expired_ms = now;
+    for (int i = 0; i < cache_hi; i++) {
+      cached_map_t *c = &cache[i];
+      if (c->base && c != keep && (force || now - c->freed_ms >= hak_opt.purge_delay_ms))
+        evict(c, v);
+    }
   }
   while (spare_bytes() > spare_budget()) {
     cached_map_t *small = NULL;
-    for (int i = 0; i < CACHE_SLOTS; i++)
+    for (int i = 0; i < cache_hi; i++)
       if (cache[i].base && &cache[i] != keep && (!small || cache[i].res < small->res))
         small = &cache[i];
     if (!small) break;
     evict(small, v);
   }
+  while (cache_hi && !cache[cache_hi - 1].base)
+    cache_hi--;
 }
 
 typedef struct pieces {
@@ -147,12 +155,14 @@ static void piece_take(cached_map_t *c, size_t len, pieces_t *pc) {
  * kept while the budget allows), or else the longest pieces, moved into a
  * new mapping. *got: the mapping's length, *res: what it may hold resident. */
 static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
-  victims_t v = {0};
-  pieces_t pc = {0};
+  victims_t v;
+  v.n = 0;
+  pieces_t pc;
+  pc.n = 0;
   pthread_mutex_lock(&cache_lock);
   cached_map_t *fit = NULL, *most = NULL;
   bool unit = need <= UNIT;
-  for (int i = 0; i < CACHE_SLOTS; i++) {
+  for (int i = 0; i < cache_hi; i++) {
     cached_map_t *c = &cache[i];
     if (!c->base || c->node != node) continue;
     if (unit) {
@@ -184,7 +194,7 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
     while (filled < need) {
       size_t room = need - filled;
       cached_map_t *best = NULL, *over = NULL;
-      for (int i = 0; i < CACHE_SLOTS; i++) {
+      for (int i = 0; i < cache_hi; i++) {
         cached_map_t *c = &cache[i];
         if (!c->base || c->node != node) continue;
         if (c->len <= room && (!best || c->len > best->len)) best = c;
@@ -212,7 +222,7 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
   char *base;
   if (fit && unit) {
     base = pc.base[0];
-    hak_committed_add((int64_t)(r + discard) - (int64_t)pc.res[0]);
+    if (r + discard != pc.res[0]) hak_committed_add((int64_t)(r + discard) - (int64_t)pc.res[0]);
     if (discard) {
       kmem_discard(base + need, discard);
       hak_committed_add(-(int64_t)discard);
@@ -248,19 +258,26 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
   return base;
 }
 
-static bool cache_put(char *base, size_t len, size_t res, int node) {
-  victims_t v = {0};
+/* A freed block's mapping (asked for need bytes) into the cache, if
+ * cacheable; false when it was not kept (then the caller unmaps it, unless
+ * it went as a victim here). */
+static bool cache_put(char *base, size_t len, size_t need, size_t res, int node, bool cacheable) {
+  victims_t v;
+  v.n = 0;
   bool kept = false;
   pthread_mutex_lock(&cache_lock);
+  live_need -= need;
+  live_slack -= res - need;
   uint64_t now = hak_now_ms();
-  if (hak_opt.purge_delay_ms > 0) {
+  if (cacheable && hak_opt.purge_delay_ms > 0) {
     cached_map_t *slot = NULL, *oldest = NULL;
-    for (int i = 0; i < CACHE_SLOTS && !slot; i++) {
+    for (int i = 0; i < cache_hi && !slot; i++) {
       if (!cache[i].base)
         slot = &cache[i];
       else if (!oldest || cache[i].freed_ms < oldest->freed_ms)
         oldest = &cache[i];
     }
+    if (!slot && cache_hi < CACHE_SLOTS) slot = &cache[cache_hi++];
     if (!slot) {
       evict(oldest, &v);
       slot = oldest;
@@ -289,7 +306,8 @@ static bool cache_put(char *base, size_t len, size_t res, int node) {
 }
 
 void hak_huge_expire(void) {
-  victims_t v = {0};
+  victims_t v;
+  v.n = 0;
   pthread_mutex_lock(&cache_lock);
   cache_expire(hak_now_ms(), false, NULL, &v);
   pthread_mutex_unlock(&cache_lock);
@@ -297,7 +315,8 @@ void hak_huge_expire(void) {
 }
 
 size_t hak_huge_trim(void) {
-  victims_t v = {0};
+  victims_t v;
+  v.n = 0;
   pthread_mutex_lock(&cache_lock);
   cache_expire(0, true, NULL, &v);
   pthread_mutex_unlock(&cache_lock);
@@ -362,11 +381,7 @@ void hak_huge_free(hak_region_t *r) {
   size_t len = r->map_len, need = r->huge_need, res = r->huge_res;
   bool cacheable = (char *)r == base; /* alignment beyond 2 MiB is not reused */
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], 0, memory_order_release);
-  pthread_mutex_lock(&cache_lock);
-  live_need -= need;
-  live_slack -= res - need;
-  pthread_mutex_unlock(&cache_lock);
-  if (cacheable && cache_put(base, len, res, r->node))
+  if (cache_put(base, len, need, res, r->node, cacheable))
     hak_background_want();
   else if (!cacheable || hak_opt.purge_delay_ms == 0)
     unmap(base, len, res);
