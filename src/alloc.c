@@ -78,7 +78,9 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
   }
   if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE) {
     /* grown or shrunk where it lies (mremap), while it stays past MAP_MIN */
-    void *q = size > old ? hak_huge_grow(r, size) : size > MAP_MIN ? hak_huge_shrink(r, size) : NULL;
+    void *q = size > old       ? hak_huge_grow(r, size)
+              : size > MAP_MIN ? hak_huge_shrink(r, size)
+                               : NULL;
     if (q) return q;
   }
   void *q = hak_alloc_inline(size);

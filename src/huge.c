@@ -7,16 +7,19 @@
  * any freed one fits any later such request, so blocks of mixed sizes below
  * 2 MiB are reused with no system call. Only what blocks wrote is resident:
  * each mapping remembers how far it may be (res), and huge-page advice is
- * refused for these (a huge page would make the whole UNIT resident).
- * Longer blocks get mappings of their length.
+ * refused for these (a huge page would make the whole UNIT resident). A
+ * block reusing a mapping that a longer one wrote keeps those pages (up to
+ * the UNIT): giving them back would fault them in again at the next longer
+ * block, which costs more than they do. Longer blocks get mappings of their
+ * length.
  *
  * Freed mappings are cached and reused: a program that frees and allocates
  * big buffers in a loop must not pay an mmap and a fault per page every
  * time. The cache is sized from the heap: the memory kept resident beyond
- * what the live huge blocks asked for (cached mappings, and what blocks made
- * from them hold past their end) stays within half the bytes the live huge
- * blocks asked for, or 64 MiB if more; past it the smallest cached
- * mappings go first. A request past a UNIT takes the smallest cached piece
+ * what the live huge blocks asked for (cached mappings, and what blocks
+ * longer than a UNIT made from them hold past their end) stays within half
+ * the bytes the live huge blocks asked for, or 64 MiB if more; past it the
+ * smallest cached mappings go first. A request past a UNIT takes the smallest cached piece
  * that fits (the rest of it, past the next UNIT boundary, stays cached as a
  * piece of its own), or else the longest pieces, moved one after another
  * into a new mapping by mremap (page tables move, no copy, no fault), so
@@ -44,10 +47,10 @@ typedef struct cached_map {
 /* all under cache_lock */
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static cached_map_t cache[CACHE_SLOTS];
-static size_t cache_bytes; /* their res */
-static size_t live_need;   /* mapping bytes the live huge blocks asked for */
-static size_t live_slack;  /* their res beyond that */
-static int cache_hi;       /* slots from here on are empty */
+static size_t cache_bytes;  /* their res */
+static size_t live_need;    /* mapping bytes the live huge blocks asked for */
+static size_t live_slack;   /* their res beyond that (slack_of) */
+static int cache_hi;        /* slots from here on are empty */
 static uint64_t expired_ms; /* when cache_expire last looked at the ages */
 
 /* committed_bytes counts what huge mappings may hold resident (res). */
@@ -68,6 +71,12 @@ static size_t spare_budget(void) {
 
 static size_t spare_bytes(void) {
   return cache_bytes + live_slack;
+}
+
+/* What a live block holds resident past its need, counted in the budget: a
+ * UNIT mapping's is not (it is what makes reuse free; at most a UNIT). */
+static size_t slack_of(size_t len, size_t need, size_t res) {
+  return len == UNIT ? 0 : res - need;
 }
 
 /* Ranges unmapped once the lock is dropped. */
@@ -148,12 +157,12 @@ static void piece_take(cached_map_t *c, size_t len, pieces_t *pc) {
 
 /* A mapping of the node for a block that asks for need bytes (header page
  * included), made of cached memory, or NULL. A need of at most a UNIT takes
- * a cached UNIT mapping, the one whose resident part fits best: no system
- * call, unless what it holds past the block is over the budget (then given
- * back). A longer need takes the smallest cached piece that fits (the rest
- * past the next UNIT boundary stays cached, a tail up to the block's length
- * kept while the budget allows), or else the longest pieces, moved into a
- * new mapping. *got: the mapping's length, *res: what it may hold resident. */
+ * a cached UNIT mapping, the one whose resident part fits best (the least
+ * past need, else the most): no system call. A longer need takes the
+ * smallest cached piece that fits (the rest past the next UNIT boundary
+ * stays cached, a tail up to the block's length kept while the budget
+ * allows), or else the longest pieces, moved into a new mapping. *got: the
+ * mapping's length, *res: what it may hold resident. */
 static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
   victims_t v;
   v.n = 0;
@@ -174,15 +183,11 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
     }
   }
   if (unit && !fit) fit = most;
-  size_t keep = need, r = need, discard = 0;
+  size_t keep = need, r = need;
   if (fit && unit) {
     piece_take(fit, UNIT, &pc);
     keep = UNIT;
-    r = pc.res[0] > need ? pc.res[0] : need;
-    if (spare_bytes() + (r - need) > spare_budget()) {
-      discard = r - need;
-      r = need;
-    }
+    r = pc.res[0] > need ? pc.res[0] : need; /* what it holds past need stays */
   } else if (fit) {
     size_t cut = round_unit(need);
     piece_take(fit, fit->len >= cut + UNIT ? cut : fit->len, &pc);
@@ -213,7 +218,7 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
   }
   if (pc.n) {
     live_need += need;
-    live_slack += r - need;
+    live_slack += slack_of(keep, need, r);
   }
   cache_expire(hak_now_ms(), false, NULL, &v);
   pthread_mutex_unlock(&cache_lock);
@@ -222,11 +227,7 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
   char *base;
   if (fit && unit) {
     base = pc.base[0];
-    if (r + discard != pc.res[0]) hak_committed_add((int64_t)(r + discard) - (int64_t)pc.res[0]);
-    if (discard) {
-      kmem_discard(base + need, discard);
-      hak_committed_add(-(int64_t)discard);
-    }
+    if (r != pc.res[0]) hak_committed_add((int64_t)r - (int64_t)pc.res[0]);
   } else if (fit) {
     base = pc.base[0];
     if (keep < pc.len[0]) unmap(base + keep, pc.len[0] - keep, pc.len[0] - keep);
@@ -267,7 +268,7 @@ static bool cache_put(char *base, size_t len, size_t need, size_t res, int node,
   bool kept = false;
   pthread_mutex_lock(&cache_lock);
   live_need -= need;
-  live_slack -= res - need;
+  live_slack -= slack_of(len, need, res);
   uint64_t now = hak_now_ms();
   if (cacheable && hak_opt.purge_delay_ms > 0) {
     cached_map_t *slot = NULL, *oldest = NULL;
@@ -366,7 +367,7 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero) {
     errno = ENOMEM;
     return NULL;
   }
-  kmem_bind(base, len, node); /* the caller's node, like its regions */
+  kmem_bind(base, len, node);                     /* the caller's node, like its regions */
   if (len == UNIT) kmem_advise_nohuge(base, len); /* resident: what blocks write */
   hak_committed_add((int64_t)need);
   pthread_mutex_lock(&cache_lock);
@@ -387,13 +388,15 @@ void hak_huge_free(hak_region_t *r) {
     unmap(base, len, res);
 }
 
-/* Sets a live block's need (and res) to new_need, for the accounting. */
-static void block_account(hak_region_t *r, size_t new_need, size_t new_res) {
+/* A live block's mapping length, need and res changed, for the accounting. */
+static void block_account(hak_region_t *r, size_t new_len, size_t new_need, size_t new_res) {
   pthread_mutex_lock(&cache_lock);
   live_need = live_need - r->huge_need + new_need;
-  live_slack = live_slack - (r->huge_res - r->huge_need) + (new_res - new_need);
+  live_slack = live_slack - slack_of(r->map_len, r->huge_need, r->huge_res) +
+               slack_of(new_len, new_need, new_res);
   pthread_mutex_unlock(&cache_lock);
   hak_committed_add((int64_t)new_res - (int64_t)r->huge_res);
+  r->map_len = new_len;
   r->huge_need = new_need;
   r->huge_res = new_res;
 }
@@ -404,7 +407,7 @@ void hak_huge_resized(hak_region_t *r, size_t size) {
   size_t ps = kmem_os_page_size();
   size_t off = r->map_len - r->huge_usable;
   size_t need = (off + size + ps - 1) & ~(ps - 1);
-  if (need > r->huge_res) block_account(r, need, need);
+  if (need > r->huge_res) block_account(r, r->map_len, need, need);
 }
 
 /* Grows a huge block: where it lies if the address space after it is free,
@@ -436,8 +439,7 @@ void *hak_huge_grow(hak_region_t *r, size_t size) {
     atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], REGION_HUGE,
                           memory_order_release);
   }
-  block_account(r, len, len);
-  r->map_len = len;
+  block_account(r, len, len, len);
   r->huge_usable = len - off;
   return (char *)r + off;
 }
@@ -453,14 +455,13 @@ void *hak_huge_shrink(hak_region_t *r, size_t size) {
   if ((char *)r != (char *)r->map_base || len >= old_len) return NULL;
   if (old_len == UNIT) {
     if (r->huge_res > len) kmem_discard((char *)r + len, r->huge_res - len);
-    block_account(r, len, len);
+    block_account(r, UNIT, len, len);
     return (char *)r + off;
   }
   size_t keep = len <= UNIT ? UNIT : len; /* a block of a UNIT or less keeps one */
   if (r->huge_res > len && keep > len) kmem_discard((char *)r + len, keep - len);
   kmem_unmap((char *)r + keep, old_len - keep);
-  block_account(r, len, len);
-  r->map_len = keep;
+  block_account(r, keep, len, len);
   r->huge_usable = keep - off;
   return (char *)r + off;
 }

@@ -416,8 +416,8 @@ void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);
 void *hak_huge_shrink(hak_region_t *r, size_t size); /* NULL: not done */
-void hak_huge_resized(hak_region_t *r, size_t size);  /* realloc kept it in place */
-size_t hak_huge_trim(void); /* unmaps every cached huge mapping */
+void hak_huge_resized(hak_region_t *r, size_t size); /* realloc kept it in place */
+size_t hak_huge_trim(void);                          /* unmaps every cached huge mapping */
 void hak_huge_expire(void); /* unmaps cached mappings past the purge delay */
 void hak_huge_fork_prepare(void);
 void hak_huge_fork_release(void);

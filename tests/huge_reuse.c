@@ -72,8 +72,8 @@ int main(void) {
         ROUNDS);
   CHECK(hits * 10 >= allocs * 9, "only %llu of %llu huge allocations reused a cached mapping",
         (unsigned long long)hits, (unsigned long long)allocs);
-  CHECK((size_t)faults * 10 <= pages * 4, "%ld minor faults for %zu pages written: mappings not reused",
-        faults, pages);
+  CHECK((size_t)faults * 10 <= pages * 4,
+        "%ld minor faults for %zu pages written: mappings not reused", faults, pages);
   /* the cache's budget: half the live bytes, 64 MiB at least; one block
    * being assembled counts twice for a moment; regions and headers */
   size_t spare = peak_live / 2 > 64 * MIB ? peak_live / 2 : 64 * MIB;

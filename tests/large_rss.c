@@ -38,9 +38,9 @@ static int child(size_t size, int n) {
   long after = rss_kib();
   double ratio = (double)(after - before) * 1024 / ((double)size * n);
   printf("%zu KiB x %d: RSS/live %.3f\n", size >> 10, n, ratio);
-  CHECK(ratio <= 1.05, "%zu KiB x %d (%s): RSS grew %ld KiB for %zu KiB live: %.3f > 1.05", size >> 10,
-        n, getenv("HAKMEM_THP") ? "HAKMEM_THP=0" : "default", after - before, (size >> 10) * n,
-        ratio);
+  CHECK(ratio <= 1.05, "%zu KiB x %d (%s): RSS grew %ld KiB for %zu KiB live: %.3f > 1.05",
+        size >> 10, n, getenv("HAKMEM_THP") ? "HAKMEM_THP=0" : "default", after - before,
+        (size >> 10) * n, ratio);
   for (int i = 0; i < n; i++)
     free(p[i]);
   free(p);
@@ -48,7 +48,8 @@ static int child(size_t size, int n) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 4 && !strcmp(argv[1], "child")) return child(strtoull(argv[2], NULL, 0), atoi(argv[3]));
+  if (argc == 4 && !strcmp(argv[1], "child"))
+    return child(strtoull(argv[2], NULL, 0), atoi(argv[3]));
   static const size_t kib[] = {128, 256, 512, 768, 1024, 1536, 2048, 4096, 8192, 32768};
   static const int counts[] = {128, 256};
   int failed = 0;
