@@ -85,7 +85,8 @@ int main(int argc, char **argv) {
     if (r > worst) worst = r;
     char name[32];
     size_name(name, sizeof name, kb);
-    len += (size_t)snprintf(extra + len, sizeof extra - len, "rss_live_%zu_%s=%.3f ", count, name, r);
+    len +=
+        (size_t)snprintf(extra + len, sizeof extra - len, "rss_live_%zu_%s=%.3f ", count, name, r);
     ops += count;
   }
   snprintf(extra + len, sizeof extra - len, "worst=%.3f", worst);

@@ -76,6 +76,10 @@ bool kmem_resize_inplace(void *p, size_t old_len, size_t new_len);
 /* Moves a mapping's pages (no copy, no new faults) to a new align-aligned
  * place of new_len bytes; returns it, or NULL with the old mapping intact. */
 void *kmem_move(void *p, size_t old_len, size_t new_len, size_t align);
+/* Pages of [src, src+len) moved to dst (a range of the caller's mapping). */
+bool kmem_move_fixed(void *src, size_t len, void *dst);
+void kmem_discard(void *p, size_t len);       /* MADV_DONTNEED now: reads zero after */
+void kmem_advise_nohuge(void *p, size_t len); /* never transparent huge pages there */
 
 /* ---- purge (kmem/purge.c) ----
  * Memory given back with MADV_DONTNEED reads as zero afterwards. Purges are

@@ -69,11 +69,18 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
     hak_free_inline(p);
     return NULL;
   }
-  /* stay in place while the block fits and is not mostly empty */
-  if (size <= old && size >= old / 2) return p;
   hak_region_t *r = region_of(p);
-  if (size > old && region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE) {
-    void *q = hak_huge_grow(r, size);
+  /* stay in place while the block fits and is not mostly empty */
+  if (size <= old && size >= old / 2) {
+    if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE)
+      hak_huge_resized(r, size); /* written that far now, maybe */
+    return p;
+  }
+  if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE) {
+    /* grown or shrunk where it lies (mremap), while it stays past MAP_MIN */
+    void *q = size > old       ? hak_huge_grow(r, size)
+              : size > MAP_MIN ? hak_huge_shrink(r, size)
+                               : NULL;
     if (q) return q;
   }
   void *q = hak_alloc_inline(size);
@@ -131,12 +138,13 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
       }
       return q;
     }
-    if (size <= LARGE_MAX) {
-      hak_heap_t *heap = hak_tls_heap;
-      if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
-      return hak_large_alloc(heap, size); /* spans start on a 64 KiB boundary */
-    }
   }
+  if (align <= PAGE_SIZE && size <= MAP_MIN) {
+    hak_heap_t *heap = hak_tls_heap;
+    if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
+    return hak_large_alloc(heap, size); /* spans start on a 64 KiB boundary */
+  }
+  /* a mapping's block starts 64 KiB past a 2 MiB boundary, or at align */
   bool zero;
   return hak_huge_alloc(size, align, &zero);
 }

@@ -52,7 +52,11 @@ void hak_abandoned_check(void);
 
 #define MIN_ALIGN 16
 #define SMALL_MAX ((size_t)128 << 10)                  /* largest size-class block */
-#define LARGE_MAX ((PAGES_PER_REGION - 1) * PAGE_SIZE) /* beyond: own mapping */
+#define LARGE_MAX ((PAGES_PER_REGION - 1) * PAGE_SIZE) /* longest run of pages */
+/* Blocks past this get a mapping of their own (huge.c); up to it, size
+ * classes and then runs of pages. Huge pages only come to dense regions
+ * (HAKMEM_THP=collapse), so a page run's unused neighbours stay unbacked. */
+#define MAP_MIN LARGE_MAX
 #define NUM_CLASSES 48
 #define DIRECT_MAX 1024 /* sizes looked up in one table */
 
@@ -139,6 +143,8 @@ typedef struct hak_region {
   void *map_base;
   size_t map_len;
   size_t huge_usable;
+  size_t huge_need; /* mapping bytes the block asked for, header page included */
+  size_t huge_res;  /* bytes from map_base that may be resident (>= huge_need) */
 } hak_region_t;
 
 _Static_assert(sizeof(hak_region_t) <= REGION_HEADER_SIZE, "region header too big");
@@ -337,7 +343,7 @@ void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
 
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
-      remote_frees, huge_allocs, heaps_created, pages_abandoned, pages_adopted,
+      remote_frees, huge_allocs, huge_cache_hits, heaps_created, pages_abandoned, pages_adopted,
       remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
@@ -413,11 +419,13 @@ void *hak_malloc_mid(hak_heap_t *heap, size_t size);
 void hak_free_slow(hak_region_t *r, void *p);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
-void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned */
+void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned; when no mapping */
 void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);
-size_t hak_huge_trim(void); /* unmaps every cached huge mapping */
+void *hak_huge_shrink(hak_region_t *r, size_t size); /* NULL: not done */
+void hak_huge_resized(hak_region_t *r, size_t size); /* realloc kept it in place */
+size_t hak_huge_trim(void);                          /* unmaps every cached huge mapping */
 void hak_huge_expire(void); /* unmaps cached mappings past the purge delay */
 void hak_huge_fork_prepare(void);
 void hak_huge_fork_release(void);

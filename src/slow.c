@@ -82,10 +82,11 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   /* here, never from free or thread exit: creating a thread allocates */
   hak_background_start_if_wanted();
   if (size > SMALL_MAX) {
-    /* fresh pages and new mappings are zero already */
+    /* a run of pages, or past MAP_MIN a mapping of its own; fresh pages
+     * and new mappings are zero already */
     bool fresh;
     void *p;
-    if (size > LARGE_MAX) {
+    if (size > MAP_MIN) {
       p = hak_huge_alloc(size, 0, &fresh);
     } else {
       p = hak_large_alloc(heap, size);

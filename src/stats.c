@@ -55,6 +55,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .peak_committed_bytes = G(peak_committed_bytes),
       .invalid_frees = G(invalid_frees),
       .huge_allocs = G(huge_allocs),
+      .huge_cache_hits = G(huge_cache_hits),
       .heaps_created = G(heaps_created),
       .thp_collapses = k.thp_collapses,
   };
@@ -89,7 +90,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(hugetlb_bytes)                                                                                 \
   X(node_fallbacks)                                                                                \
   X(mailbox_bytes)                                                                                 \
-  X(thp_collapses)
+  X(thp_collapses)                                                                                 \
+  X(huge_cache_hits)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

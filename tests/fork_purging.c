@@ -63,7 +63,8 @@ static int child_main(void) {
   for (int round = 0; round < ROUNDS; round++) {
     build_and_free();
     uint64_t built = stats_now().committed_bytes;
-    CHECK(built >= base + NBLK * BLK / 2, "round %d: committed %llu KiB after freeing %d MiB, "
+    CHECK(built >= base + NBLK * BLK / 2,
+          "round %d: committed %llu KiB after freeing %d MiB, "
           "base %llu KiB: the pages were purged before the background thread could",
           round, (unsigned long long)(built / KIB), NBLK, (unsigned long long)(base / KIB));
     for (long until = now_ms() + 1000; now_ms() < until;) {
@@ -81,7 +82,8 @@ static int child_main(void) {
       int st;
       CHECK(waitpid(pid, &st, 0) == pid, "waitpid failed");
       forks++;
-      CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a fork child ended with status %#x", (unsigned)st);
+      CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a fork child ended with status %#x",
+            (unsigned)st);
       uint64_t child = *seen;
       CHECK(child != UINT64_MAX, "a fork child said nothing");
       if (child != base && !bad++)
@@ -99,8 +101,10 @@ static int child_main(void) {
       }
     }
   }
-  fprintf(stderr, "%d rounds, %u purged by the background thread within 1 s, %u forks, %u "
-          "children with pages missing\n", ROUNDS, purged, forks, bad);
+  fprintf(stderr,
+          "%d rounds, %u purged by the background thread within 1 s, %u forks, %u "
+          "children with pages missing\n",
+          ROUNDS, purged, forks, bad);
   CHECK(!bad, "%u of %u fork children could not trim every page (stuck purging); first: %s", bad,
         forks, first);
   CHECK(purged == ROUNDS, "the background thread purged only %u of %d rounds' memory within 1 s",

@@ -68,7 +68,8 @@ static int child_main(void) {
     sleep_ms(2); /* now it runs, with the stale target */
   }
   hak_stats_t s = stats_now();
-  fprintf(stderr, "%d rounds, %u with regions unmapped under the background thread's target; "
+  fprintf(stderr,
+          "%d rounds, %u with regions unmapped under the background thread's target; "
           "hugetlb_bytes at the end %llu KiB\n",
           ROUNDS, unmapped, (unsigned long long)(s.hugetlb_bytes / KIB));
   CHECK(unmapped >= ROUNDS / 2,

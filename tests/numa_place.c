@@ -9,6 +9,7 @@
  * nodes that do not exist, and the JSON statistics list every node. Each
  * case runs in a child with its HAKMEM_* settings. */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <sys/mman.h>
 #include "numa_util.h"
 
@@ -16,7 +17,7 @@ static const size_t sizes[] = {16, 200, 3000, 24 * KIB, 200 * KIB, 1 * MIB, 6 * 
 #define NSIZES (sizeof sizes / sizeof sizes[0])
 
 static const char *kind(size_t n) {
-  return n <= 1024 ? "small" : n <= 128 * KIB ? "mid" : n <= 1900 * KIB ? "page run" : "huge";
+  return n <= 1024 ? "small" : n <= 112 * KIB ? "mid" : "own mapping";
 }
 
 /* Whether this process may set memory policies at all (containers may
@@ -77,6 +78,10 @@ static void place(int node, int want_mode) {
   }
   for (size_t i = 0; i < NSIZES; i++)
     free(b[i]);
+  /* the heap's empty pages back to their regions: the next place() takes
+   * fresh spans from its node (a heap keeps the pages it has when it changes
+   * node, and blocks past MAP_MIN are mappings, in no region) */
+  malloc_trim(0);
 }
 
 /* hak_stats_json's "nodes" array: one {"node": n, ...} per node, n in order. */

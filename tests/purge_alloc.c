@@ -23,8 +23,8 @@
 #include <sys/syscall.h>
 #include <time.h>
 
-#define BLOCK ((size_t)256 << 10)
-#define NBLOCKS 192 /* 48 MiB */
+#define BLOCK ((size_t)96 << 10) /* a size class: blocks past MAP_MIN get mappings */
+#define NBLOCKS 512              /* 48 MiB */
 
 static uint64_t via(const hak_stats_t *s, int e) {
   return e == URING ? s->purges_uring : e == VECTOR ? s->purges_vector : 0;

@@ -189,6 +189,12 @@ run_bin kmem_hugetlb_ahead
 # io_uring_setup (and process_madvise) forbidden by a seccomp filter.
 run_bin purge_kmem
 run_bin purge_alloc
+# Large and huge blocks: RSS / live bytes at most 1.05 from 128 KiB to 32 MiB
+# (default and HAKMEM_THP=0, a child per case); freed mappings reused by a
+# replace loop of 5-25 MiB blocks within a committed-memory bound, and
+# blocks made of several cached pieces grown, shrunk and badly freed.
+run_bin large_rss
+run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
 # partial batches and exited owners, memory back after trim; placement and

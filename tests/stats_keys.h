@@ -38,7 +38,8 @@ static const char *const stats_keys[] = {"regions_reserved",
                                          "hugetlb_bytes",
                                          "node_fallbacks",
                                          "mailbox_bytes",
-                                         "thp_collapses"};
+                                         "thp_collapses",
+                                         "huge_cache_hits"};
 #define NKEYS (sizeof stats_keys / sizeof stats_keys[0])
 _Static_assert(NKEYS * sizeof(uint64_t) == sizeof(hak_stats_t),
                "tests/stats_keys.h does not list every field of hak_stats_t");

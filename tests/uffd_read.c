@@ -14,7 +14,9 @@
 #include "spawn.h"
 #include "uffd_util.h"
 
-#define LEN ((size_t)1 << 20)
+#define LEN                                                                                        \
+  ((size_t)96 << 10) /* a size class: blocks past MAP_MIN get mappings, not registered             \
+                      */
 
 static int fds[2];
 static char *source; /* LEN of pattern, ordinary memory */
