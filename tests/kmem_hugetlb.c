@@ -14,11 +14,7 @@
 #include <malloc.h>
 #include <signal.h>
 #include "kmem_util.h"
-
-#define SYS_HP "/sys/kernel/mm/hugepages/hugepages-2048kB/"
-#define NR SYS_HP "nr_hugepages"
-#define OVERCOMMIT SYS_HP "nr_overcommit_hugepages"
-#define FREE SYS_HP "free_hugepages"
+#include "hugetlb_pool.h"
 
 /* ---- the child: a heap under HAKMEM_HUGETLB=1 ---- */
 
@@ -133,34 +129,10 @@ static void run_checks(void) {
 
 /* ---- the guardian: saves and restores the pool ---- */
 
-static long old_nr = -1, old_overcommit = -1;
-static pid_t worker;
-
-static void restore(void) {
-  if (old_overcommit >= 0) write_long(OVERCOMMIT, old_overcommit);
-  if (old_nr >= 0) write_long(NR, old_nr);
-}
-
-static void on_signal(int sig) {
-  if (worker > 0) kill(worker, SIGKILL);
-  restore();
-  signal(sig, SIG_DFL);
-  raise(sig);
-}
-
 int main(int argc, char **argv) {
   if (argc > 1) return child_main(argv[1]);
-  if (access(SYS_HP, F_OK) != 0) SKIP("no 2 MiB huge page size here (%s missing)", SYS_HP);
-  if (geteuid() != 0) SKIP("needs root to change the hugetlbfs pool (%s)", NR);
-  if (access(NR, W_OK) != 0 || access(OVERCOMMIT, W_OK) != 0)
-    SKIP("%s is not writable here (read-only /sys?)", NR);
-  old_nr = read_long(NR);
-  old_overcommit = read_long(OVERCOMMIT);
-  CHECK(old_nr >= 0 && old_overcommit >= 0, "cannot read %s", NR);
+  pool_guard();
 
-  int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGALRM};
-  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
-    signal(sigs[i], on_signal);
   fflush(NULL);
   worker = fork();
   if (worker < 0) {
@@ -176,9 +148,7 @@ int main(int argc, char **argv) {
   while (waitpid(worker, &st, 0) < 0)
     if (errno != EINTR) break;
   worker = 0;
-  restore();
-  long now = read_long(NR);
-  if (now != old_nr) fprintf(stderr, "WARNING: nr_hugepages is %ld, was %ld before\n", now, old_nr);
+  pool_restore();
   if (WIFEXITED(st)) return WEXITSTATUS(st);
   FAIL("the worker was killed by signal %d", WIFSIGNALED(st) ? WTERMSIG(st) : -1);
 }
