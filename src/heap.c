@@ -74,6 +74,15 @@ void hak_heap_set_node(hak_heap_t *heap, int node) {
   heap->region_tag = region_small_tag(node);
 }
 
+/* Applies fn to every page the heap holds, in its class queues and parked. */
+static void heap_each_page(hak_heap_t *heap, void (*fn)(hak_page_t *)) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++)
+    for (hak_page_t *p = heap->queues[c].first; p; p = p->next)
+      fn(p);
+  for (hak_page_t *p = heap->full.first; p; p = p->next)
+    fn(p);
+}
+
 /* Collects the pages of a list; empty ones go back to their region, the
  * others are prepended to *keep for the abandoned pools. */
 static void abandon_list(hak_page_t *first, hak_page_t **keep) {
@@ -108,11 +117,7 @@ void hak_heap_abandon(hak_heap_t *heap) {
   hak_mailbox_orphan(heap);
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
   HAK_CHECK_HEAP(heap, -1);
-  for (unsigned c = 0; c < NUM_CLASSES; c++)
-    for (hak_page_t *p = heap->queues[c].first; p; p = p->next)
-      hak_remote_release(p);
-  for (hak_page_t *p = heap->full.first; p; p = p->next)
-    hak_remote_release(p);
+  heap_each_page(heap, hak_remote_release);
   hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
   while (b) {
     hak_block_t *next = b->next;
@@ -204,12 +209,6 @@ void hak_heaps_fork_release(void) {
  * free that nobody collects, and they stay counted as committed. Heaps that
  * were already free (cleanly abandoned) are reused as usual. */
 void hak_heaps_fork_child(hak_heap_t *survivor) {
-  if (survivor != &hak_heap_empty) {
-    for (unsigned c = 0; c < NUM_CLASSES; c++)
-      for (hak_page_t *p = survivor->queues[c].first; p; p = p->next)
-        hak_remote_fork_child(p);
-    for (hak_page_t *p = survivor->full.first; p; p = p->next)
-      hak_remote_fork_child(p);
-  }
+  if (survivor != &hak_heap_empty) heap_each_page(survivor, hak_remote_fork_child);
   pthread_mutex_unlock(&heaps_lock);
 }

@@ -65,23 +65,18 @@ static hak_batch_t *batch_new(hak_heap_t *heap) {
 /* At thread exit, after the last flush: the heap's spare batches go to the
  * next heap that needs one. Batches drained later still come back to this
  * heap, for the thread that takes it over. */
-void hak_mailbox_orphan(hak_heap_t *heap) {
-  hak_batch_t *first = heap->spare;
-  heap->spare = NULL;
-  hak_batch_t *more = atomic_exchange_explicit(&heap->returned, NULL, memory_order_acquire);
-  if (!first) {
-    first = more;
-  } else if (more) {
-    hak_batch_t *t = first;
-    while (t->next)
-      t = t->next;
-    t->next = more;
-  }
+static void orphan_chain(hak_batch_t *first) {
   if (!first) return;
   hak_batch_t *last = first;
   while (last->next)
     last = last->next;
   push_batches(&orphans, first, last);
+}
+
+void hak_mailbox_orphan(hak_heap_t *heap) {
+  orphan_chain(heap->spare);
+  heap->spare = NULL;
+  orphan_chain(atomic_exchange_explicit(&heap->returned, NULL, memory_order_acquire));
 }
 
 /* noinline, as batch_start: hak_mailbox_send's common path then needs no

@@ -87,6 +87,15 @@ static bool remote_set_state(hak_page_t *page, unsigned from_mask, uintptr_t to)
 
 static void abandoned_reclaim_check(hak_page_t *page);
 
+/* Pushes the chain first..last onto a heap's delayed list. */
+static void delayed_push(hak_heap_t *heap, hak_block_t *first, hak_block_t *last) {
+  hak_block_t *head = atomic_load_explicit(&heap->delayed, memory_order_relaxed);
+  do {
+    last->next = head;
+  } while (!atomic_compare_exchange_weak_explicit(&heap->delayed, &head, first,
+                                                  memory_order_release, memory_order_relaxed));
+}
+
 /* free, notify: one CAS onto the page's remote list; a NOTIFY page's block
  * goes to its owner's delayed list instead, which the owner drains on its
  * next slow path: that is how a parked page gets revisited. */
@@ -101,12 +110,7 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b) {
       /* FREEING keeps the owner: it cannot release the page (remote_release
        * waits) nor retire it (our block on its delayed list stays there
        * until we are done). */
-      hak_heap_t *owner = page_heap(page);
-      hak_block_t *head = atomic_load_explicit(&owner->delayed, memory_order_relaxed);
-      do {
-        b->next = head;
-      } while (!atomic_compare_exchange_weak_explicit(&owner->delayed, &head, b,
-                                                      memory_order_release, memory_order_relaxed));
+      delayed_push(page_heap(page), b, b);
       HAK_HOOK(HAK_HOOK_FREEING);
       remote_set_state(page, 1u << REMOTE_FREEING, REMOTE_PLAIN);
       return;
@@ -185,13 +189,7 @@ void hak_remote_drain_delayed(hak_heap_t *heap) {
     }
     b = next;
   }
-  if (wait_first) {
-    hak_block_t *head = atomic_load_explicit(&heap->delayed, memory_order_relaxed);
-    do {
-      wait_last->next = head;
-    } while (!atomic_compare_exchange_weak_explicit(&heap->delayed, &head, wait_first,
-                                                    memory_order_release, memory_order_relaxed));
-  }
+  if (wait_first) delayed_push(heap, wait_first, wait_last);
   stat_inc(&heap->stats.remote_blocks_collected, n);
 }
 
