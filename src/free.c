@@ -172,8 +172,8 @@ void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p) {
 }
 
 /* Where a free goes once it is known not to wait in a mailbox: the caller's
- * own page, an abandoned page the caller claims (same node only), or the
- * page's remote list. */
+ * own page, an abandoned page the caller claims (same node only), the
+ * caller's stash for another heap's page, or the page's remote list. */
 void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   hak_heap_t *owner = page_heap(page);
   if (owner == heap) {
@@ -191,5 +191,10 @@ void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
     hak_free_local_slow(heap, page, b);
     return;
   }
-  hak_remote_free(page, b);
+  /* a page without owner is freed into at once: its last block's freer
+   * gives it back to its region */
+  if (owner && heap != &hak_heap_empty)
+    hak_remote_stash(heap, page, b);
+  else
+    hak_remote_free(page, b);
 }
