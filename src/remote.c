@@ -144,7 +144,7 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b) {
 /* Bytes of one page's blocks a stash entry gathers before handing them
  * over: one CAS per chain instead of one per block, and at most
  * NUM_CLASSES * STASH_BYTES held back from the owners per heap. */
-#define STASH_BYTES 4096
+#define STASH_BYTES 8192
 
 /* Out of line: the stashing free stays a leaf without saved registers. */
 static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {

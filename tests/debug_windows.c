@@ -10,7 +10,7 @@
  *   freer was still in FREEING, the freer's late reset left a parked page
  *   that no remote free notified: every later block was stranded.)
  * freeing_chain: the same with a freer that has a heap, so its frees wait
- *   in its stash: the fourth 1 KiB block hands the page's chain over, and
+ *   in its stash: the eighth 1 KiB block hands the page's chain over, and
  *   the whole chain is what waits on the delayed list in the window.
  * exit: a thread exiting is stopped in the middle of taking its heap apart
  *   (an empty page just went back); there it allocates and frees, as a
@@ -44,7 +44,7 @@ static void freeing_hook(int point) {
 
 static void *page_blocks[64];
 static int npage_blocks;
-static int chain; /* blocks the freer frees before the window: 4 KiB in 1 KiB blocks */
+static int chain; /* blocks the freer frees before the window: 8 KiB (remote.c's STASH_BYTES) */
 
 static void *freer(void *arg) {
   (void)arg;
@@ -179,7 +179,7 @@ static int exit_window(void) {
 
 int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "freeing")) return freeing(1);
-  if (argc > 1 && !strcmp(argv[1], "freeing_chain")) return freeing(4096 / BS);
+  if (argc > 1 && !strcmp(argv[1], "freeing_chain")) return freeing(8192 / BS);
   if (argc > 1 && !strcmp(argv[1], "exit")) return exit_window();
   FAIL("usage: debug_windows freeing|freeing_chain|exit");
 }

@@ -3,7 +3,7 @@
  * with one push per chain (remote.c).
  *
  * counts: one freer, counted exactly. 64 blocks of 1 KiB go over in chains
- *   of 4 KiB (remote_handoffs a quarter of the frees, not one each); 32
+ *   of 8 KiB (remote_handoffs an eighth of the frees, not one each); 32
  *   blocks of 64 B wait for hakmem_flush, then for the freer's exit. While
  *   its blocks wait in a stash, their page's owner exits and the freer
  *   adopts the page: it must get every block it stashed back from its own
@@ -159,9 +159,10 @@ static int counts(void) {
          (unsigned long long)handoffs_in_frees, (unsigned long long)handoffs_at_flush);
   CHECK(s1.remote_frees - s0.remote_frees == NB, "remote_frees grew by %llu, not %d",
         (unsigned long long)(s1.remote_frees - s0.remote_frees), NB);
-  /* 4 KiB a chain; a page boundary among the blocks starts another chain */
-  CHECK(handoffs_in_frees >= NB / 4 - 1 && handoffs_in_frees <= NB / 4 + 2,
-        "64 remote frees of 1 KiB made %llu hand-overs, not about 16",
+  /* 8 KiB a chain (STASH_BYTES); a page boundary among the blocks starts
+   * another chain */
+  CHECK(handoffs_in_frees >= NB / 8 - 1 && handoffs_in_frees <= NB / 8 + 2,
+        "64 remote frees of 1 KiB made %llu hand-overs, not about 8",
         (unsigned long long)handoffs_in_frees);
 
   alloc_blocks(32, 64);
