@@ -161,8 +161,17 @@ typedef struct hak_queue {
 typedef struct hak_heap_stats {
   _Atomic uint64_t pages_fresh, pages_reused, pages_activated, remote_frees,
       remote_blocks_collected, pages_abandoned, pages_adopted, remote_frees_cross_node,
-      batches_sent, mailbox_drains, blocks_drained;
+      batches_sent, mailbox_drains, blocks_drained, remote_handoffs;
 } hak_heap_stats_t;
+
+/* Blocks a heap freed into one page of another heap, chained through their
+ * first word, not yet handed over (remote.c). */
+typedef struct hak_stash {
+  hak_page_t *page; /* NULL: empty */
+  hak_block_t *first, *last;
+  uint32_t count;
+} hak_stash_t;
+_Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 
 struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
 
@@ -180,6 +189,8 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   bool in_use;
   struct hak_heap *pool_next; /* all heaps ever made */
   hak_heap_stats_t stats;
+  uint64_t stash_mask;            /* bit c: stash[c] holds blocks */
+  hak_stash_t stash[NUM_CLASSES]; /* per class: one page's foreign frees */
   /* written by other threads: a line of their own */
   _Alignas(64) _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
   _Atomic(struct hak_batch *) returned;        /* batches drainers are done with */
@@ -364,6 +375,8 @@ size_t hak_pool_collapse(void); /* HAKMEM_THP=collapse: the background thread's 
 
 typedef enum { PARK_DONE, PARK_RETRY, PARK_LATER } park_result_t;
 void hak_remote_free(hak_page_t *page, hak_block_t *b);
+void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
+void hak_remote_stash_flush(hak_heap_t *heap);
 size_t hak_page_collect_remote(hak_page_t *page);
 park_result_t hak_remote_park(hak_heap_t *heap, hak_page_t *page);
 void hak_remote_drain_delayed(hak_heap_t *heap);

@@ -19,8 +19,10 @@
  *
  *   transition  from -> to                  by                   function
  *   own         fresh span -> OWNED         the heap taking it   hak_page_init (page.c)
- *   free        OWNED|RELEASED|ABANDONED    any other thread     hak_remote_free
- *               -> the same
+ *   free        OWNED|RELEASED|ABANDONED    any other thread     hak_remote_free,
+ *               -> the same                 (a chain: stashed    hak_remote_stash
+ *                                           blocks of an owned
+ *                                           page, see below)
  *   notify      NOTIFY -> FREEING -> OWNED  any other thread     hak_remote_free
  *   park        OWNED -> NOTIFY             H, lists all empty   hak_remote_park
  *               (FREEING: not parked; the delivery under way brings it back)
@@ -36,6 +38,13 @@
  *   reclaim     ABANDONED, all blocks free  the last block's     abandoned_reclaim_check,
  *               -> back to its region       freer; push, adopt,  hak_abandoned_push,
  *                                           trim                 _adopt, _trim
+ *
+ * A freer may first keep blocks of a page another heap owns in its stash and
+ * hand them over later with one free of the whole chain. Until then they
+ * are not the page's (the owner cannot collect them, a parked page is not
+ * notified) but still count as used, so the page cannot go back to its
+ * region under them; whatever state the page is in by then, the chain takes
+ * the free or notify transition as a single block would.
  *
  * RELEASED and ABANDONED pages have nobody to collect their remote lists, so
  * whoever frees into one checks, under the abandoned lock, whether that was
@@ -96,10 +105,11 @@ static void delayed_push(hak_heap_t *heap, hak_block_t *first, hak_block_t *last
                                                   memory_order_release, memory_order_relaxed));
 }
 
-/* free, notify: one CAS onto the page's remote list; a NOTIFY page's block
- * goes to its owner's delayed list instead, which the owner drains on its
- * next slow path: that is how a parked page gets revisited. */
-void hak_remote_free(hak_page_t *page, hak_block_t *b) {
+/* free, notify: one CAS puts the chain first..last (n blocks of the page)
+ * on the page's remote list; a NOTIFY page's chain goes to its owner's
+ * delayed list instead, which the owner drains on its next slow path: that
+ * is how a parked page gets revisited. */
+static void remote_push(hak_page_t *page, hak_block_t *first, hak_block_t *last, size_t n) {
   uintptr_t old = atomic_load_explicit(&page->remote, memory_order_relaxed);
   for (;;) {
     if (remote_state(old) == REMOTE_NOTIFY) {
@@ -108,21 +118,76 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b) {
                                                  memory_order_acquire, memory_order_relaxed))
         continue;
       /* FREEING keeps the owner: it cannot release the page (remote_release
-       * waits) nor retire it (our block on its delayed list stays there
+       * waits) nor retire it (our blocks on its delayed list stay there
        * until we are done). */
-      delayed_push(page_heap(page), b, b);
+      delayed_push(page_heap(page), first, last);
       HAK_HOOK(HAK_HOOK_FREEING);
       remote_set_state(page, 1u << REMOTE_FREEING, REMOTE_PLAIN);
       return;
     }
-    b->next = remote_list(old);
-    uintptr_t count = (old & ~(REMOTE_COUNT_ONE - 1)) + REMOTE_COUNT_ONE;
+    last->next = remote_list(old);
+    uintptr_t count = (old & ~(REMOTE_COUNT_ONE - 1)) + n * REMOTE_COUNT_ONE;
     if (atomic_compare_exchange_weak_explicit(&page->remote, &old,
-                                              (uintptr_t)b | count | remote_state(old),
+                                              (uintptr_t)first | count | remote_state(old),
                                               memory_order_release, memory_order_relaxed))
       break;
   }
   if (remote_state(old) == REMOTE_NEVER) abandoned_reclaim_check(page);
+}
+
+void hak_remote_free(hak_page_t *page, hak_block_t *b) {
+  remote_push(page, b, b, 1);
+}
+
+/* ---- the freer's stash: blocks of another heap's page, handed over together */
+
+/* Bytes of one page's blocks a stash entry gathers before handing them
+ * over: one CAS per chain instead of one per block, and at most
+ * NUM_CLASSES * STASH_BYTES held back from the owners per heap. */
+#define STASH_BYTES 8192
+
+/* Out of line: the stashing free stays a leaf without saved registers. */
+static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
+  hak_stash_t *s = &heap->stash[cls];
+  remote_push(s->page, s->first, s->last, s->count);
+  stat_inc(&heap->stats.remote_handoffs, 1);
+  s->page = NULL;
+  s->count = 0;
+  heap->stash_mask &= ~((uint64_t)1 << cls);
+}
+
+/* The first block of page in its class's entry: a block of another page of
+ * the class hands the entry over first. */
+static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+  unsigned cls = page->cls;
+  hak_stash_t *s = &heap->stash[cls];
+  if (s->page) stash_hand_over(heap, cls);
+  b->next = NULL;
+  *s = (hak_stash_t){.page = page, .first = b, .last = b, .count = 1};
+  heap->stash_mask |= (uint64_t)1 << cls;
+  if (page->block_size >= STASH_BYTES) stash_hand_over(heap, cls);
+}
+
+/* stash: b, freed by heap into another heap's page, waits in heap's entry
+ * for the page's class. It stays counted in the page's used blocks, so the
+ * page is neither retired nor reclaimed meanwhile and its descriptor stays
+ * this page's. */
+void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+  hak_stash_t *s = &heap->stash[page->cls];
+  if (unlikely(s->page != page)) {
+    stash_start(heap, page, b);
+    return;
+  }
+  b->next = s->first;
+  s->first = b;
+  if (++s->count * page->block_size >= STASH_BYTES) stash_hand_over(heap, page->cls);
+}
+
+/* Hands every stash entry over: on the slow path every so often, on
+ * hakmem_flush, malloc_trim and thread exit, so no free waits forever. */
+void hak_remote_stash_flush(hak_heap_t *heap) {
+  while (heap->stash_mask)
+    stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
 }
 
 /* Takes the remote list, leaving the state bits, and puts it on `free`:

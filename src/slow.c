@@ -96,7 +96,8 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     return p;
   }
   if ((++heap->slow_calls & 63) == 0) {
-    hak_mailbox_flush(heap); /* no cross-node free waits for a batch forever */
+    hak_mailbox_flush(heap);      /* no cross-node free waits for a batch forever */
+    hak_remote_stash_flush(heap); /* nor a remote free in the stash */
     hak_mailbox_drain_stale(heap);
     hak_pool_purge_maybe();
   }

@@ -44,6 +44,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .mailbox_bytes = G(mailbox_bytes),
       .pages_abandoned = H(pages_abandoned),
       .pages_adopted = H(pages_adopted),
+      .remote_handoffs = H(remote_handoffs),
       .purges = k.purges,
       .purged_bytes = k.purged_bytes,
       .purges_uring = k.purges_uring,
@@ -91,7 +92,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(node_fallbacks)                                                                                \
   X(mailbox_bytes)                                                                                 \
   X(thp_collapses)                                                                                 \
-  X(huge_cache_hits)
+  X(huge_cache_hits)                                                                               \
+  X(remote_handoffs)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

@@ -9,6 +9,9 @@
  *   owner used to take the block at once and park the page again while the
  *   freer was still in FREEING, the freer's late reset left a parked page
  *   that no remote free notified: every later block was stranded.)
+ * freeing_chain: the same with a freer that has a heap, so its frees wait
+ *   in its stash: the eighth 1 KiB block hands the page's chain over, and
+ *   the whole chain is what waits on the delayed list in the window.
  * exit: a thread exiting is stopped in the middle of taking its heap apart
  *   (an empty page just went back); there it allocates and frees, as a
  *   background thread's start or another TLS destructor would. That must
@@ -41,19 +44,27 @@ static void freeing_hook(int point) {
 
 static void *page_blocks[64];
 static int npage_blocks;
+static int chain; /* blocks the freer frees before the window: 8 KiB (remote.c's STASH_BYTES) */
 
 static void *freer(void *arg) {
   (void)arg;
+  if (chain > 1) {
+    void *volatile own = malloc(3000); /* a heap of its own: its frees are stashed */
+    free(own);
+  }
   in_freer = true;
-  free(page_blocks[0]); /* stops in the window */
+  for (int i = 0; i < chain; i++)
+    free(page_blocks[i]); /* the last one stops in the window */
   while (atomic_load(&stage) != 3)
     sched_yield();
-  for (int i = 1; i < npage_blocks; i++)
+  for (int i = chain; i < npage_blocks; i++)
     free(page_blocks[i]);
+  hakmem_flush(); /* what is still stashed */
   return NULL;
 }
 
-static int freeing(void) {
+static int freeing(int blocks_first) {
+  chain = blocks_first;
   /* Fill page P and more, so that P is parked as full. */
   enum { N = 64 * 4 };
   static void *b[N];
@@ -167,7 +178,8 @@ static int exit_window(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc > 1 && !strcmp(argv[1], "freeing")) return freeing();
+  if (argc > 1 && !strcmp(argv[1], "freeing")) return freeing(1);
+  if (argc > 1 && !strcmp(argv[1], "freeing_chain")) return freeing(8192 / BS);
   if (argc > 1 && !strcmp(argv[1], "exit")) return exit_window();
-  FAIL("usage: debug_windows freeing|exit");
+  FAIL("usage: debug_windows freeing|freeing_chain|exit");
 }

@@ -125,6 +125,7 @@ fi
 # The remote-free protocol's windows, forced through the checked build's
 # hooks: a freer stopped in FREEING, a thread stopped mid-exit.
 run_bin debug_windows freeing
+run_one debug_windows_chain "$bin/debug_windows" freeing_chain
 run_one debug_windows_exit "$bin/debug_windows" exit
 # Its promises between threads: pages listed by their region's node (no two
 # owners), mailboxes drained when their node has no allocating thread, no
@@ -139,6 +140,9 @@ else
   run_bin oom_ulimit
 fi
 run_bin stress_mt 8 40000
+# Remote frees handed over in chains from the freer's stash: exact counts,
+# a stash outliving its page's owner, and pairs of threads.
+run_bin remote_stash
 run_bin seed_remote
 run_bin thread_exit
 run_bin thread_done
@@ -211,6 +215,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
 run_sanitized stress_mt_tsan tsan -fsanitize=thread 8 10000
 run_sanitized stress_mt_ubsan ubsan -fsanitize=undefined 8 20000
 SAN_SRC=tests/numa_stress.c run_sanitized numa_stress_tsan tsan -fsanitize=thread 3000
+SAN_SRC=tests/remote_stash.c run_sanitized remote_stash_tsan tsan -fsanitize=thread 8 1000
 unset TSAN_OPTIONS UBSAN_OPTIONS
 
 for prog in python perl git gcc sort; do

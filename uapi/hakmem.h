@@ -62,6 +62,7 @@ typedef struct hak_stats {
   uint64_t mailbox_bytes;   /* batches of cross-node frees ever made (each reused) */
   uint64_t thp_collapses;   /* regions collapsed into a huge page (HAKMEM_THP=collapse) */
   uint64_t huge_cache_hits; /* huge_allocs served by a cached mapping (resized to fit) */
+  uint64_t remote_handoffs; /* chains of remote frees handed to their page at once */
 } hak_stats_t;
 
 /* Per node (HAKMEM_NODES virtual nodes, or the machine's). */
@@ -84,7 +85,8 @@ void hak_stats_print(void);
  * it). Returns 0, or -1 with errno EINVAL for a node that does not exist. */
 int hakmem_thread_set_node(int node);
 /* Sends the calling thread's partial batches of cross-node frees to their
- * nodes' mailboxes and drains the mailbox of its own node. */
+ * nodes' mailboxes, hands the frees it keeps for other threads' pages to
+ * those pages, and drains the mailbox of its own node. */
 void hakmem_flush(void);
 /* The node of the calling thread's heap. */
 int hakmem_thread_node(void);

@@ -1,0 +1,307 @@
+/* Remote frees handed over in chains: a thread with a heap keeps the blocks
+ * it frees into another heap's page in its stash and hands them to the page
+ * with one push per chain (remote.c).
+ *
+ * counts: one freer, counted exactly. 64 blocks of 1 KiB go over in chains
+ *   of 8 KiB (remote_handoffs an eighth of the frees, not one each); 32
+ *   blocks of 64 B wait for hakmem_flush, then for the freer's exit. While
+ *   its blocks wait in a stash, their page's owner exits and the freer
+ *   adopts the page: it must get every block it stashed back from its own
+ *   page.
+ * pairs: T threads in pairs free each other's 16-512 B blocks in batches,
+ *   patterns checked; every block comes back (committed memory bounded)
+ *   and the counters show chains (remote_frees several times
+ *   remote_handoffs). Also built against the TSan build (-DSTRESS_HAK).
+ * Usage: remote_stash [threads [rounds]] (of pairs; default 8 10000) */
+#define _GNU_SOURCE
+#include <malloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include "check.h"
+#include "hakmem.h"
+
+#ifdef STRESS_HAK
+#define T_MALLOC hak_malloc
+#define T_FREE hak_free
+#else
+#define T_MALLOC malloc
+#define T_FREE free
+#endif
+
+static hak_stats_t stats(void) {
+  hak_stats_t s;
+  hak_stats_get(&s);
+  return s;
+}
+
+/* ---- counts ---- */
+
+#define NB 64
+static void *blk[NB];
+static size_t nblk, bsize;
+static uint64_t handoffs_in_frees, handoffs_at_flush;
+
+static void alloc_blocks(size_t n, size_t size) {
+  nblk = n;
+  bsize = size;
+  for (size_t i = 0; i < n; i++) {
+    blk[i] = T_MALLOC(size);
+    CHECK(blk[i], "malloc(%zu) failed", size);
+    fill_pattern(blk[i], size);
+  }
+}
+
+static void *run(void *(*fn)(void *)) {
+  pthread_t t;
+  void *ret;
+  CHECK(pthread_create(&t, NULL, fn, NULL) == 0, "pthread_create");
+  CHECK(pthread_join(t, &ret) == 0, "pthread_join");
+  return ret;
+}
+
+/* The freer: a heap of its own (a block of another class), then frees. */
+static void free_blocks(void) {
+  void *volatile own = T_MALLOC(3000);
+  T_FREE(own);
+  uint64_t before = stats().remote_handoffs;
+  for (size_t i = 0; i < nblk; i++) {
+    expect_pattern(blk[i], bsize);
+    T_FREE(blk[i]);
+  }
+  handoffs_in_frees = stats().remote_handoffs - before;
+}
+
+static void *free_and_flush(void *arg) {
+  (void)arg;
+  free_blocks();
+  uint64_t before = stats().remote_handoffs;
+  hakmem_flush();
+  handoffs_at_flush = stats().remote_handoffs - before;
+  return NULL;
+}
+
+static void *free_and_exit(void *arg) {
+  (void)arg;
+  free_blocks();
+  return NULL;
+}
+
+/* Stashes a page's blocks, waits for the page's owner to exit, adopts the
+ * page, hands the chain over and allocates until every block is back. */
+static pthread_mutex_t step_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t step_cond = PTHREAD_COND_INITIALIZER;
+static int step;
+static int got_back;
+static uint64_t adopted;
+
+static void wait_step(int s) {
+  pthread_mutex_lock(&step_lock);
+  while (step < s)
+    pthread_cond_wait(&step_cond, &step_lock);
+  pthread_mutex_unlock(&step_lock);
+}
+
+static void set_step(int s) {
+  pthread_mutex_lock(&step_lock);
+  step = s;
+  pthread_cond_broadcast(&step_cond);
+  pthread_mutex_unlock(&step_lock);
+}
+
+static void *stash_across_exit(void *arg) {
+  (void)arg;
+  wait_step(1);  /* the owner allocated */
+  free_blocks(); /* 2 KiB of one page: all of it waits in the stash */
+  set_step(2);
+  wait_step(3); /* the owner has exited */
+  uint64_t before = stats().pages_adopted;
+  enum { MORE = 4096 };
+  static void *more[MORE];
+  int n = 0;
+  more[n++] = T_MALLOC(64); /* the freer has no page of the class: adopts */
+  hakmem_flush();
+  for (; n < MORE && got_back < 32; n++) {
+    more[n] = T_MALLOC(64);
+    for (size_t i = 0; i < 32; i++)
+      got_back += more[n] == blk[i];
+  }
+  adopted = stats().pages_adopted - before;
+  for (int i = 0; i < n; i++)
+    T_FREE(more[i]);
+  return NULL;
+}
+
+static void *owner_allocs(void *arg) {
+  (void)arg;
+  alloc_blocks(32, 64);
+  set_step(1);
+  wait_step(2);
+  return NULL; /* exits: its page, blocks still out, is abandoned */
+}
+
+static void across_exit(void) {
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, stash_across_exit, NULL) == 0, "pthread_create");
+  run(owner_allocs);
+  set_step(3);
+  pthread_join(t, NULL);
+}
+
+static int counts(void) {
+  hak_stats_t s0 = stats();
+  alloc_blocks(NB, 1024);
+  run(free_and_flush);
+  hak_stats_t s1 = stats();
+  printf("64 x 1 KiB freed by another thread: remote_frees %llu, handed over in %llu chains "
+         "(%llu more at the flush)\n",
+         (unsigned long long)(s1.remote_frees - s0.remote_frees),
+         (unsigned long long)handoffs_in_frees, (unsigned long long)handoffs_at_flush);
+  CHECK(s1.remote_frees - s0.remote_frees == NB, "remote_frees grew by %llu, not %d",
+        (unsigned long long)(s1.remote_frees - s0.remote_frees), NB);
+  /* 8 KiB a chain (STASH_BYTES); a page boundary among the blocks starts
+   * another chain */
+  CHECK(handoffs_in_frees >= NB / 8 - 1 && handoffs_in_frees <= NB / 8 + 2,
+        "64 remote frees of 1 KiB made %llu hand-overs, not about 8",
+        (unsigned long long)handoffs_in_frees);
+
+  alloc_blocks(32, 64);
+  run(free_and_flush);
+  printf("32 x 64 B: %llu hand-overs while freeing, %llu at hakmem_flush\n",
+         (unsigned long long)handoffs_in_frees, (unsigned long long)handoffs_at_flush);
+  CHECK(handoffs_in_frees == 0, "2 KiB of frees were handed over before a flush (%llu)",
+        (unsigned long long)handoffs_in_frees);
+  CHECK(handoffs_at_flush >= 1 && handoffs_at_flush <= 2,
+        "hakmem_flush handed over %llu chains, not the stash's 1 or 2",
+        (unsigned long long)handoffs_at_flush);
+
+  alloc_blocks(32, 64);
+  uint64_t before = stats().remote_handoffs;
+  run(free_and_exit);
+  uint64_t at_exit = stats().remote_handoffs - before - handoffs_in_frees;
+  printf("32 x 64 B, the freer exits: %llu hand-overs at its exit\n", (unsigned long long)at_exit);
+  CHECK(handoffs_in_frees == 0 && at_exit >= 1 && at_exit <= 2,
+        "thread exit did not hand the stash over (%llu while freeing, %llu at exit)",
+        (unsigned long long)handoffs_in_frees, (unsigned long long)at_exit);
+
+  across_exit();
+  printf("owner exited, the freer adopted the page: %d of 32 stashed blocks came back\n", got_back);
+  CHECK(adopted >= 1, "the freer adopted no page");
+  CHECK(got_back == 32, "only %d of the 32 blocks stashed for an adopted page came back", got_back);
+  return 0;
+}
+
+/* ---- pairs ---- */
+
+#define BATCH 64
+#define QUEUE 4
+
+struct item {
+  void *p;
+  size_t n;
+};
+
+struct pair {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct item ring[2][QUEUE][BATCH]; /* ring[s]: side s's blocks to the other */
+  int head[2], count[2];
+};
+
+struct side {
+  struct pair *pair;
+  int side, rounds;
+  uint64_t seed;
+};
+
+static void *side_main(void *arg) {
+  struct side *w = arg;
+  struct pair *q = w->pair;
+  int me = w->side, other = !me;
+  struct rng r = {w->seed};
+  struct item mine[BATCH], theirs[BATCH];
+  int sent = 0, received = 0;
+  bool have = false;
+  while (sent < w->rounds || received < w->rounds) {
+    if (!have && sent < w->rounds) {
+      for (int i = 0; i < BATCH; i++) {
+        mine[i].n = 16 + rng_next(&r) % 497;
+        mine[i].p = T_MALLOC(mine[i].n);
+        CHECK(mine[i].p, "malloc failed");
+        fill_pattern(mine[i].p, mine[i].n);
+      }
+      have = true;
+    }
+    bool got = false;
+    pthread_mutex_lock(&q->lock);
+    while (!(have && q->count[me] < QUEUE) && q->count[other] == 0)
+      pthread_cond_wait(&q->cond, &q->lock);
+    if (q->count[other] > 0) {
+      memcpy(theirs, q->ring[other][q->head[other]], sizeof theirs);
+      q->head[other] = (q->head[other] + 1) % QUEUE;
+      q->count[other]--;
+      got = true;
+    }
+    if (have && q->count[me] < QUEUE) {
+      memcpy(q->ring[me][(q->head[me] + q->count[me]) % QUEUE], mine, sizeof mine);
+      q->count[me]++;
+      have = false;
+      sent++;
+    }
+    pthread_cond_broadcast(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+    if (got) {
+      for (int i = 0; i < BATCH; i++) {
+        expect_pattern(theirs[i].p, theirs[i].n);
+        T_FREE(theirs[i].p);
+      }
+      received++;
+    }
+  }
+  return NULL;
+}
+
+static int pairs(int threads, int rounds) {
+  int npairs = threads / 2;
+  struct pair *q = calloc((size_t)npairs, sizeof *q);
+  struct side *w = calloc((size_t)npairs * 2, sizeof *w);
+  pthread_t *t = calloc((size_t)npairs * 2, sizeof *t);
+  CHECK(q && w && t, "calloc");
+  hak_stats_t s0 = stats();
+  for (int i = 0; i < npairs; i++) {
+    pthread_mutex_init(&q[i].lock, NULL);
+    pthread_cond_init(&q[i].cond, NULL);
+    for (int s = 0; s < 2; s++) {
+      w[2 * i + s] = (struct side){&q[i], s, rounds, (uint64_t)(2 * i + s + 1) * 7919};
+      CHECK(pthread_create(&t[2 * i + s], NULL, side_main, &w[2 * i + s]) == 0, "pthread_create");
+    }
+  }
+  for (int i = 0; i < 2 * npairs; i++)
+    pthread_join(t[i], NULL);
+  hak_stats_t s1 = stats();
+  uint64_t frees = s1.remote_frees - s0.remote_frees,
+           handoffs = s1.remote_handoffs - s0.remote_handoffs;
+  printf("%d threads, %d batches each way: remote_frees %llu in %llu hand-overs, "
+         "remote_blocks_collected %llu, committed %llu KiB\n",
+         threads, rounds, (unsigned long long)frees, (unsigned long long)handoffs,
+         (unsigned long long)(s1.remote_blocks_collected - s0.remote_blocks_collected),
+         (unsigned long long)(s1.committed_bytes >> 10));
+  CHECK(frees >= (uint64_t)npairs * rounds * BATCH, "only %llu remote frees",
+        (unsigned long long)frees);
+  CHECK(handoffs > 0 && frees >= 4 * handoffs,
+        "remote frees were not handed over in chains: %llu frees, %llu hand-overs",
+        (unsigned long long)frees, (unsigned long long)handoffs);
+  /* the blocks in flight are a few batches per pair: what came back was
+   * reused, so memory stays far below one page per block batch sent */
+  CHECK(s1.committed_bytes - s0.committed_bytes < (uint64_t)threads * (4u << 20),
+        "committed memory grew by %llu KiB",
+        (unsigned long long)((s1.committed_bytes - s0.committed_bytes) >> 10));
+  free(q);
+  free(w);
+  free(t);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  return counts() || pairs(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 10000);
+}
