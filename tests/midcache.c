@@ -72,7 +72,7 @@ static void fill_and_free(void **blk, int n) {
 }
 
 /* 30 blocks of 4 KiB freed wait in the cache (it holds 64 of them, and a
- * refill leaves at most 33) until the flush gives them back. */
+ * refill leaves at most 32) until the flush gives them back. */
 static void flush_gives_back(const char *how, void (*flush)(void)) {
   void *blk[30];
   for (int i = 0; i < 30; i++)
