@@ -48,13 +48,14 @@ static HAK_NOINLINE void *midcache_refill(hak_heap_t *heap, unsigned cls, size_t
     if (!b) return NULL;
     heap = hak_tls_heap;
   }
-  unsigned i = cls - MIDCACHE_FIRST, have = heap->mid_count[i], want = hak_midcache_max[i] / 2u;
+  /* once its pages are carved whole, a class's refills stop here */
+  hak_page_t *page = heap->direct[cls];
+  unsigned i = cls - MIDCACHE_FIRST, have = heap->mid_count[i], n = hak_midcache_max[i] / 2u;
+  if (page->reserved == page->capacity || n <= have) return b;
+  n -= have;
   size_t bs = hak_class_size[cls];
-  size_t room =
-      heap->mid_bytes < MIDCACHE_HEAP_BYTES ? (MIDCACHE_HEAP_BYTES - heap->mid_bytes) / bs : 0;
-  if (want <= have) return b;
-  if (want - have > room) want = have + (unsigned)room;
-  unsigned n = page_carve(heap->direct[cls], heap->mid_slot[i] + have, want - have);
+  if (heap->mid_bytes + n * bs > MIDCACHE_HEAP_BYTES) return b;
+  n = page_carve(page, heap->mid_slot[i] + have, n);
   heap->mid_count[i] = (uint8_t)(have + n);
   heap->mid_bytes += n * bs;
   stat_inc(&heap->stats.midcache_filled, n);
@@ -68,6 +69,12 @@ void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
       heap->mid_count[i] = (uint8_t)(n - 1);
       heap->mid_bytes -= hak_class_size[cls];
       return heap->mid_slot[i][n - 1];
+    }
+    /* nothing to carve: the page's free list, as for the other sizes */
+    hak_page_t *page = heap->direct[cls];
+    if (page->reserved == page->capacity) {
+      void *b = page_pop(page);
+      if (likely(b != NULL)) return b;
     }
     return midcache_refill(heap, cls, size);
   }
