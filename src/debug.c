@@ -66,9 +66,36 @@ static void check_queue(hak_heap_t *heap, hak_queue_t *q, int cls, bool blocks) 
   HAK_ASSERT(q->last == prev);
 }
 
+/* The mid cache: each block a carved block of a page of its class the heap
+ * owns, counted as used there and on none of its free lists; the bytes
+ * add up. */
+static void check_midcache(hak_heap_t *heap) {
+  size_t bytes = 0;
+  for (unsigned i = 0; i < MIDCACHE_CLASSES; i++) {
+    HAK_ASSERT(heap->mid_count[i] <= hak_midcache_max[i]);
+    for (unsigned k = 0; k < heap->mid_count[i]; k++) {
+      char *b = heap->mid_slot[i][k];
+      hak_page_t *page = page_of(region_of(b), b);
+      HAK_ASSERT(page_heap(page) == heap);
+      HAK_ASSERT(page_flags(page) & PAGE_MID);
+      HAK_ASSERT(page->cls == MIDCACHE_FIRST + i);
+      size_t off = (size_t)(b - page_start(page));
+      HAK_ASSERT(off % page->block_size == 0 && off / page->block_size < page->reserved);
+      HAK_ASSERT(page->used > 0);
+      HAK_ASSERT(!hak_debug_on_list(page->free, (hak_block_t *)b, page->reserved));
+      HAK_ASSERT(!hak_debug_on_list(page->local_free, (hak_block_t *)b, page->reserved));
+      for (unsigned j = k + 1; j < heap->mid_count[i]; j++)
+        HAK_ASSERT(heap->mid_slot[i][j] != b);
+      bytes += page->block_size;
+    }
+  }
+  HAK_ASSERT(bytes == heap->mid_bytes);
+}
+
 /* cls: the class whose pages get their blocks counted too; -1 all. */
 void hak_debug_check_heap(hak_heap_t *heap, int cls) {
   if (heap == &hak_heap_empty) return;
+  check_midcache(heap);
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
     check_queue(heap, &heap->queues[c], (int)c, cls < 0 || (unsigned)cls == c);
     HAK_ASSERT(heap->direct[c] ==

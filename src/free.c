@@ -56,18 +56,29 @@ void hak_invalid_free(const void *p) {
  * the calling thread owns (only the owner may walk them: it alone takes
  * blocks off them). Bounded, so a list a missed double free made circular
  * ends the walk. */
-static bool on_list(const hak_block_t *x, const hak_block_t *b, size_t max) {
+bool hak_debug_on_list(const hak_block_t *x, const hak_block_t *b, size_t max) {
   for (size_t i = 0; x && i <= max; x = x->next, i++)
     if (x == b) return true;
+  return false;
+}
+
+static bool in_midcache(const hak_heap_t *heap, const hak_page_t *page, const hak_block_t *b) {
+  if (!(page_flags(page) & PAGE_MID)) return false;
+  unsigned i = page->cls - MIDCACHE_FIRST;
+  for (unsigned k = 0; k < heap->mid_count[i]; k++)
+    if (heap->mid_slot[i][k] == b) return true;
   return false;
 }
 
 static bool debug_block_free(hak_page_t *page, const hak_block_t *b) {
   hak_heap_t *heap = page_heap(page);
   size_t max = page->capacity;
-  return on_list(page->free, b, max) || on_list(page->local_free, b, max) ||
-         on_list(remote_list(atomic_load_explicit(&page->remote, memory_order_acquire)), b, max) ||
-         on_list(atomic_load_explicit(&heap->delayed, memory_order_acquire), b, (size_t)1 << 20);
+  return in_midcache(heap, page, b) || hak_debug_on_list(page->free, b, max) ||
+         hak_debug_on_list(page->local_free, b, max) ||
+         hak_debug_on_list(remote_list(atomic_load_explicit(&page->remote, memory_order_acquire)),
+                           b, max) ||
+         hak_debug_on_list(atomic_load_explicit(&heap->delayed, memory_order_acquire), b,
+                           (size_t)1 << 20);
 }
 #endif
 
@@ -200,7 +211,10 @@ void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p) {
 void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   hak_heap_t *owner = page_heap(page);
   if (owner == heap) {
-    hak_free_local_slow(heap, page, b);
+    if (page_flags(page) & PAGE_MID)
+      midcache_push(heap, page, b);
+    else
+      hak_free_local_slow(heap, page, b);
     return;
   }
   if (!owner && heap != &hak_heap_empty &&

@@ -117,6 +117,7 @@ void hak_heap_abandon(hak_heap_t *heap) {
   hak_mailbox_orphan(heap);
   hak_remote_stash_flush(heap); /* the drain above may have stashed blocks too */
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
+  hak_midcache_flush(heap); /* after the drains, which may cache blocks */
   HAK_CHECK_HEAP(heap, -1);
   heap_each_page(heap, hak_remote_release);
   hak_block_t *b = atomic_exchange_explicit(&heap->delayed, NULL, memory_order_acquire);
@@ -164,12 +165,14 @@ HAK_EXPORT void hakmem_flush(void) {
   hak_mailbox_drain(heap, heap->node, SIZE_MAX);
   hak_remote_stash_flush(heap);
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
+  hak_midcache_flush(heap);
 }
 
 /* malloc_trim: the caller's empty pages go back too, even the one page per
  * class a heap otherwise keeps for its next malloc. */
 void hak_heap_trim(hak_heap_t *heap) {
   hak_remote_stash_flush(heap); /* other heaps' blocks, for their owners' trim */
+  hak_midcache_flush(heap);
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
     for (hak_page_t *p = heap->queues[c].first, *next; p; p = next) {
       next = p->next;

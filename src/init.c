@@ -79,6 +79,7 @@ void hak_init(void) {
   hak_options_read();
   hak_options_banner();
   hak_classes_init();
+  hak_midcache_init();
   kmem_config_t cfg = {
       .thp = hak_opt.thp,
       .hugetlb = hak_opt.hugetlb,

@@ -30,6 +30,8 @@ extern void (*_Atomic hak_debug_hook)(int point);
 struct hak_heap;
 void hak_debug_check_heap(struct hak_heap *heap, int cls);
 void hak_abandoned_check(void);
+struct hak_block;
+bool hak_debug_on_list(const struct hak_block *x, const struct hak_block *b, size_t max);
 #define HAK_CHECK_HEAP(heap, cls) hak_debug_check_heap(heap, cls)
 #else
 #define HAK_ASSERT(c) ((void)0)
@@ -60,6 +62,16 @@ void hak_abandoned_check(void);
 #define NUM_CLASSES 48
 #define DIRECT_MAX 1024 /* sizes looked up in one table */
 
+/* Mid-size classes (past the direct table up to 32 KiB) go through a per-heap
+ * array of block pointers (midcache.c), so the owner's malloc and free do not
+ * touch the block. Their pages carry PAGE_MID. */
+#define MIDCACHE_MAX ((size_t)32 << 10)
+#define MIDCACHE_FIRST 20   /* class_of(DIRECT_MAX + 1) */
+#define MIDCACHE_CLASSES 20 /* up to class_of(MIDCACHE_MAX) */
+#define MIDCACHE_SLOTS 64
+#define MIDCACHE_CLASS_BYTES ((size_t)256 << 10)
+#define MIDCACHE_HEAP_BYTES ((size_t)1 << 20)
+
 /* ---- blocks, pages ------------------------------------------------------ */
 
 typedef struct hak_block {
@@ -86,7 +98,7 @@ static inline hak_block_t *remote_list(uintptr_t word) {
 
 /* Flags in the low bits of page->owner (heaps are 64-byte aligned): any bit
  * set sends the owner's free to the slow path. */
-enum { PAGE_IN_FULL = 1, PAGE_HAS_ALIGNED = 2, PAGE_LARGE = 4 };
+enum { PAGE_IN_FULL = 1, PAGE_HAS_ALIGNED = 2, PAGE_LARGE = 4, PAGE_MID = 8 };
 #define PAGE_FLAG_MASK ((uintptr_t)63)
 
 typedef struct hak_page {
@@ -161,7 +173,8 @@ typedef struct hak_queue {
 typedef struct hak_heap_stats {
   _Atomic uint64_t pages_fresh, pages_reused, pages_activated, remote_frees,
       remote_blocks_collected, pages_abandoned, pages_adopted, remote_frees_cross_node,
-      batches_sent, mailbox_drains, blocks_drained, remote_handoffs;
+      batches_sent, mailbox_drains, blocks_drained, remote_handoffs, midcache_filled,
+      midcache_flushed;
 } hak_heap_stats_t;
 
 /* Blocks a heap freed into one page of another heap, chained through their
@@ -176,7 +189,9 @@ _Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
 
 typedef struct __attribute__((aligned(64))) hak_heap {
-  hak_page_t *direct[NUM_CLASSES]; /* first page of each queue, or the empty page */
+  hak_page_t *direct[NUM_CLASSES];     /* first page of each queue, or the empty page */
+  uint8_t mid_count[MIDCACHE_CLASSES]; /* blocks in mid_slot per mid class */
+  size_t mid_bytes;                    /* bytes of all of them */
   hak_queue_t queues[NUM_CLASSES];
   hak_queue_t full; /* full pages and large spans */
   uint64_t slow_calls;
@@ -191,6 +206,8 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   hak_heap_stats_t stats;
   uint64_t stash_mask;            /* bit c: stash[c] holds blocks */
   hak_stash_t stash[NUM_CLASSES]; /* per class: one page's foreign frees */
+  /* cached mid blocks, the most recently freed last; still `used` on their pages */
+  void *mid_slot[MIDCACHE_CLASSES][MIDCACHE_SLOTS];
   /* written by other threads: a line of their own */
   _Alignas(64) _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
   _Atomic(struct hak_batch *) returned;        /* batches drainers are done with */
@@ -301,11 +318,19 @@ static inline size_t class_block_index(unsigned cls, size_t off) {
   return (size_t)(((uint64_t)off * hak_class_inverse[cls]) >> CLASS_INVERSE_SHIFT);
 }
 void hak_classes_init(void);
-unsigned hak_class_of_large(size_t size); /* DIRECT_MAX < size <= SMALL_MAX */
+
+#define LINEAR_CLASSES 8 /* 16 .. 128 */
+
+/* The class of a size past 128 B: four classes per power of two. */
+static inline unsigned class_of_large(size_t size) {
+  size_t w = size - 1;
+  unsigned b = 63 - (unsigned)__builtin_clzl(w); /* size in (2^b, 2^(b+1)] */
+  return LINEAR_CLASSES + (b - 7) * 4 + (unsigned)((w >> (b - 2)) & 3);
+}
 
 static inline unsigned class_of(size_t size) {
   if (likely(size <= DIRECT_MAX)) return hak_class_direct[(size + MIN_ALIGN - 1) / MIN_ALIGN];
-  return hak_class_of_large(size);
+  return class_of_large(size);
 }
 
 /* ---- options ------------------------------------------------------------- */
@@ -503,6 +528,26 @@ static inline void *page_pop(hak_page_t *page) {
   return b;
 }
 
+/* ---- mid-size block cache (midcache.c) ---------------------------------- */
+
+extern uint8_t hak_midcache_max[MIDCACHE_CLASSES]; /* blocks per class */
+void hak_midcache_init(void);
+void hak_midcache_overflow(hak_heap_t *heap, hak_page_t *page, void *p);
+void hak_midcache_flush(hak_heap_t *heap); /* every cached block back to its page */
+
+/* The owner's free of a block of a PAGE_MID page: kept for the next malloc
+ * of its class without writing into it. */
+static inline void midcache_push(hak_heap_t *heap, hak_page_t *page, void *p) {
+  unsigned i = page->cls - MIDCACHE_FIRST, n = heap->mid_count[i];
+  if (likely(n < hak_midcache_max[i] && heap->mid_bytes < MIDCACHE_HEAP_BYTES)) {
+    heap->mid_slot[i][n] = p;
+    heap->mid_count[i] = (uint8_t)(n + 1);
+    heap->mid_bytes += page->block_size;
+    return;
+  }
+  hak_midcache_overflow(heap, page, p);
+}
+
 /* The fast path: pop from the current page of the size class. Sizes past
  * the direct table take one tail call more (hak_malloc_mid). */
 static inline void *hak_alloc_inline(size_t size) {
@@ -521,12 +566,21 @@ static inline void hak_free_inline(void *p) {
   hak_heap_t *heap = hak_tls_heap;
   if (likely(region_tag(r) == heap->region_tag)) {
     hak_page_t *page = page_of(r, p);
-    if (likely(page_owner(page) == (uintptr_t)heap)) {
+    uintptr_t owner = page_owner(page);
+    if (likely(owner == (uintptr_t)heap)) {
 #ifdef HAK_DEBUG
       if (!hak_free_check(page, p)) return; /* release builds check this only off the fast path */
 #endif
       page_push_local(page, (hak_block_t *)p);
       if (unlikely(page->used == 0)) hak_heap_retire(heap, page);
+      return;
+    }
+    /* a mid block of ours: its page may be parked as full, the cache keeps it anyway */
+    if ((owner & ~(uintptr_t)PAGE_IN_FULL) == ((uintptr_t)heap | PAGE_MID)) {
+#ifdef HAK_DEBUG
+      if (!hak_free_check(page, p)) return;
+#endif
+      midcache_push(heap, page, p);
       return;
     }
   }

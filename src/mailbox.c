@@ -127,10 +127,11 @@ static void batch_route(hak_heap_t *heap, const hak_batch_t *bt) {
     hak_block_t *b = bt->blocks[i];
     hak_region_t *r = region_of(b);
     hak_page_t *page = page_of(r, b);
-    if (page_owner(page) == (uintptr_t)heap) {
-      /* our own page: a plain local free. Like a collected remote list it
-       * leaves an emptied page in its queue: retired here, pages cycled
-       * through the pool, taken again by the next malloc of the class. */
+    if ((page_owner(page) & ~(uintptr_t)PAGE_MID) == (uintptr_t)heap) {
+      /* our own page: a plain local free, not into the mid cache. Like a
+       * collected remote list it leaves an emptied page in its queue:
+       * retired here, pages cycled through the pool, taken again by the
+       * next malloc of the class. */
       if (hak_free_check(page, b)) page_push_local(page, b); /* sent unchecked */
     } else {
       hak_free_block(heap, r, b);

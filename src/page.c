@@ -19,7 +19,8 @@ void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero) 
   page->fresh_zero = zero;
   page->free_is_zero = zero;
   atomic_store_explicit(&page->remote, REMOTE_PLAIN, memory_order_relaxed);
-  atomic_store_explicit(&page->owner, (uintptr_t)heap, memory_order_release);
+  bool mid = cls >= MIDCACHE_FIRST && cls < MIDCACHE_FIRST + MIDCACHE_CLASSES;
+  atomic_store_explicit(&page->owner, (uintptr_t)heap | (mid ? PAGE_MID : 0), memory_order_release);
 }
 
 /* Called when `free` is empty: links the next not yet carved blocks, in

@@ -7,17 +7,9 @@ uint32_t hak_class_size[NUM_CLASSES];
 uint8_t hak_class_pages[NUM_CLASSES];
 uint64_t hak_class_inverse[NUM_CLASSES];
 
-#define LINEAR_CLASSES 8 /* 16 .. 128 */
-
 static unsigned class_of_size(size_t size) {
   if (size <= 128) return size <= MIN_ALIGN ? 0 : (unsigned)((size - 1) / MIN_ALIGN);
-  size_t w = size - 1;
-  unsigned b = 63 - (unsigned)__builtin_clzl(w); /* size in (2^b, 2^(b+1)] */
-  return LINEAR_CLASSES + (b - 7) * 4 + (unsigned)((w >> (b - 2)) & 3);
-}
-
-unsigned hak_class_of_large(size_t size) {
-  return class_of_size(size);
+  return class_of_large(size);
 }
 
 void hak_classes_init(void) {

@@ -66,14 +66,6 @@ static hak_page_t *page_find(hak_heap_t *heap, unsigned cls) {
   return page;
 }
 
-void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
-  if (likely(size <= SMALL_MAX)) {
-    void *b = page_pop(heap->direct[hak_class_of_large(size)]);
-    if (likely(b != NULL)) return b;
-  }
-  return hak_malloc_slow(heap, size, false);
-}
-
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   if (heap == &hak_heap_empty) {
     heap = hak_heap_for_thread();

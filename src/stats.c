@@ -57,6 +57,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .invalid_frees = G(invalid_frees),
       .huge_allocs = G(huge_allocs),
       .huge_cache_hits = G(huge_cache_hits),
+      .midcache_filled = H(midcache_filled),
+      .midcache_flushed = H(midcache_flushed),
       .heaps_created = G(heaps_created),
       .thp_collapses = k.thp_collapses,
   };
@@ -93,7 +95,9 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(mailbox_bytes)                                                                                 \
   X(thp_collapses)                                                                                 \
   X(huge_cache_hits)                                                                               \
-  X(remote_handoffs)
+  X(remote_handoffs)                                                                               \
+  X(midcache_filled)                                                                               \
+  X(midcache_flushed)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

@@ -143,6 +143,8 @@ run_bin stress_mt 8 40000
 # Remote frees handed over in chains from the freer's stash: exact counts,
 # a stash outliving its page's owner, and pairs of threads.
 run_bin remote_stash
+run_bin midcache_mt 8 20000
+run_one midcache_mt_nodes2 env HAKMEM_NODES=2 "$bin/midcache_mt" 8 20000
 run_bin seed_remote
 run_bin thread_exit
 run_bin thread_done
@@ -216,6 +218,7 @@ run_sanitized stress_mt_tsan tsan -fsanitize=thread 8 10000
 run_sanitized stress_mt_ubsan ubsan -fsanitize=undefined 8 20000
 SAN_SRC=tests/numa_stress.c run_sanitized numa_stress_tsan tsan -fsanitize=thread 3000
 SAN_SRC=tests/remote_stash.c run_sanitized remote_stash_tsan tsan -fsanitize=thread 8 1000
+SAN_SRC=tests/midcache_mt.c run_sanitized midcache_mt_tsan tsan -fsanitize=thread 8 3000
 unset TSAN_OPTIONS UBSAN_OPTIONS
 
 for prog in python perl git gcc sort; do
