@@ -114,8 +114,7 @@ static void page_note_align(hak_page_t *page, size_t align) {
 
 /* Alignment up to 64 KiB from size classes (over-allocating and marking the
  * page, so free finds the block start) or page runs; beyond, a huge mapping. */
-static void *aligned_alloc_impl(size_t align, size_t size) {
-  if (align <= MIN_ALIGN) return hak_alloc_inline(size);
+static void *aligned_alloc_heap(size_t align, size_t size) {
   if (size > SIZE_MAX - align) {
     errno = ENOMEM;
     return NULL;
@@ -147,6 +146,15 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
   /* a mapping's block starts 64 KiB past a 2 MiB boundary, or at align */
   bool zero;
   return hak_huge_alloc(size, align, &zero);
+}
+
+static void *aligned_alloc_impl(size_t align, size_t size) {
+  if (align <= MIN_ALIGN) return hak_alloc_inline(size);
+  /* a thread sharing a heap holds it throughout: marking a page is its owner's write */
+  hak_heap_t *shared = hak_tls_heap == &hak_heap_empty ? hak_shared_enter() : NULL;
+  void *p = aligned_alloc_heap(align, size);
+  if (shared) hak_shared_leave(shared);
+  return p;
 }
 
 static bool is_pow2(size_t x) {

@@ -153,6 +153,7 @@ void hak_free_slow(hak_region_t *r, void *p) {
     hak_mailbox_send(heap, tag >> 2, p);
     return;
   }
+  if (hak_shared_free(r, p)) return;
   hak_page_t *page = block_page(r, &p);
   if (!page) return;
   if (page_heap(page) != heap) {

@@ -76,6 +76,12 @@ void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
 
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   if (heap == &hak_heap_empty) {
+    hak_heap_t *shared = hak_shared_enter();
+    if (shared) {
+      void *p = hak_malloc_slow(shared, size, zero);
+      hak_shared_leave(shared);
+      return p;
+    }
     heap = hak_heap_for_thread();
     if (!heap) return NULL;
   }

@@ -57,6 +57,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .huge_allocs = G(huge_allocs),
       .huge_cache_hits = G(huge_cache_hits),
       .heaps_created = G(heaps_created),
+      .shared_heap_threads = G(shared_heap_threads),
       .thp_collapses = k.thp_collapses,
   };
 #undef G
@@ -91,7 +92,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(node_fallbacks)                                                                                \
   X(mailbox_bytes)                                                                                 \
   X(thp_collapses)                                                                                 \
-  X(huge_cache_hits)
+  X(huge_cache_hits)                                                                               \
+  X(shared_heap_threads)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

@@ -39,7 +39,8 @@ static const char *const stats_keys[] = {"regions_reserved",
                                          "node_fallbacks",
                                          "mailbox_bytes",
                                          "thp_collapses",
-                                         "huge_cache_hits"};
+                                         "huge_cache_hits",
+                                         "shared_heap_threads"};
 #define NKEYS (sizeof stats_keys / sizeof stats_keys[0])
 _Static_assert(NKEYS * sizeof(uint64_t) == sizeof(hak_stats_t),
                "tests/stats_keys.h does not list every field of hak_stats_t");

@@ -1,0 +1,98 @@
+/* Shared heaps. Past HAKMEM_MAX_HEAPS thread heaps, a new thread gets no
+ * heap of its own: it allocates from one of a fixed set of heaps, one per
+ * CPU the process may run on, each behind a lock (glibc's arenas). A heap
+ * keeps a span per size class and only its owner reuses the blocks others
+ * free into it; with 256 threads on 2 CPUs each owner runs 1/128 of the
+ * time, so 256 heaps held 8x what the program used. A sharing thread's TLS
+ * heap stays the empty heap, so each of its mallocs and frees takes the
+ * slow path, which enters a shared heap: takes its lock and makes it the
+ * thread's heap until it leaves, so the ordinary heap code runs unchanged.
+ * To every other thread a shared heap is a heap like any. */
+#define _GNU_SOURCE /* sched_getcpu, sched_getaffinity */
+#include "internal.h"
+
+#include <sched.h>
+
+/* More heaps than CPUs: a thread whose CPU's heap is held by a preempted
+ * thread takes another instead of waiting. */
+#define SHARED_PER_CPU 4
+#define SHARED_MAX 64
+
+/* Static, so that whether a page's owner is one of them is address arithmetic. */
+static hak_heap_t heaps[SHARED_MAX];
+static pthread_mutex_t locks[SHARED_MAX] = {[0 ... SHARED_MAX - 1] = PTHREAD_MUTEX_INITIALIZER};
+static unsigned nshared = 1;
+
+#ifdef HAK_TLS_DLOPEN
+static __thread bool sharing;
+#else
+static __thread bool sharing __attribute__((tls_model("initial-exec")));
+#endif
+
+void hak_shared_init(void) {
+  cpu_set_t cpus;
+  unsigned n = 1;
+  if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0)
+    n = (unsigned)CPU_COUNT(&cpus);
+  nshared = n * SHARED_PER_CPU < SHARED_MAX ? n * SHARED_PER_CPU : SHARED_MAX;
+  /* glibc's arena limit: as many heaps of their own as it has arenas */
+  if (hak_opt.max_heaps < 0) hak_opt.max_heaps = (int)(8 * n);
+}
+
+bool hak_heap_is_shared(const hak_heap_t *heap) {
+  return (uintptr_t)heap - (uintptr_t)heaps < sizeof heaps;
+}
+
+/* Locked: made the calling thread's heap, first set up if never used. */
+static hak_heap_t *shared_held(unsigned i) {
+  if (!heaps[i].in_use) hak_heap_register(&heaps[i]);
+  hak_tls_heap = &heaps[i];
+  return &heaps[i];
+}
+
+hak_heap_t *hak_shared_enter(void) {
+  if (!sharing) {
+    if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) hak_init();
+    if (hak_thread_heap_reserve((unsigned)hak_opt.max_heaps)) return NULL;
+    sharing = true;
+    atomic_fetch_add_explicit(&hak_gstats.shared_heap_threads, 1, memory_order_relaxed);
+  }
+  /* the first free heap from the one of the CPU it runs on; all held: wait for that one */
+  int cpu = sched_getcpu();
+  unsigned first = (unsigned)(cpu < 0 ? 0 : cpu) % nshared;
+  for (unsigned k = 0; k < nshared; k++) {
+    unsigned i = (first + k) % nshared;
+    if (pthread_mutex_trylock(&locks[i]) == 0) return shared_held(i);
+  }
+  pthread_mutex_lock(&locks[first]);
+  return shared_held(first);
+}
+
+void hak_shared_leave(hak_heap_t *heap) {
+  hak_tls_heap = &hak_heap_empty;
+  pthread_mutex_unlock(&locks[heap - heaps]);
+}
+
+bool hak_shared_free(hak_region_t *r, void *p) {
+  hak_heap_t *heap = page_heap(page_of(r, p)), *caller = hak_tls_heap;
+  if (heap == caller || !hak_heap_is_shared(heap)) return false;
+  /* busy: the remote list takes it, as for any heap */
+  if (pthread_mutex_trylock(&locks[heap - heaps]) != 0) return false;
+  hak_tls_heap = heap;
+  hak_free_slow(r, p); /* as the owner: checked, and freed locally */
+  hak_tls_heap = caller;
+  pthread_mutex_unlock(&locks[heap - heaps]);
+  return true;
+}
+
+/* fork: before every other allocator lock, as a shared heap's holder takes
+ * those; the child finds the shared heaps whole and keeps them. */
+void hak_shared_fork_prepare(void) {
+  for (unsigned i = 0; i < nshared; i++)
+    pthread_mutex_lock(&locks[i]);
+}
+
+void hak_shared_fork_release(void) {
+  for (unsigned i = nshared; i-- > 0;)
+    pthread_mutex_unlock(&locks[i]);
+}
