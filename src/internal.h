@@ -353,6 +353,7 @@ bool hak_heap_is_shared(const hak_heap_t *heap);
 /* A free into a shared heap's page, done as its owner's under its lock;
  * false when the page is no such page or the lock is busy. */
 bool hak_shared_free(hak_region_t *r, void *p);
+void hak_shared_trim_idle(void); /* the background thread */
 void hak_shared_fork_prepare(void);
 void hak_shared_fork_release(void); /* parent and child */
 

@@ -85,6 +85,28 @@ bool hak_shared_free(hak_region_t *r, void *p) {
   return true;
 }
 
+/* The background thread's pass: a shared heap no malloc used since the
+ * last pass gives back its empty pages, taking the blocks freed into it
+ * remotely first. Its threads may be gone, and nobody else collects those:
+ * after a program freed everything, they kept regions from being purged. */
+void hak_shared_trim_idle(void) {
+  static uint64_t seen[SHARED_MAX]; /* slow_calls at the last pass */
+  for (unsigned i = 0; i < nshared; i++) {
+    if (pthread_mutex_trylock(&locks[i]) != 0) continue; /* in use: not idle */
+    hak_heap_t *heap = &heaps[i];
+    if (heap->in_use && heap->slow_calls == seen[i]) {
+      hak_tls_heap = heap;
+      hak_mailbox_flush(heap);
+      if (atomic_load_explicit(&heap->delayed, memory_order_relaxed))
+        hak_remote_drain_delayed(heap);
+      hak_heap_trim(heap);
+      HAK_CHECK_HEAP(heap, -1);
+    }
+    seen[i] = heap->slow_calls;
+    hak_shared_leave(heap);
+  }
+}
+
 /* fork: before every other allocator lock, as a shared heap's holder takes
  * those; the child finds the shared heaps whole and keeps them. */
 void hak_shared_fork_prepare(void) {

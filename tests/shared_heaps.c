@@ -5,7 +5,8 @@
  * pattern before freeing it; sharing threads exit while others still free
  * into their heaps, and some fork: the child checks and frees inherited
  * blocks and allocates through the shared heaps. Then the counters: the
- * threads shared (shared_heap_threads) and made no heaps of their own.
+ * threads shared (shared_heap_threads) and made no heaps of their own, and
+ * once all is freed the shared heaps' pages go back (committed_bytes).
  * Modes (run as children): `unlimited` (HAKMEM_MAX_HEAPS=0) shares nothing;
  * `default` shares once more threads live than 8 per CPU.
  *
@@ -42,6 +43,7 @@
 #define WAVE 32
 #define HDR 16
 #define MAGIC 0x5A4EDFEEDC0FFEEull
+#define COMMITTED_IDLE (16u << 20)
 
 static _Atomic(uintptr_t) slots[SLOTS];
 static long ops = 4000;
@@ -239,6 +241,17 @@ int main(int argc, char **argv) {
   run_waves();
   hak_stats_t s;
   hak_stats_get(&s);
+  /* Everything is freed and no thread allocates: the shared heaps give
+   * their pages back, blocks freed into them remotely included, and the
+   * emptied regions are purged (the background thread) */
+  hak_stats_t idle;
+  for (int waited = 0;; waited++) {
+    hak_stats_get(&idle);
+    if (idle.committed_bytes <= COMMITTED_IDLE) break;
+    CHECK(waited < 100, "committed %llu bytes 10 s after everything was freed (peak %llu)",
+          (unsigned long long)idle.committed_bytes, (unsigned long long)idle.peak_committed_bytes);
+    nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
+  }
   unsigned threads = WAVES * WAVE;
   /* the main thread and one worker at a time own a heap (a worker that
    * exits leaves its heap to the next); the others shared */
