@@ -13,9 +13,6 @@
 
 #include <sched.h>
 
-/* More heaps than CPUs: a thread whose CPU's heap is held by a preempted
- * thread takes another instead of waiting. */
-#define SHARED_PER_CPU 4
 #define SHARED_MAX 64
 
 /* Static, so that whether a page's owner is one of them is address arithmetic. */
@@ -34,9 +31,12 @@ void hak_shared_init(void) {
   unsigned n = 1;
   if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0)
     n = (unsigned)CPU_COUNT(&cpus);
-  nshared = n * SHARED_PER_CPU < SHARED_MAX ? n * SHARED_PER_CPU : SHARED_MAX;
-  /* glibc's arena limit: as many heaps of their own as it has arenas */
-  if (hak_opt.max_heaps < 0) hak_opt.max_heaps = (int)(8 * n);
+  /* one per CPU: each heap keeps partly used spans of every class it
+   * serves (manythreads: 1 or 4 per CPU ran alike, 4 held more) */
+  nshared = n < SHARED_MAX ? n : SHARED_MAX;
+  /* every heap of its own costs as much: 8 per CPU held 1.2x what 4 did in
+   * manythreads, and 4 keep the 2-5 threads of common programs lock-free */
+  if (hak_opt.max_heaps < 0) hak_opt.max_heaps = (int)(4 * n);
 }
 
 bool hak_heap_is_shared(const hak_heap_t *heap) {
@@ -57,7 +57,8 @@ hak_heap_t *hak_shared_enter(void) {
     sharing = true;
     atomic_fetch_add_explicit(&hak_gstats.shared_heap_threads, 1, memory_order_relaxed);
   }
-  /* the first free heap from the one of the CPU it runs on; all held: wait for that one */
+  /* the heap of the CPU it runs on, or when a preempted thread holds that
+   * one the next free one; all held: wait for its CPU's */
   int cpu = sched_getcpu();
   unsigned first = (unsigned)(cpu < 0 ? 0 : cpu) % nshared;
   for (unsigned k = 0; k < nshared; k++) {

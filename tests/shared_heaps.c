@@ -8,7 +8,7 @@
  * threads shared (shared_heap_threads) and made no heaps of their own, and
  * once all is freed the shared heaps' pages go back (committed_bytes).
  * Modes (run as children): `unlimited` (HAKMEM_MAX_HEAPS=0) shares nothing;
- * `default` shares once more threads live than 8 per CPU.
+ * `default` shares once more threads live than 4 per CPU.
  *
  * Built against the TSan library by tests/run.sh with -DSTRESS_HAK.
  * Usage: shared_heaps [ops-per-thread] */
@@ -219,7 +219,7 @@ int main(int argc, char **argv) {
   }
   if (argc > 1 && !strcmp(argv[1], "default")) {
     /* the main thread owns one of the `limit` heaps */
-    unsigned limit = 8 * cpus(), n = limit + 8;
+    unsigned limit = 4 * cpus(), n = limit + 8;
     hak_stats_t s = with_threads_alive(n);
     CHECK(s.shared_heap_threads == n + 1 - limit, "%u threads alive, limit %u: %llu shared a heap",
           n, limit, (unsigned long long)s.shared_heap_threads);
