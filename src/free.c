@@ -153,10 +153,11 @@ void hak_free_slow(hak_region_t *r, void *p) {
     hak_mailbox_send(heap, tag >> 2, p);
     return;
   }
-  if (hak_shared_free(r, p)) return;
   hak_page_t *page = block_page(r, &p);
   if (!page) return;
-  if (page_heap(page) != heap) {
+  hak_heap_t *owner = page_heap(page);
+  if (owner != heap) {
+    if (hak_heap_is_shared(owner) && hak_shared_free(owner, page, p)) return;
     if (heap == &hak_heap_empty) {
       atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
     } else {

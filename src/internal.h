@@ -349,10 +349,14 @@ void hak_shared_init(void);
  * heap until hak_shared_leave; NULL when the thread is to get its own. */
 hak_heap_t *hak_shared_enter(void);
 void hak_shared_leave(hak_heap_t *heap);
-bool hak_heap_is_shared(const hak_heap_t *heap);
-/* A free into a shared heap's page, done as its owner's under its lock;
- * false when the page is no such page or the lock is busy. */
-bool hak_shared_free(hak_region_t *r, void *p);
+#define SHARED_MAX 64
+extern hak_heap_t hak_shared_heaps[SHARED_MAX];
+static inline bool hak_heap_is_shared(const hak_heap_t *heap) {
+  return (uintptr_t)heap - (uintptr_t)hak_shared_heaps < sizeof hak_shared_heaps;
+}
+/* A free of block b into shared heap's page, done as the owner's under its
+ * lock; false when the lock is busy. */
+bool hak_shared_free(hak_heap_t *heap, hak_page_t *page, void *b);
 void hak_shared_trim_idle(void); /* the background thread */
 void hak_shared_fork_prepare(void);
 void hak_shared_fork_release(void); /* parent and child */

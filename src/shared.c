@@ -13,17 +13,18 @@
 
 #include <sched.h>
 
-#define SHARED_MAX 64
-
 /* Static, so that whether a page's owner is one of them is address arithmetic. */
-static hak_heap_t heaps[SHARED_MAX];
+hak_heap_t hak_shared_heaps[SHARED_MAX];
 static pthread_mutex_t locks[SHARED_MAX] = {[0 ... SHARED_MAX - 1] = PTHREAD_MUTEX_INITIALIZER};
 static unsigned nshared = 1;
+static uint64_t entries[SHARED_MAX]; /* mallocs that entered each (its lock) */
 
 #ifdef HAK_TLS_DLOPEN
 static __thread bool sharing;
+static __thread unsigned last; /* the shared heap it entered last */
 #else
 static __thread bool sharing __attribute__((tls_model("initial-exec")));
+static __thread unsigned last __attribute__((tls_model("initial-exec")));
 #endif
 
 void hak_shared_init(void) {
@@ -39,15 +40,13 @@ void hak_shared_init(void) {
   if (hak_opt.max_heaps < 0) hak_opt.max_heaps = (int)(4 * n);
 }
 
-bool hak_heap_is_shared(const hak_heap_t *heap) {
-  return (uintptr_t)heap - (uintptr_t)heaps < sizeof heaps;
-}
-
 /* Locked: made the calling thread's heap, first set up if never used. */
 static hak_heap_t *shared_held(unsigned i) {
-  if (!heaps[i].in_use) hak_heap_register(&heaps[i]);
-  hak_tls_heap = &heaps[i];
-  return &heaps[i];
+  last = i;
+  entries[i]++;
+  if (!hak_shared_heaps[i].in_use) hak_heap_register(&hak_shared_heaps[i]);
+  hak_tls_heap = &hak_shared_heaps[i];
+  return &hak_shared_heaps[i];
 }
 
 hak_heap_t *hak_shared_enter(void) {
@@ -57,8 +56,10 @@ hak_heap_t *hak_shared_enter(void) {
     sharing = true;
     atomic_fetch_add_explicit(&hak_gstats.shared_heap_threads, 1, memory_order_relaxed);
   }
-  /* the heap of the CPU it runs on, or when a preempted thread holds that
-   * one the next free one; all held: wait for its CPU's */
+  /* the heap it used last while it is free, as glibc's threads keep their
+   * arena; else its CPU's, or when a preempted thread holds that one the
+   * next free one; all held: wait for its CPU's */
+  if (pthread_mutex_trylock(&locks[last]) == 0) return shared_held(last);
   int cpu = sched_getcpu();
   unsigned first = (unsigned)(cpu < 0 ? 0 : cpu) % nshared;
   for (unsigned k = 0; k < nshared; k++) {
@@ -71,31 +72,34 @@ hak_heap_t *hak_shared_enter(void) {
 
 void hak_shared_leave(hak_heap_t *heap) {
   hak_tls_heap = &hak_heap_empty;
-  pthread_mutex_unlock(&locks[heap - heaps]);
+  pthread_mutex_unlock(&locks[heap - hak_shared_heaps]);
 }
 
-bool hak_shared_free(hak_region_t *r, void *p) {
-  hak_heap_t *heap = page_heap(page_of(r, p)), *caller = hak_tls_heap;
-  if (heap == caller || !hak_heap_is_shared(heap)) return false;
-  /* busy: the remote list takes it, as for any heap */
-  if (pthread_mutex_trylock(&locks[heap - heaps]) != 0) return false;
+bool hak_shared_free(hak_heap_t *heap, hak_page_t *page, void *b) {
+  if (pthread_mutex_trylock(&locks[heap - hak_shared_heaps]) != 0)
+    return false; /* the remote list takes it */
+  hak_heap_t *caller = hak_tls_heap;
   hak_tls_heap = heap;
-  hak_free_slow(r, p); /* as the owner: checked, and freed locally */
+#ifdef HAK_DEBUG
+  /* checked again as the owner: the checked build finds double frees */
+  if (hak_free_check(page, b))
+#endif
+    hak_free_route(heap, page, b);
   hak_tls_heap = caller;
-  pthread_mutex_unlock(&locks[heap - heaps]);
+  pthread_mutex_unlock(&locks[heap - hak_shared_heaps]);
   return true;
 }
 
-/* The background thread's pass: a shared heap no malloc used since the
+/* The background thread's pass: a shared heap no malloc entered since the
  * last pass gives back its empty pages, taking the blocks freed into it
  * remotely first. Its threads may be gone, and nobody else collects those:
  * after a program freed everything, they kept regions from being purged. */
 void hak_shared_trim_idle(void) {
-  static uint64_t seen[SHARED_MAX]; /* slow_calls at the last pass */
+  static uint64_t seen[SHARED_MAX]; /* entries at the last pass */
   for (unsigned i = 0; i < nshared; i++) {
     if (pthread_mutex_trylock(&locks[i]) != 0) continue; /* in use: not idle */
-    hak_heap_t *heap = &heaps[i];
-    if (heap->in_use && heap->slow_calls == seen[i]) {
+    hak_heap_t *heap = &hak_shared_heaps[i];
+    if (heap->in_use && entries[i] == seen[i]) {
       hak_tls_heap = heap;
       hak_mailbox_flush(heap);
       if (atomic_load_explicit(&heap->delayed, memory_order_relaxed))
@@ -103,7 +107,7 @@ void hak_shared_trim_idle(void) {
       hak_heap_trim(heap);
       HAK_CHECK_HEAP(heap, -1);
     }
-    seen[i] = heap->slow_calls;
+    seen[i] = entries[i];
     hak_shared_leave(heap);
   }
 }

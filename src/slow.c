@@ -77,8 +77,8 @@ void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   if (heap == &hak_heap_empty) {
     hak_heap_t *shared = hak_shared_enter();
-    if (shared) {
-      void *p = hak_malloc_slow(shared, size, zero);
+    if (shared) { /* its heap now: the fast path first */
+      void *p = zero ? hak_malloc_slow(shared, size, true) : hak_alloc_inline(size);
       hak_shared_leave(shared);
       return p;
     }
