@@ -221,6 +221,7 @@ HAK_EXPORT void hak_free_aligned_sized(void *p, size_t align, size_t size) {
 
 HAK_EXPORT int hak_malloc_trim(size_t pad) {
   (void)pad;
+  hak_shared_trim(); /* their batches go out before the drains below */
   hak_heap_t *heap = hak_tls_heap;
   if (heap != &hak_heap_empty) {
     /* every mailbox: frees for pages whose owners are gone end in the pool */
@@ -230,6 +231,7 @@ HAK_EXPORT int hak_malloc_trim(size_t pad) {
     if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
     hak_heap_trim(heap);
   }
+  hak_shared_trim(); /* the blocks those drains gave them */
   hak_abandoned_trim();
   size_t released = hak_pool_trim() + hak_huge_trim();
   return released > 0;

@@ -358,6 +358,7 @@ static inline bool hak_heap_is_shared(const hak_heap_t *heap) {
  * lock; false when the lock is busy. */
 bool hak_shared_free(hak_heap_t *heap, hak_page_t *page, void *b);
 void hak_shared_trim_idle(void); /* the background thread */
+void hak_shared_trim(void);      /* malloc_trim: every shared heap's empty pages back */
 void hak_shared_fork_prepare(void);
 void hak_shared_fork_release(void); /* parent and child */
 

@@ -91,25 +91,38 @@ bool hak_shared_free(hak_heap_t *heap, hak_page_t *page, void *b) {
   return true;
 }
 
+/* Shared heap i (locked) sends its batches of cross-node frees, takes the
+ * blocks freed into it remotely and gives its empty pages back. */
+static void shared_trim(unsigned i) {
+  hak_heap_t *heap = &hak_shared_heaps[i], *caller = hak_tls_heap;
+  if (!heap->in_use) return;
+  hak_tls_heap = heap;
+  hak_mailbox_flush(heap);
+  if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
+  hak_heap_trim(heap);
+  HAK_CHECK_HEAP(heap, -1);
+  hak_tls_heap = caller;
+}
+
 /* The background thread's pass: a shared heap no malloc entered since the
- * last pass gives back its empty pages, taking the blocks freed into it
- * remotely first. Its threads may be gone, and nobody else collects those:
- * after a program freed everything, they kept regions from being purged. */
+ * last pass is trimmed. Its threads may be gone, and nobody else collects
+ * the blocks freed into it: after a program freed everything, they kept
+ * regions from being purged. */
 void hak_shared_trim_idle(void) {
   static uint64_t seen[SHARED_MAX]; /* entries at the last pass */
   for (unsigned i = 0; i < nshared; i++) {
     if (pthread_mutex_trylock(&locks[i]) != 0) continue; /* in use: not idle */
-    hak_heap_t *heap = &hak_shared_heaps[i];
-    if (heap->in_use && entries[i] == seen[i]) {
-      hak_tls_heap = heap;
-      hak_mailbox_flush(heap);
-      if (atomic_load_explicit(&heap->delayed, memory_order_relaxed))
-        hak_remote_drain_delayed(heap);
-      hak_heap_trim(heap);
-      HAK_CHECK_HEAP(heap, -1);
-    }
+    if (entries[i] == seen[i]) shared_trim(i);
     seen[i] = entries[i];
-    hak_shared_leave(heap);
+    pthread_mutex_unlock(&locks[i]);
+  }
+}
+
+void hak_shared_trim(void) {
+  for (unsigned i = 0; i < nshared; i++) {
+    pthread_mutex_lock(&locks[i]);
+    shared_trim(i);
+    pthread_mutex_unlock(&locks[i]);
   }
 }
 
