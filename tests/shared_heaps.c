@@ -8,7 +8,8 @@
  * threads shared (shared_heap_threads) and made no heaps of their own, and
  * once all is freed the shared heaps' pages go back (committed_bytes).
  * Modes (run as children): `unlimited` (HAKMEM_MAX_HEAPS=0) shares nothing;
- * `default` shares once more threads live than 4 per CPU.
+ * `default` shares once more threads live than 4 per CPU; `trim`: malloc_trim
+ * takes back the pages a shared heap keeps (one per class it served).
  *
  * Built against the TSan library by tests/run.sh with -DSTRESS_HAK.
  * Usage: shared_heaps [ops-per-thread] */
@@ -30,12 +31,14 @@
 #define T_FREE hak_free
 #define T_CALLOC hak_calloc
 #define T_MEMALIGN hak_posix_memalign
+#define T_TRIM hak_malloc_trim
 #else
 #define FORKS 1
 #define T_MALLOC malloc
 #define T_FREE free
 #define T_CALLOC calloc
 #define T_MEMALIGN posix_memalign
+#define T_TRIM malloc_trim
 #endif
 
 #define SLOTS 2048
@@ -200,8 +203,23 @@ static unsigned cpus(void) {
   return (unsigned)CPU_COUNT(&set);
 }
 
-static void run_child(const char *mode, const char *env) {
-  const char *vars[] = {env, NULL};
+/* A sharing thread allocates and frees a block of each class from 16 B to
+ * 128 KiB: the shared heap keeps a page of each. */
+static void *every_class(void *arg) {
+  (void)arg;
+  void *p[14];
+  for (int i = 0; i < 14; i++) {
+    p[i] = T_MALLOC((size_t)16 << i);
+    CHECK(p[i], "malloc(%zu) failed", (size_t)16 << i);
+    memset(p[i], 1, (size_t)16 << i);
+  }
+  for (int i = 0; i < 14; i++)
+    T_FREE(p[i]);
+  return NULL;
+}
+
+static void run_child(const char *mode, const char *env, const char *env2) {
+  const char *vars[] = {env, env2, NULL};
   static struct child c;
   run_self_with(mode, env ? vars : NULL, &c, NULL, NULL);
   CHECK(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0, "mode %s failed (status 0x%x): %s", mode,
@@ -227,9 +245,30 @@ int main(int argc, char **argv) {
           (unsigned long long)s.heaps_created);
     return 0;
   }
+  if (argc > 1 && !strcmp(argv[1], "trim")) {
+    hak_stats_t s0, s1, s2;
+    T_FREE(T_MALLOC(1)); /* the main thread's heap is the one allowed */
+    T_TRIM(0);
+    hak_stats_get(&s0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, every_class, NULL) == 0, "pthread_create failed");
+    pthread_join(t, NULL);
+    hak_stats_get(&s1);
+    T_TRIM(0);
+    hak_stats_get(&s2);
+    CHECK(s1.shared_heap_threads == 1, "the thread did not share a heap");
+    /* all but a region's first page, which holds its header */
+    CHECK(s2.committed_bytes - s0.committed_bytes <= (s1.committed_bytes - s0.committed_bytes) / 8,
+          "malloc_trim left %llu bytes committed, %llu before the sharing thread (%llu after it)",
+          (unsigned long long)s2.committed_bytes, (unsigned long long)s0.committed_bytes,
+          (unsigned long long)s1.committed_bytes);
+    return 0;
+  }
   if (!getenv("HAKMEM_MAX_HEAPS")) {
-    run_child("unlimited", "HAKMEM_MAX_HEAPS=0");
-    run_child("default", NULL);
+    run_child("unlimited", "HAKMEM_MAX_HEAPS=0", NULL);
+    run_child("default", NULL, NULL);
+    /* no background thread: only malloc_trim takes the pages back */
+    run_child("trim", "HAKMEM_MAX_HEAPS=1", "HAKMEM_BACKGROUND=0");
     setenv("HAKMEM_MAX_HEAPS", "2", 1);
     execv("/proc/self/exe", argv);
     FAIL("exec of itself failed");
