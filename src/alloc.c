@@ -114,8 +114,7 @@ static void page_note_align(hak_page_t *page, size_t align) {
 
 /* Alignment up to 64 KiB from size classes (over-allocating and marking the
  * page, so free finds the block start) or page runs; beyond, a huge mapping. */
-static void *aligned_alloc_impl(size_t align, size_t size) {
-  if (align <= MIN_ALIGN) return hak_alloc_inline(size);
+static void *aligned_alloc_heap(size_t align, size_t size) {
   if (size > SIZE_MAX - align) {
     errno = ENOMEM;
     return NULL;
@@ -147,6 +146,15 @@ static void *aligned_alloc_impl(size_t align, size_t size) {
   /* a mapping's block starts 64 KiB past a 2 MiB boundary, or at align */
   bool zero;
   return hak_huge_alloc(size, align, &zero);
+}
+
+static void *aligned_alloc_impl(size_t align, size_t size) {
+  if (align <= MIN_ALIGN) return hak_alloc_inline(size);
+  /* a thread sharing a heap holds it throughout: marking a page is its owner's write */
+  hak_heap_t *shared = hak_tls_heap == &hak_heap_empty ? hak_shared_enter() : NULL;
+  void *p = aligned_alloc_heap(align, size);
+  if (shared) hak_shared_leave(shared);
+  return p;
 }
 
 static bool is_pow2(size_t x) {
@@ -213,6 +221,7 @@ HAK_EXPORT void hak_free_aligned_sized(void *p, size_t align, size_t size) {
 
 HAK_EXPORT int hak_malloc_trim(size_t pad) {
   (void)pad;
+  hak_shared_trim(); /* their batches go out before the drains below */
   hak_heap_t *heap = hak_tls_heap;
   if (heap != &hak_heap_empty) {
     /* every mailbox: frees for pages whose owners are gone end in the pool */
@@ -222,6 +231,7 @@ HAK_EXPORT int hak_malloc_trim(size_t pad) {
     if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
     hak_heap_trim(heap);
   }
+  hak_shared_trim(); /* the blocks those drains gave them */
   hak_abandoned_trim();
   size_t released = hak_pool_trim() + hak_huge_trim();
   return released > 0;

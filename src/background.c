@@ -40,6 +40,7 @@ static void *background_main(void *arg) {
     if (at)
       hak_pool_populate_at(at & ~(uintptr_t)(REGION_SIZE - 1), (unsigned)(at & (REGION_SIZE - 1)));
     hak_mailbox_drain_stale(&hak_heap_empty); /* no heap: it owns no pages */
+    hak_shared_trim_idle();
     hak_pool_purge(false, false);
     hak_huge_expire();
     if (hak_opt.thp == KMEM_THP_COLLAPSE) hak_pool_collapse();

@@ -182,7 +182,9 @@ static HAK_NOINLINE void free_general(hak_region_t *r, void *p) {
   }
   hak_page_t *page = block_page(r, &p);
   if (!page) return;
-  if (page_heap(page) != heap) {
+  hak_heap_t *owner = page_heap(page);
+  if (owner != heap) {
+    if (hak_heap_is_shared(owner) && hak_shared_free(owner, page, p)) return;
     if (heap == &hak_heap_empty) {
       atomic_fetch_add_explicit(&hak_gstats.remote_frees, 1, memory_order_relaxed);
     } else {

@@ -17,7 +17,13 @@ __thread hak_heap_t *hak_tls_heap __attribute__((tls_model("initial-exec"))) = &
 #endif
 
 static pthread_mutex_t heaps_lock = PTHREAD_MUTEX_INITIALIZER;
-static _Atomic(hak_heap_t *) heaps; /* every heap struct ever made; never freed */
+static _Atomic(hak_heap_t *) heaps;   /* every heap struct ever made; never freed */
+static _Atomic unsigned thread_heaps; /* heaps threads own now, or are about to */
+#ifdef HAK_TLS_DLOPEN
+static __thread bool heap_reserved;
+#else
+static __thread bool heap_reserved __attribute__((tls_model("initial-exec")));
+#endif
 pthread_key_t hak_thread_key;
 
 static void heap_reset(hak_heap_t *heap) {
@@ -30,8 +36,8 @@ static void heap_reset(hak_heap_t *heap) {
   heap->foreign = false;
 }
 
-hak_heap_t *hak_heap_for_thread(void) {
-  if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) hak_init();
+/* A heap struct for a new owner: one a thread left, or a new one. */
+static hak_heap_t *heap_take(void) {
   hak_heap_t *heap = NULL;
   pthread_mutex_lock(&heaps_lock);
   for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_relaxed); h; h = h->pool_next) {
@@ -56,10 +62,47 @@ hak_heap_t *hak_heap_for_thread(void) {
     return NULL;
   }
   hak_heap_set_node(heap, kmem_current_node());
+  return heap;
+}
+
+/* Whether the calling thread may own a heap with `max` owned already (0:
+ * any number); counted then, so threads starting together see each other. */
+bool hak_thread_heap_reserve(unsigned max) {
+  if (heap_reserved) return true;
+  unsigned n = atomic_load_explicit(&thread_heaps, memory_order_relaxed);
+  do {
+    if (max && n >= max) return false;
+  } while (!atomic_compare_exchange_weak_explicit(&thread_heaps, &n, n + 1, memory_order_relaxed,
+                                                  memory_order_relaxed));
+  heap_reserved = true;
+  return true;
+}
+
+hak_heap_t *hak_heap_for_thread(void) {
+  hak_thread_heap_reserve(0);
+  heap_reserved = false; /* the count is the heap's from here */
+  if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) hak_init();
+  hak_heap_t *heap = heap_take();
+  if (!heap) {
+    atomic_fetch_sub_explicit(&thread_heaps, 1, memory_order_relaxed);
+    return NULL;
+  }
   hak_tls_heap = heap;
   /* the key's destructor abandons the heap when the thread exits */
   pthread_setspecific(hak_thread_key, heap);
   return heap;
+}
+
+/* A heap no thread owns, for the shared set (shared.c): never abandoned,
+ * listed for the counters and fork. */
+void hak_heap_register(hak_heap_t *heap) {
+  heap_reset(heap);
+  heap->in_use = true;
+  hak_heap_set_node(heap, kmem_current_node());
+  pthread_mutex_lock(&heaps_lock);
+  heap->pool_next = atomic_load_explicit(&heaps, memory_order_relaxed);
+  atomic_store_explicit(&heaps, heap, memory_order_release);
+  pthread_mutex_unlock(&heaps_lock);
 }
 
 static bool heap_has_pages(const hak_heap_t *heap) {
@@ -110,6 +153,7 @@ static void abandon_list(hak_page_t *first, hak_page_t **keep) {
  * are taken, and the pages with live blocks go to their nodes' pools. */
 void hak_heap_abandon(hak_heap_t *heap) {
   if (heap == &hak_heap_empty) return;
+  HAK_ASSERT(!hak_heap_is_shared(heap)); /* the set's heaps outlive their threads */
   if (hak_tls_heap == heap) hak_tls_heap = &hak_heap_empty;
   /* cross-node frees leave first; then the node's mailbox, some of it ours */
   hak_mailbox_flush(heap);
@@ -135,6 +179,7 @@ void hak_heap_abandon(hak_heap_t *heap) {
   pthread_mutex_lock(&heaps_lock);
   heap->in_use = false;
   pthread_mutex_unlock(&heaps_lock);
+  atomic_fetch_sub_explicit(&thread_heaps, 1, memory_order_relaxed);
 }
 
 static hak_heap_t *heap_of_caller(void) {
@@ -213,8 +258,12 @@ void hak_heaps_fork_release(void) {
  * change or a remote-free hand-off, so their lists cannot be trusted. Their
  * pages are unreachable here (as in mimalloc): a free into one is a remote
  * free that nobody collects, and they stay counted as committed. Heaps that
- * were already free (cleanly abandoned) are reused as usual. */
+ * were already free (cleanly abandoned) are reused as usual; the shared
+ * heaps were locked across fork and are whole. The child's threads count
+ * against HAKMEM_MAX_HEAPS afresh. */
 void hak_heaps_fork_child(hak_heap_t *survivor) {
-  if (survivor != &hak_heap_empty) heap_each_page(survivor, hak_remote_fork_child);
+  for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_relaxed); h; h = h->pool_next)
+    if (h == survivor || hak_heap_is_shared(h)) heap_each_page(h, hak_remote_fork_child);
+  atomic_store_explicit(&thread_heaps, survivor != &hak_heap_empty, memory_order_relaxed);
   pthread_mutex_unlock(&heaps_lock);
 }

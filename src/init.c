@@ -34,6 +34,7 @@ static void fork_prepare(void) {
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &fork_saved_mask);
   if (_IO_list_lock) _IO_list_lock();
+  hak_shared_fork_prepare();
   hak_heaps_fork_prepare();
   hak_abandoned_fork_prepare();
   hak_huge_fork_prepare();
@@ -48,6 +49,7 @@ static void fork_parent(void) {
   hak_huge_fork_release();
   hak_abandoned_fork_release();
   hak_heaps_fork_release();
+  hak_shared_fork_release();
   if (_IO_list_unlock) _IO_list_unlock();
   pthread_sigmask(SIG_SETMASK, &fork_saved_mask, NULL);
 }
@@ -62,6 +64,7 @@ static void fork_child(void) {
   hak_background_fork_child();
   kmem_uffd_fork_child();
   hak_heaps_fork_child(hak_tls_heap);
+  hak_shared_fork_release();
   /* A multi-threaded parent's fork has reset it already; a single-threaded
    * one's never took it, so our hold is still there. Resetting is right
    * both ways (unlocking after glibc's reset would not be). */
@@ -77,6 +80,7 @@ void hak_init(void) {
     return;
   }
   hak_options_read();
+  hak_shared_init();
   hak_options_banner();
   hak_classes_init();
   hak_midcache_init();

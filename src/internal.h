@@ -354,6 +354,7 @@ typedef struct hak_options {
   bool numa_asked;
   int nodes;         /* HAKMEM_NODES: virtual nodes, 0 = the machine's */
   int mailbox_batch; /* cross-node frees per mailbox batch */
+  int max_heaps;     /* thread heaps before new threads share (shared.c); 0: no limit */
   bool abort_on_error;
   bool verbose;
 } hak_options_t;
@@ -374,13 +375,36 @@ void hak_heaps_fork_prepare(void);
 void hak_heaps_fork_release(void);
 void hak_heaps_fork_child(hak_heap_t *survivor);
 void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
+void hak_heap_register(hak_heap_t *heap);    /* a heap no thread owns (shared.c) */
+bool hak_thread_heap_reserve(unsigned max);
+
+/* ---- shared heaps (shared.c): threads past HAKMEM_MAX_HEAPS --------------- */
+
+void hak_shared_init(void);
+/* For a thread without a heap: a shared heap, locked and made the thread's
+ * heap until hak_shared_leave; NULL when the thread is to get its own. */
+hak_heap_t *hak_shared_enter(void);
+void hak_shared_leave(hak_heap_t *heap);
+#define SHARED_MAX 64
+extern hak_heap_t hak_shared_heaps[SHARED_MAX];
+static inline bool hak_heap_is_shared(const hak_heap_t *heap) {
+  return (uintptr_t)heap - (uintptr_t)hak_shared_heaps < sizeof hak_shared_heaps;
+}
+/* A free of block b into shared heap's page, done as the owner's under its
+ * lock; false when the lock is busy. */
+bool hak_shared_free(hak_heap_t *heap, hak_page_t *page, void *b);
+void hak_shared_trim_idle(void); /* the background thread */
+void hak_shared_trim(void);      /* malloc_trim: every shared heap's empty pages back */
+void hak_shared_fork_prepare(void);
+void hak_shared_fork_release(void); /* parent and child */
 
 /* ---- global counters ----------------------------------------------------- */
 
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
       remote_frees, huge_allocs, huge_cache_hits, heaps_created, pages_abandoned, pages_adopted,
-      remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained;
+      remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained,
+      shared_heap_threads;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);

@@ -16,6 +16,7 @@ hak_options_t hak_opt = {
     .prefault = PREFAULT_OFF,
     .numa = KMEM_NUMA_LOCAL,
     .mailbox_batch = 64,
+    .max_heaps = -1,
 };
 
 void hak_warn(const char *a, const char *b, const char *c) {
@@ -67,6 +68,7 @@ static const option_t options[] = {
      0},
     {"HAKMEM_NODES", OPT_INT, &hak_opt.nodes, {"1 to 64"}, NULL, 1, KMEM_MAX_NODES},
     {"HAKMEM_MAILBOX_BATCH", OPT_INT, &hak_opt.mailbox_batch, {"1 to 4096"}, NULL, 1, 4096},
+    {"HAKMEM_MAX_HEAPS", OPT_INT, &hak_opt.max_heaps, {"0 to 65536"}, NULL, 0, 65536},
     {"HAKMEM_ABORT_ON_ERROR", OPT_BOOL, &hak_opt.abort_on_error, {0}, NULL, 0, 0},
     {"HAKMEM_VERBOSE", OPT_BOOL, &hak_opt.verbose, {0}, NULL, 0, 0},
 };

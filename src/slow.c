@@ -68,6 +68,12 @@ static hak_page_t *page_find(hak_heap_t *heap, unsigned cls) {
 
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   if (heap == &hak_heap_empty) {
+    hak_heap_t *shared = hak_shared_enter();
+    if (shared) { /* its heap now: the fast path first */
+      void *p = zero ? hak_malloc_slow(shared, size, true) : hak_alloc_inline(size);
+      hak_shared_leave(shared);
+      return p;
+    }
     heap = hak_heap_for_thread();
     if (!heap) return NULL;
   }

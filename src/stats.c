@@ -60,6 +60,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .midcache_filled = H(midcache_filled),
       .midcache_flushed = H(midcache_flushed),
       .heaps_created = G(heaps_created),
+      .shared_heap_threads = G(shared_heap_threads),
       .thp_collapses = k.thp_collapses,
   };
 #undef G
@@ -97,7 +98,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(huge_cache_hits)                                                                               \
   X(remote_handoffs)                                                                               \
   X(midcache_filled)                                                                               \
-  X(midcache_flushed)
+  X(midcache_flushed)                                                                              \
+  X(shared_heap_threads)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

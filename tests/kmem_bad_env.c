@@ -1,4 +1,4 @@
-/* Bad values of the purge, prefault and huge page variables: each prints
+/* Bad values of the purge, prefault, huge page and heap limit variables: each prints
  * exactly one line on stderr that names the variable, the value and what is
  * accepted; the default is used (the HAKMEM_VERBOSE=1 settings line is the
  * same as without the variable); and the program works (a child allocates,
@@ -27,6 +27,10 @@ static const char *const bad[][2] = {
     {"HAKMEM_THP", "always"},
     {"HAKMEM_HUGETLB", "yes"},
     {"HAKMEM_HUGETLB", "-1"},
+    {"HAKMEM_MAX_HEAPS", "-1"},
+    {"HAKMEM_MAX_HEAPS", "many"},
+    {"HAKMEM_MAX_HEAPS", "65537"},
+    {"HAKMEM_MAX_HEAPS", ""},
 };
 #define NBAD (sizeof bad / sizeof bad[0])
 

@@ -145,6 +145,9 @@ run_bin stress_mt 8 40000
 run_bin remote_stash
 run_bin midcache_mt 8 20000
 run_one midcache_mt_nodes2 env HAKMEM_NODES=2 "$bin/midcache_mt" 8 20000
+# More threads than HAKMEM_MAX_HEAPS: heaps shared under locks, with
+# hand-offs, thread exits and forks; the limit's counters.
+run_bin shared_heaps
 run_bin seed_remote
 run_bin thread_exit
 run_bin thread_done
@@ -168,6 +171,7 @@ modes=(
   "purgepage:HAKMEM_PURGE_DELAY_MS=0 HAKMEM_PURGE_ENGINE=sync HAKMEM_PURGE=page"
   "uffd:HAKMEM_UFFD=1"
   "prefault:HAKMEM_PREFAULT=ahead HAKMEM_BACKGROUND=1 HAKMEM_PURGE_DELAY_MS=1"
+  "shared:HAKMEM_MAX_HEAPS=1"
 )
 for mode in "${modes[@]}"; do
   # shellcheck disable=SC2086 # the variables are meant to split
@@ -219,6 +223,7 @@ run_sanitized stress_mt_ubsan ubsan -fsanitize=undefined 8 20000
 SAN_SRC=tests/numa_stress.c run_sanitized numa_stress_tsan tsan -fsanitize=thread 3000
 SAN_SRC=tests/remote_stash.c run_sanitized remote_stash_tsan tsan -fsanitize=thread 8 1000
 SAN_SRC=tests/midcache_mt.c run_sanitized midcache_mt_tsan tsan -fsanitize=thread 8 3000
+SAN_SRC=tests/shared_heaps.c run_sanitized shared_heaps_tsan tsan -fsanitize=thread 600
 unset TSAN_OPTIONS UBSAN_OPTIONS
 
 for prog in python perl git gcc sort; do
@@ -238,6 +243,7 @@ fuzz_modes=(
   "fuzz_nodes2:HAKMEM_NODES=2"
   "fuzz_uffd:HAKMEM_UFFD=1"
   "fuzz_prefault:HAKMEM_PREFAULT=ahead"
+  "fuzz_shared:HAKMEM_MAX_HEAPS=1"
 )
 for mode in "${fuzz_modes[@]}"; do
   name=${mode%%:*} vars=${mode#*:}

@@ -42,7 +42,8 @@ static const char *const stats_keys[] = {"regions_reserved",
                                          "huge_cache_hits",
                                          "remote_handoffs",
                                          "midcache_filled",
-                                         "midcache_flushed"};
+                                         "midcache_flushed",
+                                         "shared_heap_threads"};
 #define NKEYS (sizeof stats_keys / sizeof stats_keys[0])
 _Static_assert(NKEYS * sizeof(uint64_t) == sizeof(hak_stats_t),
                "tests/stats_keys.h does not list every field of hak_stats_t");

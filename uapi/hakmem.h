@@ -56,15 +56,16 @@ typedef struct hak_stats {
   uint64_t huge_allocs;
   uint64_t heaps_created;
   uint64_t purges_vector;
-  uint64_t thp_bytes;        /* region memory backed by transparent huge pages now */
-  uint64_t hugetlb_bytes;    /* region memory from hugetlbfs pages now */
-  uint64_t node_fallbacks;   /* regions taken from another node than the heap's */
-  uint64_t mailbox_bytes;    /* batches of cross-node frees ever made (each reused) */
-  uint64_t thp_collapses;    /* regions collapsed into a huge page (HAKMEM_THP=collapse) */
-  uint64_t huge_cache_hits;  /* huge_allocs served by a cached mapping (resized to fit) */
-  uint64_t remote_handoffs;  /* chains of remote frees handed to their page at once */
-  uint64_t midcache_filled;  /* mid blocks (1-32 KiB) taken from pages into heaps' caches */
-  uint64_t midcache_flushed; /* mid blocks given back from heaps' caches to their pages */
+  uint64_t thp_bytes;           /* region memory backed by transparent huge pages now */
+  uint64_t hugetlb_bytes;       /* region memory from hugetlbfs pages now */
+  uint64_t node_fallbacks;      /* regions taken from another node than the heap's */
+  uint64_t mailbox_bytes;       /* batches of cross-node frees ever made (each reused) */
+  uint64_t thp_collapses;       /* regions collapsed into a huge page (HAKMEM_THP=collapse) */
+  uint64_t huge_cache_hits;     /* huge_allocs served by a cached mapping (resized to fit) */
+  uint64_t remote_handoffs;     /* chains of remote frees handed to their page at once */
+  uint64_t midcache_filled;     /* mid blocks (1-32 KiB) taken from pages into heaps' caches */
+  uint64_t midcache_flushed;    /* mid blocks given back from heaps' caches to their pages */
+  uint64_t shared_heap_threads; /* threads past HAKMEM_MAX_HEAPS that shared a heap */
 } hak_stats_t;
 
 /* Per node (HAKMEM_NODES virtual nodes, or the machine's). */
