@@ -57,7 +57,7 @@ void hak_abandoned_check(void);
  * classes and then runs of pages. Huge pages only come to dense regions
  * (HAKMEM_THP=collapse), so a page run's unused neighbours stay unbacked. */
 #define MAP_MIN LARGE_MAX
-#define NUM_CLASSES 48
+#define NUM_CLASSES 53
 #define DIRECT_MAX 1024 /* sizes looked up in one table */
 
 /* ---- blocks, pages ------------------------------------------------------ */
@@ -278,6 +278,8 @@ static inline void stat_inc(_Atomic uint64_t *c, uint64_t n) {
 /* ---- size classes -------------------------------------------------------- */
 
 extern uint8_t hak_class_direct[DIRECT_MAX / MIN_ALIGN + 1];
+#define LARGE_STEP_SHIFT 7 /* sizes past DIRECT_MAX looked up in 128-byte steps */
+extern uint8_t hak_class_large[(SMALL_MAX >> LARGE_STEP_SHIFT) + 1];
 extern uint32_t hak_class_size[NUM_CLASSES];
 extern uint8_t hak_class_pages[NUM_CLASSES];
 /* ceil(2^40 / size): off * inverse >> 40 is off / size, without a divide on
@@ -290,7 +292,10 @@ static inline size_t class_block_index(unsigned cls, size_t off) {
   return (size_t)(((uint64_t)off * hak_class_inverse[cls]) >> CLASS_INVERSE_SHIFT);
 }
 void hak_classes_init(void);
-unsigned hak_class_of_large(size_t size); /* DIRECT_MAX < size <= SMALL_MAX */
+/* DIRECT_MAX < size <= SMALL_MAX */
+static inline unsigned hak_class_of_large(size_t size) {
+  return hak_class_large[(size + (1u << LARGE_STEP_SHIFT) - 1) >> LARGE_STEP_SHIFT];
+}
 
 static inline unsigned class_of(size_t size) {
   if (likely(size <= DIRECT_MAX)) return hak_class_direct[(size + MIN_ALIGN - 1) / MIN_ALIGN];

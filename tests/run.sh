@@ -194,6 +194,9 @@ run_bin purge_alloc
 # replace loop of 5-25 MiB blocks within a committed-memory bound, and
 # blocks made of several cached pieces grown, shrunk and badly freed.
 run_bin large_rss
+# Power-of-two buffers plus a small header (4-64 KiB): usable size at most
+# 1/32 past the power of two, RSS / live bytes at most 1.05.
+run_bin header_rss
 run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
