@@ -127,6 +127,7 @@ typedef struct hak_region {
   bool thp;              /* huge-page advised: free pages are resident too */
   uint32_t purging_mask; /* pages out for purging (pool lock) */
   uint32_t clean_mask;   /* purged and not handed out since: not resident */
+  uint64_t purged_ms;    /* last purge of any of its pages (pool lock) */
   uint64_t empty_since_ms;
   uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
   /* HAKMEM_THP=collapse (pool lock): thp is set once collapsed, and cleared
