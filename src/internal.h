@@ -413,7 +413,6 @@ void hak_pool_fork_child(void); /* purges whose completion cannot come */
 void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero);
 void hak_page_extend(hak_page_t *page);
 size_t hak_page_collect(hak_page_t *page); /* local_free + remote into free */
-void *hak_block_start(const hak_page_t *page, const void *p);
 /* The block a free of p on small-class page `page` gives back, or NULL when
  * p is no block handed out (counted as an invalid free). */
 void *hak_free_check(hak_page_t *page, void *p);
