@@ -48,9 +48,12 @@ size_t hak_usable_size(const void *p) {
   }
   if (kind != REGION_SMALL) return 0;
   hak_page_t *page = page_of(r, p);
-  if (page->block_size == 0 || (const char *)p < page_start(page)) return 0;
-  const char *start = hak_block_start(page, p);
-  return page->block_size - (size_t)((const char *)p - start);
+  size_t bs = page->block_size;
+  const char *start = page_start(page);
+  if (bs == 0 || (const char *)p < start) return 0;
+  /* past its block's start: redis asks after every malloc and free */
+  size_t off = (size_t)((const char *)p - start);
+  return bs - (off - class_block_index(page->cls, off) * bs);
 }
 
 HAK_EXPORT size_t hak_malloc_usable_size(const void *p) {

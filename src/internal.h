@@ -59,7 +59,7 @@ bool hak_debug_on_list(const struct hak_block *x, const struct hak_block *b, siz
  * classes and then runs of pages. Huge pages only come to dense regions
  * (HAKMEM_THP=collapse), so a page run's unused neighbours stay unbacked. */
 #define MAP_MIN LARGE_MAX
-#define NUM_CLASSES 48
+#define NUM_CLASSES 53
 #define DIRECT_MAX 1024 /* sizes looked up in one table */
 
 /* Mid-size classes (past the direct table up to 32 KiB) go through a per-heap
@@ -67,7 +67,7 @@ bool hak_debug_on_list(const struct hak_block *x, const struct hak_block *b, siz
  * touch the block. Their pages carry PAGE_MID. */
 #define MIDCACHE_MAX ((size_t)32 << 10)
 #define MIDCACHE_FIRST 20   /* class_of(DIRECT_MAX + 1) */
-#define MIDCACHE_CLASSES 20 /* up to class_of(MIDCACHE_MAX) */
+#define MIDCACHE_CLASSES 23 /* up to class_of(MIDCACHE_MAX) */
 #define MIDCACHE_SLOTS 64
 #define MIDCACHE_CLASS_BYTES ((size_t)256 << 10)
 #define MIDCACHE_HEAP_BYTES ((size_t)1 << 20)
@@ -139,6 +139,7 @@ typedef struct hak_region {
   bool thp;              /* huge-page advised: free pages are resident too */
   uint32_t purging_mask; /* pages out for purging (pool lock) */
   uint32_t clean_mask;   /* purged and not handed out since: not resident */
+  uint64_t purged_ms;    /* last purge of any of its pages (pool lock) */
   uint64_t empty_since_ms;
   uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
   /* HAKMEM_THP=collapse (pool lock): thp is set once collapsed, and cleared
@@ -306,6 +307,8 @@ static inline void stat_inc(_Atomic uint64_t *c, uint64_t n) {
 /* ---- size classes -------------------------------------------------------- */
 
 extern uint8_t hak_class_direct[DIRECT_MAX / MIN_ALIGN + 1];
+#define LARGE_STEP_SHIFT 7 /* sizes past DIRECT_MAX looked up in 128-byte steps */
+extern uint8_t hak_class_large[(SMALL_MAX >> LARGE_STEP_SHIFT) + 1];
 extern uint32_t hak_class_size[NUM_CLASSES];
 extern uint8_t hak_class_pages[NUM_CLASSES];
 /* ceil(2^40 / size): off * inverse >> 40 is off / size, without a divide on
@@ -318,19 +321,14 @@ static inline size_t class_block_index(unsigned cls, size_t off) {
   return (size_t)(((uint64_t)off * hak_class_inverse[cls]) >> CLASS_INVERSE_SHIFT);
 }
 void hak_classes_init(void);
-
-#define LINEAR_CLASSES 8 /* 16 .. 128 */
-
-/* The class of a size past 128 B: four classes per power of two. */
-static inline unsigned class_of_large(size_t size) {
-  size_t w = size - 1;
-  unsigned b = 63 - (unsigned)__builtin_clzl(w); /* size in (2^b, 2^(b+1)] */
-  return LINEAR_CLASSES + (b - 7) * 4 + (unsigned)((w >> (b - 2)) & 3);
+/* DIRECT_MAX < size <= SMALL_MAX */
+static inline unsigned hak_class_of_large(size_t size) {
+  return hak_class_large[(size + (1u << LARGE_STEP_SHIFT) - 1) >> LARGE_STEP_SHIFT];
 }
 
 static inline unsigned class_of(size_t size) {
   if (likely(size <= DIRECT_MAX)) return hak_class_direct[(size + MIN_ALIGN - 1) / MIN_ALIGN];
-  return class_of_large(size);
+  return hak_class_of_large(size);
 }
 
 /* ---- options ------------------------------------------------------------- */
@@ -469,7 +467,6 @@ void hak_pool_fork_child(void); /* purges whose completion cannot come */
 void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero);
 void hak_page_extend(hak_page_t *page);
 size_t hak_page_collect(hak_page_t *page); /* local_free + remote into free */
-void *hak_block_start(const hak_page_t *page, const void *p);
 /* The block a free of p on small-class page `page` gives back, or NULL when
  * p is no block handed out (counted as an invalid free). */
 void *hak_free_check(hak_page_t *page, void *p);

@@ -64,7 +64,7 @@ static HAK_NOINLINE void *midcache_refill(hak_heap_t *heap, unsigned cls, size_t
 
 void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
   if (likely(size <= MIDCACHE_MAX)) {
-    unsigned cls = class_of_large(size), i = cls - MIDCACHE_FIRST, n = heap->mid_count[i];
+    unsigned cls = hak_class_of_large(size), i = cls - MIDCACHE_FIRST, n = heap->mid_count[i];
     if (likely(n)) {
       heap->mid_count[i] = (uint8_t)(n - 1);
       heap->mid_bytes -= hak_class_size[cls];
@@ -79,7 +79,7 @@ void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
     return midcache_refill(heap, cls, size);
   }
   if (likely(size <= SMALL_MAX)) {
-    void *b = page_pop(heap->direct[class_of_large(size)]);
+    void *b = page_pop(heap->direct[hak_class_of_large(size)]);
     if (likely(b != NULL)) return b;
   }
   return hak_malloc_slow(heap, size, false);

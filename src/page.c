@@ -56,9 +56,3 @@ size_t hak_page_collect(hak_page_t *page) {
   }
   return n;
 }
-
-void *hak_block_start(const hak_page_t *page, const void *p) {
-  char *start = page_start(page);
-  size_t off = (size_t)((const char *)p - start);
-  return start + class_block_index(page->cls, off) * page->block_size;
-}

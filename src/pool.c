@@ -10,6 +10,8 @@ typedef struct hak_pool {
   /* regions by the longest span they can take: a region found in bucket k
    * fits every request of up to k pages, so finding one costs no scan */
   hak_region_t *buckets[PAGES_PER_REGION + 1];
+  uint64_t delay_ms;                   /* purge delay now (pool_delay) */
+  uint64_t refault_ms;                 /* when pages purged within it were last taken again */
   _Atomic uint64_t last_purge_scan_ms; /* read without the lock */
   _Atomic uint64_t regions, committed; /* hak_node_stats_t */
 } hak_pool_t;
@@ -104,6 +106,37 @@ static uint32_t run_starts(uint32_t mask, unsigned n) {
 
 #define DIRTY_SEARCH 8 /* regions looked at for a run of touched pages */
 
+/* ---- the purge delay -------------------------------------------------------
+ * Pages purged and soon taken again cost a fault per 4 KiB page and gain
+ * nothing: a server between phases of its load gives back what its next
+ * phase uses again (redis: a popped list of 16 KiB values, then 100 KB
+ * replies, faulted 136 MB in again for 200 MB of replies). A pool's delay
+ * starts at HAKMEM_PURGE_DELAY_MS and doubles, up to PURGE_DELAY_MAX_SHIFT
+ * times, whenever a span takes pages purged less than the delay ago; each
+ * delay that passes without one halves it again, so an idle process still
+ * gives its memory back within about twice the longest delay. */
+#define PURGE_DELAY_MAX_SHIFT 4
+
+/* Locked. The delay as of now, decayed by the quiet time since a refault
+ * (now may be a little older than refault_ms: read before the lock). */
+static uint64_t pool_delay(hak_pool_t *pool, uint64_t now) {
+  uint64_t base = hak_opt.purge_delay_ms;
+  if (pool->delay_ms < base) pool->delay_ms = base; /* first use */
+  while (pool->delay_ms > base && now >= pool->refault_ms + pool->delay_ms) {
+    pool->refault_ms += pool->delay_ms;
+    pool->delay_ms /= 2;
+  }
+  return pool->delay_ms;
+}
+
+/* Locked: span pages of r were purged and are taken again. */
+static void pool_note_reuse(hak_pool_t *pool, const hak_region_t *r) {
+  uint64_t now = hak_now_ms(), delay = pool_delay(pool, now);
+  if (now - r->purged_ms >= delay) return; /* given back long enough ago */
+  if (delay < hak_opt.purge_delay_ms << PURGE_DELAY_MAX_SHIFT) pool->delay_ms = delay * 2;
+  pool->refault_ms = now;
+}
+
 /* A region with a run of npages free pages: preferably pages already touched
  * (they cost no new memory), else the region with the shortest run that
  * fits, which keeps long runs (and empty regions) for later. */
@@ -173,6 +206,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   uint32_t run = run_mask(first, npages);
   uint32_t newly = run & ~r->dirty_mask;
   *zero = newly == run;
+  if (run & r->clean_mask) pool_note_reuse(pool, r);
   r->free_mask &= ~run;
   r->dirty_mask |= run;
   r->clean_mask &= ~run;
@@ -202,11 +236,10 @@ typedef struct purge_run {
 
 /* Pages of r free and resident (touched, or all of a huge-page region), and
  * old enough to purge. */
-static uint32_t purgeable(const hak_region_t *r, uint64_t now, bool force) {
+static uint32_t purgeable(const hak_region_t *r, uint64_t now, uint64_t delay, bool force) {
   uint32_t cand = r->free_mask & (r->thp ? ~r->clean_mask : r->dirty_mask);
   if (!cand || r->hugetlb) return 0; /* hugetlbfs pages go back only whole */
   if (force) return cand;
-  uint64_t delay = hak_opt.purge_delay_ms;
   if (r->nfree == PAGES_PER_REGION) return now - r->empty_since_ms >= delay ? cand : 0;
   if (hak_opt.purge != PURGE_PAGE) return 0;
   uint32_t old = 0;
@@ -232,17 +265,18 @@ static void hugetlb_release(hak_pool_t *pool, hak_region_t *r) {
 /* Takes the purgeable pages of one pool out of circulation, as runs. */
 static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purge_run_t *out) {
   size_t n = 0;
+  uint64_t delay = pool_delay(pool, now);
   /* empty regions all sit in the bucket of 31-page runs */
   unsigned from = force || hak_opt.purge == PURGE_PAGE ? 0 : PAGES_PER_REGION - 1;
   for (unsigned nf = from; nf <= PAGES_PER_REGION; nf++) {
     for (hak_region_t *r = pool->buckets[nf], *next; r && n < PURGE_BATCH; r = next) {
       next = r->next;
       if (r->hugetlb && r->nfree == PAGES_PER_REGION &&
-          (force || now - r->empty_since_ms >= hak_opt.purge_delay_ms)) {
+          (force || now - r->empty_since_ms >= delay)) {
         hugetlb_release(pool, r);
         continue;
       }
-      uint32_t mask = purgeable(r, now, force);
+      uint32_t mask = purgeable(r, now, delay, force);
       if (!mask) continue;
       bucket_remove(pool, r);
       r->free_mask &= ~mask;
@@ -289,6 +323,7 @@ static void purge_done(void *cookie, bool ok) {
                        -(int64_t)__builtin_popcount(r->dirty_mask & mask) * (int64_t)PAGE_SIZE);
     r->dirty_mask &= ~mask;
     r->clean_mask |= mask;
+    r->purged_ms = hak_now_ms();
   }
   bucket_insert(pool, r);
   pthread_mutex_unlock(&pool->lock);

@@ -1,34 +1,61 @@
 /* Size classes: 16-byte steps up to 128 B, then four classes per power of two
- * up to 128 KiB, so internal waste stays under 25%. */
+ * up to 128 KiB, so internal waste stays under 25%. From 4 KiB on, one more
+ * class sits just past each power of two (2^b + 2^b/32): servers allocate
+ * power-of-two buffers plus a small header (redis stores a 16 KiB value as a
+ * 16390-byte sds and its reply blocks as 16 KiB plus 16), which the next
+ * quarter step would round up by a fifth, all of it touched. */
 #include "internal.h"
 
 uint8_t hak_class_direct[DIRECT_MAX / MIN_ALIGN + 1];
+uint8_t hak_class_large[(SMALL_MAX >> LARGE_STEP_SHIFT) + 1];
 uint32_t hak_class_size[NUM_CLASSES];
 uint8_t hak_class_pages[NUM_CLASSES];
 uint64_t hak_class_inverse[NUM_CLASSES];
 
-static unsigned class_of_size(size_t size) {
-  if (size <= 128) return size <= MIN_ALIGN ? 0 : (unsigned)((size - 1) / MIN_ALIGN);
-  return class_of_large(size);
+#define LINEAR_CLASSES 8    /* 16 .. 128 */
+#define HEADER_CLASS_MIN 12 /* 4 KiB: the first power of two with a class past it */
+
+/* Whether a full span of k pages of bs-byte blocks uses at least 31/32 of
+ * the 4 KiB pages its blocks touch. */
+static bool span_dense(size_t bs, unsigned k) {
+  size_t used = k * PAGE_SIZE / bs * bs, touched = (used + 4095) & ~(size_t)4095;
+  return used * 32 >= touched * 31;
+}
+
+/* The smallest class holding size bytes (classes ascend). */
+static unsigned class_fit(size_t size) {
+  unsigned c = 0;
+  while (hak_class_size[c] < size)
+    c++;
+  return c;
 }
 
 void hak_classes_init(void) {
-  for (unsigned c = 0; c < NUM_CLASSES; c++) {
-    size_t bs;
-    if (c < LINEAR_CLASSES) {
-      bs = (c + 1) * MIN_ALIGN;
-    } else {
-      unsigned b = 7 + (c - LINEAR_CLASSES) / 4, q = (c - LINEAR_CLASSES) % 4;
-      bs = ((size_t)1 << b) + (q + 1) * ((size_t)1 << (b - 2));
-    }
-    hak_class_size[c] = (uint32_t)bs;
+  unsigned c = 0;
+  for (; c < LINEAR_CLASSES; c++)
+    hak_class_size[c] = (c + 1) * MIN_ALIGN;
+  for (unsigned b = 7; (size_t)1 << b < SMALL_MAX; b++) { /* (2^b, 2^(b+1)] */
+    if (b >= HEADER_CLASS_MIN) hak_class_size[c++] = (1u << b) + (1u << (b - 5));
+    for (unsigned q = 1; q <= 4; q++)
+      hak_class_size[c++] = (1u << b) + q * (1u << (b - 2));
+  }
+  HAK_ASSERT(c == NUM_CLASSES && hak_class_size[c - 1] == SMALL_MAX);
+  HAK_ASSERT(class_fit(DIRECT_MAX + 1) == MIDCACHE_FIRST &&
+             class_fit(MIDCACHE_MAX) == MIDCACHE_FIRST + MIDCACHE_CLASSES - 1);
+  for (c = 0; c < NUM_CLASSES; c++) {
+    size_t bs = hak_class_size[c];
     hak_class_inverse[c] = (((uint64_t)1 << CLASS_INVERSE_SHIFT) + bs - 1) / bs;
-    /* at least 8 blocks per span keeps span churn low for mid sizes */
+    /* at least 4 blocks per span keeps span churn low for mid sizes; more
+     * pages where the blocks would leave much of their last 4 KiB page
+     * unused (4224 B: 15 blocks touch 16 pages of 4 KiB, 31 touch 32) */
     unsigned k = 1;
-    while (k * PAGE_SIZE / bs < 4)
+    while (k * PAGE_SIZE / bs < 4 || (k < 8 && !span_dense(bs, k)))
       k *= 2;
     hak_class_pages[c] = (uint8_t)k;
   }
   for (size_t i = 0; i <= DIRECT_MAX / MIN_ALIGN; i++)
-    hak_class_direct[i] = (uint8_t)class_of_size(i * MIN_ALIGN);
+    hak_class_direct[i] = (uint8_t)class_fit(i * MIN_ALIGN);
+  /* past DIRECT_MAX every class size is a multiple of the step */
+  for (size_t i = 0; i <= SMALL_MAX >> LARGE_STEP_SHIFT; i++)
+    hak_class_large[i] = (uint8_t)class_fit(i << LARGE_STEP_SHIFT);
 }

@@ -199,11 +199,17 @@ run_bin kmem_hugetlb_ahead
 # io_uring_setup (and process_madvise) forbidden by a seccomp filter.
 run_bin purge_kmem
 run_bin purge_alloc
+# Memory purged and taken back at once: the next free memory is kept longer
+# (the pool's delay grows), and still goes back while the process idles.
+run_bin purge_refault
 # Large and huge blocks: RSS / live bytes at most 1.05 from 128 KiB to 32 MiB
 # (default and HAKMEM_THP=0, a child per case); freed mappings reused by a
 # replace loop of 5-25 MiB blocks within a committed-memory bound, and
 # blocks made of several cached pieces grown, shrunk and badly freed.
 run_bin large_rss
+# Power-of-two buffers plus a small header (4-64 KiB): usable size at most
+# 1/32 past the power of two, RSS / live bytes at most 1.05.
+run_bin header_rss
 run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
