@@ -145,6 +145,7 @@ run_bin stress_mt 8 40000
 run_bin remote_stash
 # An idle thread's stash pins the pages of the blocks it freed (owner's malloc_trim).
 run_bin stash_idle
+run_one stash_idle_large "$bin/stash_idle" large
 # fork while another thread's stash holds blocks of the forking thread's page.
 run_bin stash_fork
 run_bin seed_remote
