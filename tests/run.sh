@@ -143,6 +143,8 @@ run_bin stress_mt 8 40000
 # Remote frees handed over in chains from the freer's stash: exact counts,
 # a stash outliving its page's owner, and pairs of threads.
 run_bin remote_stash
+# the same where the scheduler may put the freer on another (virtual) node
+run_one remote_stash_nodes2 env HAKMEM_NODES=2 "$bin/remote_stash"
 # An idle thread's stash pins the pages of the blocks it freed (owner's malloc_trim).
 run_bin stash_idle
 run_one stash_idle_large "$bin/stash_idle" large
