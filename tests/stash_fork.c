@@ -28,12 +28,14 @@
 
 static void *page_blocks[64];
 static int npage;
+static int node0; /* the main thread's: a free from another node takes the mailbox */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int freed, go_exit;
 
 static void *worker(void *arg) {
   (void)arg;
+  CHECK(hakmem_thread_set_node(node0) == 0, "hakmem_thread_set_node");
   void *volatile own = malloc(3000); /* a heap of its own: its remote frees are stashed */
   free(own);
   for (int i = 0; i < 4; i++)
@@ -48,6 +50,7 @@ static void *worker(void *arg) {
 }
 
 int main(void) {
+  node0 = hakmem_thread_node();
   enum { N = 64 * 3 };
   static void *b[N];
   for (int i = 0; i < N; i++)

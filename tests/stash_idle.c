@@ -41,6 +41,7 @@ static void **blocks[NCLS];
 static size_t nblocks[NCLS];
 static void *given[W][NCLS]; /* the block worker w frees in class c */
 
+static int node0; /* the main thread's: a free from another node takes the mailbox */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int freed_count;
@@ -56,6 +57,7 @@ static uint64_t committed(void) {
 
 static void *worker(void *arg) {
   int w = (int)(intptr_t)arg;
+  CHECK(hakmem_thread_set_node(node0) == 0, "hakmem_thread_set_node");
   void *volatile own = malloc(3000); /* a heap of its own: its remote frees are stashed */
   free(own);
   for (int c = 0; c < NCLS; c++)
@@ -77,6 +79,7 @@ static void *worker(void *arg) {
 int main(int argc, char **argv) {
   if (argc > 1) mode = !strcmp(argv[1], "large") ? 1 : -1;
   CHECK(mode >= 0, "usage: stash_idle [large]");
+  node0 = hakmem_thread_node();
   malloc_trim(0);
   uint64_t base = committed();
   for (int c = 0; c < NCLS; c++) {
