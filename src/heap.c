@@ -163,13 +163,13 @@ HAK_EXPORT void hakmem_flush(void) {
   hak_mailbox_flush(heap);
   hak_mailbox_drain(heap, heap->node, SIZE_MAX);
   hak_remote_stash_flush(heap);
+  hak_heaps_stash_take(heap, false);
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
 }
 
 /* malloc_trim: the caller's empty pages go back too, even the one page per
  * class a heap otherwise keeps for its next malloc. */
 void hak_heap_trim(hak_heap_t *heap) {
-  hak_remote_stash_flush(heap); /* other heaps' blocks, for their owners' trim */
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
     for (hak_page_t *p = heap->queues[c].first, *next; p; p = next) {
       next = p->next;
@@ -198,6 +198,14 @@ void hak_heaps_stats(hak_heap_stats_t *sum) {
   }
 }
 
+/* Takes the stashed chains of every heap but except (its thread hands its
+ * own over). Without the lock: heaps are never freed, and a take is safe
+ * whatever the heap's thread is doing. */
+void hak_heaps_stash_take(hak_heap_t *except, bool idle_only) {
+  for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_acquire); h; h = h->pool_next)
+    if (h != except) hak_remote_stash_take(h, idle_only);
+}
+
 void hak_heaps_fork_prepare(void) {
   pthread_mutex_lock(&heaps_lock);
 }
@@ -210,8 +218,14 @@ void hak_heaps_fork_release(void) {
  * change or a remote-free hand-off, so their lists cannot be trusted. Their
  * pages are unreachable here (as in mimalloc): a free into one is a remote
  * free that nobody collects, and they stay counted as committed. Heaps that
- * were already free (cleanly abandoned) are reused as usual. */
+ * were already free (cleanly abandoned) are reused as usual. Their stashes
+ * are taken, so what they freed into live pages comes back; a thread that
+ * was pushing a block or handing a chain over at the fork loses that block
+ * or chain, as a remote free under way at the fork always could. The
+ * survivor's own stash stays: it may have forked from a signal handler in
+ * the middle of a push. */
 void hak_heaps_fork_child(hak_heap_t *survivor) {
   if (survivor != &hak_heap_empty) heap_each_page(survivor, hak_remote_fork_child);
+  hak_heaps_stash_take(survivor, false);
   pthread_mutex_unlock(&heaps_lock);
 }

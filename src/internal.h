@@ -164,12 +164,16 @@ typedef struct hak_heap_stats {
       batches_sent, mailbox_drains, blocks_drained, remote_handoffs;
 } hak_heap_stats_t;
 
-/* Blocks a heap freed into one page of another heap, chained through their
- * first word, not yet handed over (remote.c). */
+/* Blocks a heap freed into one page of another heap, not yet handed over
+ * (remote.c). Any thread may take the chain (head exchanged for NULL); the
+ * other fields are the freeing heap's own and describe the chain it last
+ * pushed, which is head's as long as head is not NULL. */
 typedef struct hak_stash {
-  hak_page_t *page; /* NULL: empty */
-  hak_block_t *first, *last;
+  _Atomic(hak_block_t *) head; /* linked through next, newest first */
+  hak_page_t *page;            /* the blocks' page */
+  hak_block_t *last;           /* the oldest block */
   uint32_t count;
+  hak_block_t *seen; /* the background thread's: head at its previous pass */
 } hak_stash_t;
 _Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 
@@ -189,7 +193,7 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   bool in_use;
   struct hak_heap *pool_next; /* all heaps ever made */
   hak_heap_stats_t stats;
-  uint64_t stash_mask;            /* bit c: stash[c] holds blocks */
+  uint64_t stash_mask;            /* bit c: stash[c] was pushed to, not flushed since */
   hak_stash_t stash[NUM_CLASSES]; /* per class: one page's foreign frees */
   /* written by other threads: a line of their own */
   _Alignas(64) _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
@@ -349,13 +353,15 @@ void hak_heaps_fork_prepare(void);
 void hak_heaps_fork_release(void);
 void hak_heaps_fork_child(hak_heap_t *survivor);
 void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
+void hak_heaps_stash_take(hak_heap_t *except, bool idle_only);
 
 /* ---- global counters ----------------------------------------------------- */
 
 typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
       remote_frees, huge_allocs, huge_cache_hits, heaps_created, pages_abandoned, pages_adopted,
-      remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained;
+      remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained,
+      remote_handoffs;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);
@@ -377,6 +383,7 @@ typedef enum { PARK_DONE, PARK_RETRY, PARK_LATER } park_result_t;
 void hak_remote_free(hak_page_t *page, hak_block_t *b);
 void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_remote_stash_flush(hak_heap_t *heap);
+void hak_remote_stash_take(hak_heap_t *heap, bool idle_only);
 size_t hak_page_collect_remote(hak_page_t *page);
 park_result_t hak_remote_park(hak_heap_t *heap, hak_page_t *page);
 void hak_remote_drain_delayed(hak_heap_t *heap);

@@ -44,7 +44,10 @@
  * are not the page's (the owner cannot collect them, a parked page is not
  * notified) but still count as used, so the page cannot go back to its
  * region under them; whatever state the page is in by then, the chain takes
- * the free or notify transition as a single block would.
+ * the free or notify transition as a single block would. Any other thread
+ * may take the chain off the stash (one exchange) and hand it over the same
+ * way: malloc_trim, hakmem_flush, the background thread for a stash left
+ * unchanged for one of its periods, a fork child for the threads it lost.
  *
  * RELEASED and ABANDONED pages have nobody to collect their remote lists, so
  * whoever frees into one checks, under the abandoned lock, whether that was
@@ -146,48 +149,93 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b) {
  * NUM_CLASSES * STASH_BYTES held back from the owners per heap. */
 #define STASH_BYTES 8192
 
-/* Out of line: the stashing free stays a leaf without saved registers. */
+/* Out of line: the stashing free stays a leaf without saved registers.
+ * The stash's head is exchanged for NULL: if another thread took the chain
+ * meanwhile, it hands it over itself. */
 static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
-  remote_push(s->page, s->first, s->last, s->count);
-  stat_inc(&heap->stats.remote_handoffs, 1);
-  s->page = NULL;
-  s->count = 0;
   heap->stash_mask &= ~((uint64_t)1 << cls);
+  hak_block_t *first = atomic_exchange_explicit(&s->head, NULL, memory_order_relaxed);
+  if (!first) return;
+  remote_push(s->page, first, s->last, s->count);
+  stat_inc(&heap->stats.remote_handoffs, 1);
 }
 
-/* The first block of page in its class's entry: a block of another page of
- * the class hands the entry over first. */
+/* The first block of page in its class's entry: the chain there (of
+ * another page, or of this one when another thread took it meanwhile) is
+ * handed over first. */
 static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   unsigned cls = page->cls;
   hak_stash_t *s = &heap->stash[cls];
-  if (s->page) stash_hand_over(heap, cls);
+  if (heap->stash_mask & ((uint64_t)1 << cls)) stash_hand_over(heap, cls);
+  if (page->block_size >= STASH_BYTES) {
+    remote_push(page, b, b, 1);
+    stat_inc(&heap->stats.remote_handoffs, 1);
+    return;
+  }
+  s->page = page;
+  s->last = b;
+  s->count = 1;
   b->next = NULL;
-  *s = (hak_stash_t){.page = page, .first = b, .last = b, .count = 1};
+  /* head is NULL and only this heap makes it otherwise: no CAS */
+  atomic_store_explicit(&s->head, b, memory_order_release);
   heap->stash_mask |= (uint64_t)1 << cls;
-  if (page->block_size >= STASH_BYTES) stash_hand_over(heap, cls);
+  hak_background_want(); /* it takes the stashes of threads that stopped freeing */
 }
 
 /* stash: b, freed by heap into another heap's page, waits in heap's entry
  * for the page's class. It stays counted in the page's used blocks, so the
  * page is neither retired nor reclaimed meanwhile and its descriptor stays
- * this page's. */
+ * this page's. The push is a CAS on a line of the freer's own heap (cheap:
+ * nobody else writes it but a rare taker), as a taker may exchange head for
+ * NULL at any time; head only becomes non-NULL by this heap's pushes, so
+ * the CAS has no ABA, and when it fails the chain was taken: start anew. */
 void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   hak_stash_t *s = &heap->stash[page->cls];
-  if (unlikely(s->page != page)) {
+  hak_block_t *old = atomic_load_explicit(&s->head, memory_order_relaxed);
+  if (unlikely(!old || s->page != page)) {
     stash_start(heap, page, b);
     return;
   }
-  b->next = s->first;
-  s->first = b;
+  b->next = old;
+  if (unlikely(!atomic_compare_exchange_strong_explicit(&s->head, &old, b, memory_order_release,
+                                                        memory_order_relaxed))) {
+    stash_start(heap, page, b);
+    return;
+  }
   if (++s->count * page->block_size >= STASH_BYTES) stash_hand_over(heap, page->cls);
 }
 
 /* Hands every stash entry over: on the slow path every so often, on
- * hakmem_flush, malloc_trim and thread exit, so no free waits forever. */
+ * hakmem_flush, malloc_trim and thread exit. */
 void hak_remote_stash_flush(hak_heap_t *heap) {
   while (heap->stash_mask)
     stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
+}
+
+/* take: another thread hands heap's stashed chains over, so that blocks
+ * do not wait for a freer that stopped freeing (idle, or gone in a fork
+ * child): malloc_trim and hakmem_flush take every chain, the background
+ * thread (idle_only) those unchanged since its previous pass. The chain's
+ * description is its freer's: the taker walks it (at most STASH_BYTES). */
+void hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++) {
+    hak_stash_t *s = &heap->stash[c];
+    hak_block_t *first = atomic_load_explicit(&s->head, memory_order_relaxed);
+    if (idle_only && first != s->seen) {
+      s->seen = first; /* changed: the freer is busy, look again next pass */
+      continue;
+    }
+    if (!first) continue;
+    first = atomic_exchange_explicit(&s->head, NULL, memory_order_acquire);
+    if (!first) continue;
+    hak_block_t *last = first;
+    size_t n = 1;
+    for (; last->next; last = last->next)
+      n++;
+    remote_push(page_of(region_of(first), first), first, last, n);
+    atomic_fetch_add_explicit(&hak_gstats.remote_handoffs, 1, memory_order_relaxed);
+  }
 }
 
 /* Takes the remote list, leaving the state bits, and puts it on `free`:

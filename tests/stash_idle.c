@@ -46,7 +46,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int freed_count;
 static _Atomic int go_exit;
-static int mode; /* 0 idle, 1 busy with blocks of 256 KiB */
+static int mode;                 /* 0 idle, 1 busy with blocks of 256 KiB */
 static _Atomic long busy_ops[W]; /* large: mallocs each worker did after its frees */
 
 static uint64_t committed(void) {
@@ -129,16 +129,19 @@ int main(int argc, char **argv) {
     pthread_join(t[w], NULL);
   malloc_trim(0);
   uint64_t after = committed();
-  fprintf(stderr, "committed: %.1f MiB at start, %.1f MiB with the blocks, %.1f MiB after everything was "
-         "freed and malloc_trim (workers %s), %.1f MiB once they exited\n",
-         base / MIB, full / MIB, idle / MIB, mode == 0 ? "idle" : "busy with 256 KiB blocks", after / MIB);
+  fprintf(stderr,
+          "committed: %.1f MiB at start, %.1f MiB with the blocks, %.1f MiB after everything was "
+          "freed and malloc_trim (workers %s), %.1f MiB once they exited\n",
+          base / MIB, full / MIB, idle / MIB, mode == 0 ? "idle" : "busy with 256 KiB blocks",
+          after / MIB);
   CHECK(after < base + 2 * 1048576, "memory not back even after the workers exited");
   /* the workers' own heaps keep a page each (1 MiB), busy ones a 256 KiB
    * block each in flight: allowed for */
   uint64_t slack = 3 * 1048576 + (mode ? W * 256 * 1024 : 0);
   CHECK(idle < after + slack,
         "every block was free and malloc_trim ran, but %.1f MiB more stay committed while the "
-        "threads that freed one block per page sleep (or allocate only large blocks) than after they exit (their stashes pin "
+        "threads that freed one block per page sleep (or allocate only large blocks) than after "
+        "they exit (their stashes pin "
         "%d pages of 64 KiB)",
         (idle - after) / MIB, W * NCLS);
   return 0;
