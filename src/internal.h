@@ -165,15 +165,18 @@ typedef struct hak_heap_stats {
 } hak_heap_stats_t;
 
 /* Blocks a heap freed into one page of another heap, not yet handed over
- * (remote.c). Any thread may take the chain (head exchanged for NULL); the
- * other fields are the freeing heap's own and describe the chain it last
- * pushed, which is head's as long as head is not NULL. */
+ * (remote.c): a chain the freeing heap pushes onto with plain stores, of
+ * which any thread may take the blocks pushed since the last cut. */
 typedef struct hak_stash {
-  _Atomic(hak_block_t *) head; /* linked through next, newest first */
-  hak_page_t *page;            /* the blocks' page */
-  hak_block_t *last;           /* the oldest block */
+  /* the newest block | pushes mod 2^16 << 48; written by the freeing heap */
+  _Atomic uintptr_t top;
+  _Atomic uint64_t cut; /* pushes handed over so far, by anyone */
+  /* the freeing heap's own: the page it pushes blocks of (NULL: none), its
+   * first push since its last hand-over, and its pushes since */
+  hak_page_t *page;
+  hak_block_t *last;
   uint32_t count;
-  hak_block_t *seen; /* the background thread's: head at its previous pass */
+  uintptr_t seen; /* the background thread's: top at its previous pass */
 } hak_stash_t;
 _Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 

@@ -45,8 +45,8 @@
  * notified) but still count as used, so the page cannot go back to its
  * region under them; whatever state the page is in by then, the chain takes
  * the free or notify transition as a single block would. Any other thread
- * may take the chain off the stash (one exchange) and hand it over the same
- * way: malloc_trim, hakmem_flush, the background thread for a stash left
+ * may take the blocks off the stash (one CAS on its cut) and hand them over
+ * the same way: malloc_trim, hakmem_flush, the background thread for a stash left
  * unchanged for one of its periods, a fork child for the threads it lost.
  *
  * RELEASED and ABANDONED pages have nobody to collect their remote lists, so
@@ -149,25 +149,58 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b) {
  * NUM_CLASSES * STASH_BYTES held back from the owners per heap. */
 #define STASH_BYTES 8192
 
+/* A stash's top counts its pushes in the bits above the block address, as
+ * the remote word counts its list; a chain holds far fewer than 2^16. */
+#define STASH_PUSH_ONE REMOTE_COUNT_ONE
+
+/* Blocks pushed and not yet handed over: past the cut. */
+static size_t stash_pending(uintptr_t top, uint64_t cut) {
+  return (size_t)((top / STASH_PUSH_ONE - cut) & 0xFFFF);
+}
+
+/* The n-th block of a chain from first (its end as far as a hand-over
+ * goes; the blocks below were handed over already). */
+static hak_block_t *chain_at(hak_block_t *first, size_t n) {
+  while (--n)
+    first = first->next;
+  return first;
+}
+
+static inline void stash_push(hak_stash_t *s, hak_block_t *b) {
+  uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
+  b->next = remote_list(top);
+  atomic_store_explicit(&s->top, (uintptr_t)b | ((top & ~REMOTE_LIST_MASK) + STASH_PUSH_ONE),
+                        memory_order_release);
+}
+
 /* Out of line: the stashing free stays a leaf without saved registers.
- * The stash's head is exchanged for NULL: if another thread took the chain
- * meanwhile, it hands it over itself. */
+ * One CAS moves the cut past the freer's pushes; when another thread took
+ * the older ones meanwhile, the rest is walked for its end. */
 static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
   heap->stash_mask &= ~((uint64_t)1 << cls);
-  hak_block_t *first = atomic_exchange_explicit(&s->head, NULL, memory_order_relaxed);
-  if (!first) return;
-  remote_push(s->page, first, s->last, s->count);
+  hak_page_t *page = s->page;
+  size_t mine = s->count, n;
+  s->page = NULL;
+  s->count = 0;
+  uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
+  uint64_t cut = atomic_load_explicit(&s->cut, memory_order_relaxed);
+  do {
+    n = stash_pending(top, cut);
+    if (!n) return; /* taken whole */
+  } while (!atomic_compare_exchange_weak_explicit(&s->cut, &cut, cut + n, memory_order_release,
+                                                  memory_order_relaxed));
+  hak_block_t *first = remote_list(top);
+  remote_push(page, first, n == mine ? s->last : chain_at(first, n), n);
   stat_inc(&heap->stats.remote_handoffs, 1);
 }
 
-/* The first block of page in its class's entry: the chain there (of
- * another page, or of this one when another thread took it meanwhile) is
- * handed over first. */
+/* The first block of page in its class's entry: a block of another page of
+ * the class hands the entry over first. */
 static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   unsigned cls = page->cls;
   hak_stash_t *s = &heap->stash[cls];
-  if (heap->stash_mask & ((uint64_t)1 << cls)) stash_hand_over(heap, cls);
+  if (s->page) stash_hand_over(heap, cls);
   if (page->block_size >= STASH_BYTES) {
     remote_push(page, b, b, 1);
     stat_inc(&heap->stats.remote_handoffs, 1);
@@ -176,9 +209,7 @@ static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_blo
   s->page = page;
   s->last = b;
   s->count = 1;
-  b->next = NULL;
-  /* head is NULL and only this heap makes it otherwise: no CAS */
-  atomic_store_explicit(&s->head, b, memory_order_release);
+  stash_push(s, b);
   heap->stash_mask |= (uint64_t)1 << cls;
   hak_background_want(); /* it takes the stashes of threads that stopped freeing */
 }
@@ -186,23 +217,15 @@ static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_blo
 /* stash: b, freed by heap into another heap's page, waits in heap's entry
  * for the page's class. It stays counted in the page's used blocks, so the
  * page is neither retired nor reclaimed meanwhile and its descriptor stays
- * this page's. The push is a CAS on a line of the freer's own heap (cheap:
- * nobody else writes it but a rare taker), as a taker may exchange head for
- * NULL at any time; head only becomes non-NULL by this heap's pushes, so
- * the CAS has no ABA, and when it fails the chain was taken: start anew. */
+ * this page's. The push is two plain stores, no CAS: a taker never writes
+ * top, it moves the cut. */
 void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   hak_stash_t *s = &heap->stash[page->cls];
-  hak_block_t *old = atomic_load_explicit(&s->head, memory_order_relaxed);
-  if (unlikely(!old || s->page != page)) {
+  if (unlikely(s->page != page)) {
     stash_start(heap, page, b);
     return;
   }
-  b->next = old;
-  if (unlikely(!atomic_compare_exchange_strong_explicit(&s->head, &old, b, memory_order_release,
-                                                        memory_order_relaxed))) {
-    stash_start(heap, page, b);
-    return;
-  }
+  stash_push(s, b);
   if (++s->count * page->block_size >= STASH_BYTES) stash_hand_over(heap, page->cls);
 }
 
@@ -213,27 +236,30 @@ void hak_remote_stash_flush(hak_heap_t *heap) {
     stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
 }
 
-/* take: another thread hands heap's stashed chains over, so that blocks
- * do not wait for a freer that stopped freeing (idle, or gone in a fork
- * child): malloc_trim and hakmem_flush take every chain, the background
- * thread (idle_only) those unchanged since its previous pass. The chain's
- * description is its freer's: the taker walks it (at most STASH_BYTES). */
+/* take: another thread hands over the blocks heap pushed past the cut, so
+ * that they do not wait for a freer that stopped freeing (idle, or gone in
+ * a fork child): malloc_trim and hakmem_flush take every entry, the
+ * background thread (idle_only) those unchanged since its previous pass.
+ * The cut is read before top, so top has every push the cut counts; the
+ * CAS on the cut makes the blocks between the taker's, and fails when the
+ * freer (or another taker) moved it first: they are handed over then. All
+ * pushes past a cut are of one page: the freer moves the cut before it
+ * pushes a block of another page. */
 void hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
     hak_stash_t *s = &heap->stash[c];
-    hak_block_t *first = atomic_load_explicit(&s->head, memory_order_relaxed);
-    if (idle_only && first != s->seen) {
-      s->seen = first; /* changed: the freer is busy, look again next pass */
+    uint64_t cut = atomic_load_explicit(&s->cut, memory_order_acquire);
+    uintptr_t top = atomic_load_explicit(&s->top, memory_order_acquire);
+    if (idle_only && top != s->seen) {
+      s->seen = top; /* changed: its freer is busy, look again next pass */
       continue;
     }
-    if (!first) continue;
-    first = atomic_exchange_explicit(&s->head, NULL, memory_order_acquire);
-    if (!first) continue;
-    hak_block_t *last = first;
-    size_t n = 1;
-    for (; last->next; last = last->next)
-      n++;
-    remote_push(page_of(region_of(first), first), first, last, n);
+    size_t n = stash_pending(top, cut);
+    if (!n || !atomic_compare_exchange_strong_explicit(&s->cut, &cut, cut + n, memory_order_acq_rel,
+                                                       memory_order_relaxed))
+      continue;
+    hak_block_t *first = remote_list(top);
+    remote_push(page_of(region_of(first), first), first, chain_at(first, n), n);
     atomic_fetch_add_explicit(&hak_gstats.remote_handoffs, 1, memory_order_relaxed);
   }
 }
