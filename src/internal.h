@@ -166,18 +166,19 @@ typedef struct hak_heap_stats {
 
 /* Blocks a heap freed into one page of another heap, not yet handed over
  * (remote.c): a chain the freeing heap pushes onto with plain stores, of
- * which any thread may take the blocks pushed since the last cut. */
+ * which any thread may take the blocks pushed since the last cut (the
+ * heap's stash_cut). */
 typedef struct hak_stash {
   /* the newest block | pushes mod 2^16 << 48; written by the freeing heap */
   _Atomic uintptr_t top;
-  _Atomic uint64_t cut; /* pushes handed over so far, by anyone */
   /* the freeing heap's own: the page it pushes blocks of (NULL: none), its
-   * first push since its last hand-over, and its pushes since */
+   * first push since its last hand-over, the push count before that push
+   * and the one at which it hands the chain over (mod 2^16) */
   hak_page_t *page;
   hak_block_t *last;
-  uint32_t count;
-  uintptr_t seen; /* the background thread's: top at its previous pass */
+  uint16_t start, limit;
 } hak_stash_t;
+_Static_assert(sizeof(hak_stash_t) == 32, "a stash entry is indexed by shift");
 _Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 
 struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
@@ -196,8 +197,10 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   bool in_use;
   struct hak_heap *pool_next; /* all heaps ever made */
   hak_heap_stats_t stats;
-  uint64_t stash_mask;            /* bit c: stash[c] was pushed to, not flushed since */
-  hak_stash_t stash[NUM_CLASSES]; /* per class: one page's foreign frees */
+  uint64_t stash_mask;                     /* bit c: stash[c] was pushed to, not flushed since */
+  hak_stash_t stash[NUM_CLASSES];          /* per class: one page's foreign frees */
+  _Atomic uint64_t stash_cut[NUM_CLASSES]; /* per class: pushes handed over, by anyone */
+  uintptr_t stash_seen[NUM_CLASSES];       /* the background thread's: top at its previous pass */
   /* written by other threads: a line of their own */
   _Alignas(64) _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
   _Atomic(struct hak_batch *) returned;        /* batches drainers are done with */

@@ -166,11 +166,13 @@ static hak_block_t *chain_at(hak_block_t *first, size_t n) {
   return first;
 }
 
-static inline void stash_push(hak_stash_t *s, hak_block_t *b) {
+/* Returns the pushes so far, mod 2^16. */
+static inline uint16_t stash_push(hak_stash_t *s, hak_block_t *b) {
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
+  uintptr_t pushes = top / STASH_PUSH_ONE + 1;
   b->next = remote_list(top);
-  atomic_store_explicit(&s->top, (uintptr_t)b | ((top & ~REMOTE_LIST_MASK) + STASH_PUSH_ONE),
-                        memory_order_release);
+  atomic_store_explicit(&s->top, (uintptr_t)b | pushes * STASH_PUSH_ONE, memory_order_release);
+  return (uint16_t)pushes;
 }
 
 /* Out of line: the stashing free stays a leaf without saved registers.
@@ -180,16 +182,15 @@ static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
   heap->stash_mask &= ~((uint64_t)1 << cls);
   hak_page_t *page = s->page;
-  size_t mine = s->count, n;
   s->page = NULL;
-  s->count = 0;
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
-  uint64_t cut = atomic_load_explicit(&s->cut, memory_order_relaxed);
+  uint64_t cut = atomic_load_explicit(&heap->stash_cut[cls], memory_order_relaxed);
+  size_t mine = (uint16_t)(top / STASH_PUSH_ONE - s->start), n;
   do {
     n = stash_pending(top, cut);
     if (!n) return; /* taken whole */
-  } while (!atomic_compare_exchange_weak_explicit(&s->cut, &cut, cut + n, memory_order_release,
-                                                  memory_order_relaxed));
+  } while (!atomic_compare_exchange_weak_explicit(&heap->stash_cut[cls], &cut, cut + n,
+                                                  memory_order_release, memory_order_relaxed));
   hak_block_t *first = remote_list(top);
   remote_push(page, first, n == mine ? s->last : chain_at(first, n), n);
   stat_inc(&heap->stats.remote_handoffs, 1);
@@ -208,8 +209,9 @@ static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_blo
   }
   s->page = page;
   s->last = b;
-  s->count = 1;
-  stash_push(s, b);
+  uint16_t pushes = stash_push(s, b);
+  s->start = (uint16_t)(pushes - 1);
+  s->limit = (uint16_t)(s->start + (STASH_BYTES + page->block_size - 1) / page->block_size);
   heap->stash_mask |= (uint64_t)1 << cls;
   hak_background_want(); /* it takes the stashes of threads that stopped freeing */
 }
@@ -225,8 +227,7 @@ void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
     stash_start(heap, page, b);
     return;
   }
-  stash_push(s, b);
-  if (++s->count * page->block_size >= STASH_BYTES) stash_hand_over(heap, page->cls);
+  if (unlikely(stash_push(s, b) == s->limit)) stash_hand_over(heap, page->cls);
 }
 
 /* Hands every stash entry over: on the slow path every so often, on
@@ -247,16 +248,15 @@ void hak_remote_stash_flush(hak_heap_t *heap) {
  * pushes a block of another page. */
 void hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
-    hak_stash_t *s = &heap->stash[c];
-    uint64_t cut = atomic_load_explicit(&s->cut, memory_order_acquire);
-    uintptr_t top = atomic_load_explicit(&s->top, memory_order_acquire);
-    if (idle_only && top != s->seen) {
-      s->seen = top; /* changed: its freer is busy, look again next pass */
+    uint64_t cut = atomic_load_explicit(&heap->stash_cut[c], memory_order_acquire);
+    uintptr_t top = atomic_load_explicit(&heap->stash[c].top, memory_order_acquire);
+    if (idle_only && top != heap->stash_seen[c]) {
+      heap->stash_seen[c] = top; /* changed: its freer is busy, look again next pass */
       continue;
     }
     size_t n = stash_pending(top, cut);
-    if (!n || !atomic_compare_exchange_strong_explicit(&s->cut, &cut, cut + n, memory_order_acq_rel,
-                                                       memory_order_relaxed))
+    if (!n || !atomic_compare_exchange_strong_explicit(&heap->stash_cut[c], &cut, cut + n,
+                                                       memory_order_acq_rel, memory_order_relaxed))
       continue;
     hak_block_t *first = remote_list(top);
     remote_push(page_of(region_of(first), first), first, chain_at(first, n), n);
