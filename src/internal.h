@@ -30,6 +30,7 @@ extern void (*_Atomic hak_debug_hook)(int point);
 struct hak_heap;
 void hak_debug_check_heap(struct hak_heap *heap, int cls);
 void hak_abandoned_check(void);
+void hak_remote_stash_check(struct hak_heap *heap);
 #define HAK_CHECK_HEAP(heap, cls) hak_debug_check_heap(heap, cls)
 #else
 #define HAK_ASSERT(c) ((void)0)

@@ -524,6 +524,24 @@ void hak_abandoned_fork_release(void) {
 }
 
 #ifdef HAK_DEBUG
+/* The checked build, by the stash's own heap: an entry has a page exactly
+ * while its mask bit is set, and blocks past the cut only then, no more
+ * than it pushed since its first one nor than its hand-over point. */
+void hak_remote_stash_check(hak_heap_t *heap) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++) {
+    hak_stash_t *s = &heap->stash[c];
+    uintptr_t top = atomic_load(&s->top);
+    size_t n = stash_pending(top, atomic_load(&heap->stash_cut[c]));
+    HAK_ASSERT(!s->page == !(heap->stash_mask & ((uint64_t)1 << c)));
+    if (!s->page) {
+      HAK_ASSERT(n == 0);
+      continue;
+    }
+    HAK_ASSERT(n <= (uint16_t)(top / STASH_PUSH_ONE - s->start));
+    HAK_ASSERT((uint16_t)(top / STASH_PUSH_ONE - s->start) < (uint16_t)(s->limit - s->start));
+  }
+}
+
 /* The checked build: every listed page is abandoned, without owner, NEVER,
  * of its list's class, linked both ways, and the counts agree. */
 void hak_abandoned_check(void) {
