@@ -231,6 +231,12 @@ HAK_EXPORT int hak_malloc_trim(size_t pad) {
     hak_mailbox_flush(heap);
     for (int node = 0; node < kmem_node_count(); node++)
       hak_mailbox_drain(heap, node, SIZE_MAX);
+    hak_remote_stash_flush(heap); /* the drains may have stashed blocks */
+  }
+  /* every other thread's stash too: the blocks idle threads freed into our
+   * pages (and into abandoned ones) come back before the trim */
+  hak_heaps_stash_take(heap, false);
+  if (heap != &hak_heap_empty) {
     if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
     hak_heap_trim(heap);
   }

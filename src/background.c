@@ -1,6 +1,7 @@
 /* The background thread: returns memory of an idle process (slow paths
  * only purge while the program allocates), drains node mailboxes no thread
- * of their node drained for a while, and populates pages ahead of use
+ * of their node drained for a while, hands over the remote frees waiting
+ * in the stashes of threads that stopped freeing, populates pages ahead of use
  * (HAKMEM_PREFAULT=ahead), and collapses dense long-lived regions into huge
  * pages (HAKMEM_THP=collapse), off the application's threads. Wanted from
  * anywhere, started only from a malloc slow path: creating a thread
@@ -39,8 +40,9 @@ static void *background_main(void *arg) {
     uintptr_t at = atomic_exchange_explicit(&ahead, 0, memory_order_acquire);
     if (at)
       hak_pool_populate_at(at & ~(uintptr_t)(REGION_SIZE - 1), (unsigned)(at & (REGION_SIZE - 1)));
-    hak_mailbox_drain_stale(&hak_heap_empty); /* no heap: it owns no pages */
-    hak_shared_trim_idle();
+    hak_mailbox_drain_stale(&hak_heap_empty);    /* no heap: it owns no pages */
+    hak_heaps_stash_take(&hak_heap_empty, true); /* stashes of threads that stopped freeing */
+    hak_shared_trim_idle(); /* after the stashes: their blocks are in its pages then */
     hak_pool_purge(false, false);
     hak_huge_expire();
     if (hak_opt.thp == KMEM_THP_COLLAPSE) hak_pool_collapse();

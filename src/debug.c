@@ -102,6 +102,7 @@ void hak_debug_check_heap(hak_heap_t *heap, int cls) {
                (heap->queues[c].first ? heap->queues[c].first : &hak_page_empty));
   }
   check_queue(heap, &heap->full, -1, cls < 0);
+  hak_remote_stash_check(heap);
 }
 
 HAK_EXPORT void hak_debug_check(void) {

@@ -209,6 +209,7 @@ HAK_EXPORT void hakmem_flush(void) {
   hak_mailbox_flush(heap);
   hak_mailbox_drain(heap, heap->node, SIZE_MAX);
   hak_remote_stash_flush(heap);
+  hak_heaps_stash_take(heap, false);
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
   hak_midcache_flush(heap);
 }
@@ -246,6 +247,14 @@ void hak_heaps_stats(hak_heap_stats_t *sum) {
   }
 }
 
+/* Takes the stashed chains of every heap but except (its thread hands its
+ * own over). Without the lock: heaps are never freed, and a take is safe
+ * whatever the heap's thread is doing. */
+void hak_heaps_stash_take(hak_heap_t *except, bool idle_only) {
+  for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_acquire); h; h = h->pool_next)
+    if (h != except) hak_remote_stash_take(h, idle_only);
+}
+
 void hak_heaps_fork_prepare(void) {
   pthread_mutex_lock(&heaps_lock);
 }
@@ -260,10 +269,15 @@ void hak_heaps_fork_release(void) {
  * free that nobody collects, and they stay counted as committed. Heaps that
  * were already free (cleanly abandoned) are reused as usual; the shared
  * heaps were locked across fork and are whole. The child's threads count
- * against HAKMEM_MAX_HEAPS afresh. */
+ * against HAKMEM_MAX_HEAPS afresh. Stashes are taken, so what other threads
+ * freed into live pages comes back; a thread that was pushing a block or
+ * handing a chain over at the fork loses that block or chain, as a remote
+ * free under way at the fork always could. The survivor's own stash stays:
+ * it may have forked from a signal handler in the middle of a push. */
 void hak_heaps_fork_child(hak_heap_t *survivor) {
   for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_relaxed); h; h = h->pool_next)
     if (h == survivor || hak_heap_is_shared(h)) heap_each_page(h, hak_remote_fork_child);
   atomic_store_explicit(&thread_heaps, survivor != &hak_heap_empty, memory_order_relaxed);
+  hak_heaps_stash_take(survivor, false);
   pthread_mutex_unlock(&heaps_lock);
 }

@@ -32,6 +32,7 @@ void hak_debug_check_heap(struct hak_heap *heap, int cls);
 void hak_abandoned_check(void);
 struct hak_block;
 bool hak_debug_on_list(const struct hak_block *x, const struct hak_block *b, size_t max);
+void hak_remote_stash_check(struct hak_heap *heap);
 #define HAK_CHECK_HEAP(heap, cls) hak_debug_check_heap(heap, cls)
 #else
 #define HAK_ASSERT(c) ((void)0)
@@ -178,13 +179,21 @@ typedef struct hak_heap_stats {
       midcache_flushed;
 } hak_heap_stats_t;
 
-/* Blocks a heap freed into one page of another heap, chained through their
- * first word, not yet handed over (remote.c). */
+/* Blocks a heap freed into one page of another heap, not yet handed over
+ * (remote.c): a chain the freeing heap pushes onto with plain stores, of
+ * which any thread may take the blocks pushed since the last cut (the
+ * heap's stash_cut). */
 typedef struct hak_stash {
-  hak_page_t *page; /* NULL: empty */
-  hak_block_t *first, *last;
-  uint32_t count;
+  /* the newest block | pushes mod 2^16 << 48; written by the freeing heap */
+  _Atomic uintptr_t top;
+  /* the freeing heap's own: the page it pushes blocks of (NULL: none), its
+   * first push since its last hand-over, the push count before that push
+   * and the one at which it hands the chain over (mod 2^16) */
+  hak_page_t *page;
+  hak_block_t *last;
+  uint16_t start, limit;
 } hak_stash_t;
+_Static_assert(sizeof(hak_stash_t) == 32, "a stash entry is indexed by shift");
 _Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 
 struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
@@ -205,8 +214,10 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   bool in_use;
   struct hak_heap *pool_next; /* all heaps ever made */
   hak_heap_stats_t stats;
-  uint64_t stash_mask;            /* bit c: stash[c] holds blocks */
-  hak_stash_t stash[NUM_CLASSES]; /* per class: one page's foreign frees */
+  uint64_t stash_mask;                     /* bit c: stash[c] was pushed to, not flushed since */
+  hak_stash_t stash[NUM_CLASSES];          /* per class: one page's foreign frees */
+  _Atomic uint64_t stash_cut[NUM_CLASSES]; /* per class: pushes handed over, by anyone */
+  uintptr_t stash_seen[NUM_CLASSES];       /* the background thread's: top at its previous pass */
   /* cached mid blocks, the most recently freed last; still `used` on their pages */
   void *mid_slot[MIDCACHE_CLASSES][MIDCACHE_SLOTS];
   /* written by other threads: a line of their own */
@@ -373,7 +384,8 @@ void hak_heaps_fork_prepare(void);
 void hak_heaps_fork_release(void);
 void hak_heaps_fork_child(hak_heap_t *survivor);
 void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
-void hak_heap_register(hak_heap_t *heap);    /* a heap no thread owns (shared.c) */
+void hak_heaps_stash_take(hak_heap_t *except, bool idle_only);
+void hak_heap_register(hak_heap_t *heap); /* a heap no thread owns (shared.c) */
 bool hak_thread_heap_reserve(unsigned max);
 
 /* ---- shared heaps (shared.c): threads past HAKMEM_MAX_HEAPS --------------- */
@@ -402,7 +414,7 @@ typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
       remote_frees, huge_allocs, huge_cache_hits, heaps_created, pages_abandoned, pages_adopted,
       remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained,
-      shared_heap_threads;
+      remote_handoffs, shared_heap_threads;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);
@@ -424,6 +436,7 @@ typedef enum { PARK_DONE, PARK_RETRY, PARK_LATER } park_result_t;
 void hak_remote_free(hak_page_t *page, hak_block_t *b);
 void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_remote_stash_flush(hak_heap_t *heap);
+void hak_remote_stash_take(hak_heap_t *heap, bool idle_only);
 size_t hak_page_collect_remote(hak_page_t *page);
 park_result_t hak_remote_park(hak_heap_t *heap, hak_page_t *page);
 void hak_remote_drain_delayed(hak_heap_t *heap);

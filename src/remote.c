@@ -44,7 +44,10 @@
  * are not the page's (the owner cannot collect them, a parked page is not
  * notified) but still count as used, so the page cannot go back to its
  * region under them; whatever state the page is in by then, the chain takes
- * the free or notify transition as a single block would.
+ * the free or notify transition as a single block would. Any other thread
+ * may take the blocks off the stash (one CAS on its cut) and hand them over
+ * the same way: malloc_trim, hakmem_flush, the background thread for a stash left
+ * unchanged for one of its periods, a fork child for the threads it lost.
  *
  * RELEASED and ABANDONED pages have nobody to collect their remote lists, so
  * whoever frees into one checks, under the abandoned lock, whether that was
@@ -146,14 +149,51 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b) {
  * NUM_CLASSES * STASH_BYTES held back from the owners per heap. */
 #define STASH_BYTES 8192
 
-/* Out of line: the stashing free stays a leaf without saved registers. */
+/* A stash's top counts its pushes in the bits above the block address, as
+ * the remote word counts its list; a chain holds far fewer than 2^16. */
+#define STASH_PUSH_ONE REMOTE_COUNT_ONE
+
+/* Blocks pushed and not yet handed over: past the cut. */
+static size_t stash_pending(uintptr_t top, uint64_t cut) {
+  return (size_t)((top / STASH_PUSH_ONE - cut) & 0xFFFF);
+}
+
+/* The n-th block of a chain from first (its end as far as a hand-over
+ * goes; the blocks below were handed over already). */
+static hak_block_t *chain_at(hak_block_t *first, size_t n) {
+  while (--n)
+    first = first->next;
+  return first;
+}
+
+/* Returns the pushes so far, mod 2^16. */
+static inline uint16_t stash_push(hak_stash_t *s, hak_block_t *b) {
+  uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
+  uintptr_t pushes = top / STASH_PUSH_ONE + 1;
+  b->next = remote_list(top);
+  atomic_store_explicit(&s->top, (uintptr_t)b | pushes * STASH_PUSH_ONE, memory_order_release);
+  return (uint16_t)pushes;
+}
+
+/* Out of line: the stashing free stays a leaf without saved registers.
+ * One CAS moves the cut past the freer's pushes; when another thread took
+ * the older ones meanwhile, the rest is walked for its end. */
 static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
-  remote_push(s->page, s->first, s->last, s->count);
-  stat_inc(&heap->stats.remote_handoffs, 1);
-  s->page = NULL;
-  s->count = 0;
   heap->stash_mask &= ~((uint64_t)1 << cls);
+  hak_page_t *page = s->page;
+  s->page = NULL;
+  uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
+  uint64_t cut = atomic_load_explicit(&heap->stash_cut[cls], memory_order_relaxed);
+  size_t mine = (uint16_t)(top / STASH_PUSH_ONE - s->start), n;
+  do {
+    n = stash_pending(top, cut);
+    if (!n) return; /* taken whole */
+  } while (!atomic_compare_exchange_weak_explicit(&heap->stash_cut[cls], &cut, cut + n,
+                                                  memory_order_release, memory_order_relaxed));
+  hak_block_t *first = remote_list(top);
+  remote_push(page, first, n == mine ? s->last : chain_at(first, n), n);
+  stat_inc(&heap->stats.remote_handoffs, 1);
 }
 
 /* The first block of page in its class's entry: a block of another page of
@@ -162,32 +202,66 @@ static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_blo
   unsigned cls = page->cls;
   hak_stash_t *s = &heap->stash[cls];
   if (s->page) stash_hand_over(heap, cls);
-  b->next = NULL;
-  *s = (hak_stash_t){.page = page, .first = b, .last = b, .count = 1};
+  if (page->block_size >= STASH_BYTES) {
+    remote_push(page, b, b, 1);
+    stat_inc(&heap->stats.remote_handoffs, 1);
+    return;
+  }
+  s->page = page;
+  s->last = b;
+  uint16_t pushes = stash_push(s, b);
+  s->start = (uint16_t)(pushes - 1);
+  s->limit = (uint16_t)(s->start + (STASH_BYTES + page->block_size - 1) / page->block_size);
   heap->stash_mask |= (uint64_t)1 << cls;
-  if (page->block_size >= STASH_BYTES) stash_hand_over(heap, cls);
+  hak_background_want(); /* it takes the stashes of threads that stopped freeing */
 }
 
 /* stash: b, freed by heap into another heap's page, waits in heap's entry
  * for the page's class. It stays counted in the page's used blocks, so the
  * page is neither retired nor reclaimed meanwhile and its descriptor stays
- * this page's. */
+ * this page's. The push is two plain stores, no CAS: a taker never writes
+ * top, it moves the cut. */
 void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   hak_stash_t *s = &heap->stash[page->cls];
   if (unlikely(s->page != page)) {
     stash_start(heap, page, b);
     return;
   }
-  b->next = s->first;
-  s->first = b;
-  if (++s->count * page->block_size >= STASH_BYTES) stash_hand_over(heap, page->cls);
+  if (unlikely(stash_push(s, b) == s->limit)) stash_hand_over(heap, page->cls);
 }
 
 /* Hands every stash entry over: on the slow path every so often, on
- * hakmem_flush, malloc_trim and thread exit, so no free waits forever. */
+ * hakmem_flush, malloc_trim and thread exit. */
 void hak_remote_stash_flush(hak_heap_t *heap) {
   while (heap->stash_mask)
     stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
+}
+
+/* take: another thread hands over the blocks heap pushed past the cut, so
+ * that they do not wait for a freer that stopped freeing (idle, or gone in
+ * a fork child): malloc_trim and hakmem_flush take every entry, the
+ * background thread (idle_only) those unchanged since its previous pass.
+ * The cut is read before top, so top has every push the cut counts; the
+ * CAS on the cut makes the blocks between the taker's, and fails when the
+ * freer (or another taker) moved it first: they are handed over then. All
+ * pushes past a cut are of one page: the freer moves the cut before it
+ * pushes a block of another page. */
+void hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++) {
+    uint64_t cut = atomic_load_explicit(&heap->stash_cut[c], memory_order_acquire);
+    uintptr_t top = atomic_load_explicit(&heap->stash[c].top, memory_order_acquire);
+    if (idle_only && top != heap->stash_seen[c]) {
+      heap->stash_seen[c] = top; /* changed: its freer is busy, look again next pass */
+      continue;
+    }
+    size_t n = stash_pending(top, cut);
+    if (!n || !atomic_compare_exchange_strong_explicit(&heap->stash_cut[c], &cut, cut + n,
+                                                       memory_order_acq_rel, memory_order_relaxed))
+      continue;
+    hak_block_t *first = remote_list(top);
+    remote_push(page_of(region_of(first), first), first, chain_at(first, n), n);
+    atomic_fetch_add_explicit(&hak_gstats.remote_handoffs, 1, memory_order_relaxed);
+  }
 }
 
 /* Takes the remote list, leaving the state bits, and puts it on `free`:
@@ -450,6 +524,24 @@ void hak_abandoned_fork_release(void) {
 }
 
 #ifdef HAK_DEBUG
+/* The checked build, by the stash's own heap: an entry has a page exactly
+ * while its mask bit is set, and blocks past the cut only then, no more
+ * than it pushed since its first one nor than its hand-over point. */
+void hak_remote_stash_check(hak_heap_t *heap) {
+  for (unsigned c = 0; c < NUM_CLASSES; c++) {
+    hak_stash_t *s = &heap->stash[c];
+    uintptr_t top = atomic_load(&s->top);
+    size_t n = stash_pending(top, atomic_load(&heap->stash_cut[c]));
+    HAK_ASSERT(!s->page == !(heap->stash_mask & ((uint64_t)1 << c)));
+    if (!s->page) {
+      HAK_ASSERT(n == 0);
+      continue;
+    }
+    HAK_ASSERT(n <= (uint16_t)(top / STASH_PUSH_ONE - s->start));
+    HAK_ASSERT((uint16_t)(top / STASH_PUSH_ONE - s->start) < (uint16_t)(s->limit - s->start));
+  }
+}
+
 /* The checked build: every listed page is abandoned, without owner, NEVER,
  * of its list's class, linked both ways, and the counts agree. */
 void hak_abandoned_check(void) {

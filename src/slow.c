@@ -79,6 +79,14 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   }
   /* here, never from free or thread exit: creating a thread allocates */
   hak_background_start_if_wanted();
+  /* large and huge sizes count too: a thread that allocates only those
+   * takes no other slow path */
+  if ((++heap->slow_calls & 63) == 0) {
+    hak_mailbox_flush(heap);      /* no cross-node free waits for a batch forever */
+    hak_remote_stash_flush(heap); /* nor a remote free in the stash */
+    hak_mailbox_drain_stale(heap);
+    hak_pool_purge_maybe();
+  }
   if (size > SMALL_MAX) {
     /* a run of pages, or past MAP_MIN a mapping of its own; fresh pages
      * and new mappings are zero already */
@@ -92,12 +100,6 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     }
     if (p && zero && !fresh) memset(p, 0, size);
     return p;
-  }
-  if ((++heap->slow_calls & 63) == 0) {
-    hak_mailbox_flush(heap);      /* no cross-node free waits for a batch forever */
-    hak_remote_stash_flush(heap); /* nor a remote free in the stash */
-    hak_mailbox_drain_stale(heap);
-    hak_pool_purge_maybe();
   }
   if (atomic_load_explicit(&heap->delayed, memory_order_relaxed)) hak_remote_drain_delayed(heap);
   hak_mailbox_drain_slow(heap);

@@ -44,7 +44,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .mailbox_bytes = G(mailbox_bytes),
       .pages_abandoned = H(pages_abandoned),
       .pages_adopted = H(pages_adopted),
-      .remote_handoffs = H(remote_handoffs),
+      .remote_handoffs = H(remote_handoffs) + G(remote_handoffs),
       .purges = k.purges,
       .purged_bytes = k.purged_bytes,
       .purges_uring = k.purges_uring,

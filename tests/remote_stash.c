@@ -29,6 +29,14 @@
 #define T_FREE free
 #endif
 
+/* Every thread on the main thread's node: frees across nodes go through
+ * the mailboxes, not the stash (HAKMEM_NODES=2, or a NUMA machine where the
+ * scheduler puts a thread on the other node). */
+static int node0;
+static void same_node(void) {
+  CHECK(hakmem_thread_set_node(node0) == 0, "hakmem_thread_set_node(%d)", node0);
+}
+
 static hak_stats_t stats(void) {
   hak_stats_t s;
   hak_stats_get(&s);
@@ -62,6 +70,7 @@ static void *run(void *(*fn)(void *)) {
 
 /* The freer: a heap of its own (a block of another class), then frees. */
 static void free_blocks(void) {
+  same_node();
   void *volatile own = T_MALLOC(3000);
   T_FREE(own);
   uint64_t before = stats().remote_handoffs;
@@ -134,6 +143,7 @@ static void *stash_across_exit(void *arg) {
 
 static void *owner_allocs(void *arg) {
   (void)arg;
+  same_node();
   alloc_blocks(32, 64);
   set_step(1);
   wait_step(2);
@@ -221,6 +231,7 @@ static void *side_main(void *arg) {
   struct rng r = {w->seed};
   struct item mine[BATCH], theirs[BATCH];
   int sent = 0, received = 0;
+  same_node();
   bool have = false;
   while (sent < w->rounds || received < w->rounds) {
     if (!have && sent < w->rounds) {
@@ -303,5 +314,6 @@ static int pairs(int threads, int rounds) {
 }
 
 int main(int argc, char **argv) {
+  node0 = hakmem_thread_node();
   return counts() || pairs(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 10000);
 }

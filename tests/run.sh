@@ -141,8 +141,21 @@ else
 fi
 run_bin stress_mt 8 40000
 # Remote frees handed over in chains from the freer's stash: exact counts,
-# a stash outliving its page's owner, and pairs of threads.
-run_bin remote_stash
+# a stash outliving its page's owner, and pairs of threads. Without the
+# background thread, which hands over a stash left alone for one of its
+# periods (the freer reading its statistics may leave it that long).
+run_one remote_stash env HAKMEM_BACKGROUND=0 "$bin/remote_stash"
+# the same where the scheduler may put the freer on another (virtual) node
+run_one remote_stash_nodes2 env HAKMEM_BACKGROUND=0 HAKMEM_NODES=2 "$bin/remote_stash"
+# Stashes taken by other threads while their freers push: malloc_trim and
+# hakmem_flush in a loop against pairs of freers, and an idle freer's stash
+# handed over by the background thread.
+run_bin stash_steal
+# An idle thread's stash pins the pages of the blocks it freed (owner's malloc_trim).
+run_bin stash_idle
+run_one stash_idle_large "$bin/stash_idle" large
+# fork while another thread's stash holds blocks of the forking thread's page.
+run_bin stash_fork
 run_bin midcache_mt 8 20000
 run_one midcache_mt_nodes2 env HAKMEM_NODES=2 "$bin/midcache_mt" 8 20000
 # More threads than HAKMEM_MAX_HEAPS: heaps shared under locks, with
@@ -227,7 +240,8 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67"
 run_sanitized stress_mt_tsan tsan -fsanitize=thread 8 10000
 run_sanitized stress_mt_ubsan ubsan -fsanitize=undefined 8 20000
 SAN_SRC=tests/numa_stress.c run_sanitized numa_stress_tsan tsan -fsanitize=thread 3000
-SAN_SRC=tests/remote_stash.c run_sanitized remote_stash_tsan tsan -fsanitize=thread 8 1000
+HAKMEM_BACKGROUND=0 SAN_SRC=tests/remote_stash.c run_sanitized remote_stash_tsan tsan -fsanitize=thread 8 1000
+SAN_SRC=tests/stash_steal.c run_sanitized stash_steal_tsan tsan -fsanitize=thread 4 300
 SAN_SRC=tests/midcache_mt.c run_sanitized midcache_mt_tsan tsan -fsanitize=thread 8 3000
 SAN_SRC=tests/shared_heaps.c run_sanitized shared_heaps_tsan tsan -fsanitize=thread 600
 unset TSAN_OPTIONS UBSAN_OPTIONS

@@ -1,0 +1,255 @@
+/* Stashes taken by other threads (remote.c): malloc_trim and hakmem_flush
+ * take every heap's stashed chains, the background thread those of threads
+ * that stopped freeing, while their freers may be pushing onto them.
+ *
+ * race: T threads in pairs free each other's 16-512 B blocks in batches
+ *   while a third thread calls malloc_trim(0) and hakmem_flush() in a
+ *   loop, taking the freers' chains under them. Every block carries a tag
+ *   of its own (a block handed out twice, or a chain handed over twice,
+ *   shows as a foreign tag), remote_frees counts no block twice, and once
+ *   the threads are gone every page goes back: committed memory
+ *   returns to what the same run left the first time (a block lost in a
+ *   chain would keep its page). Also built against the TSan build
+ *   (-DSTRESS_HAK).
+ * idle: a thread stashes 4 blocks of the main thread's page and sleeps;
+ *   with nobody trimming or flushing, the background thread hands them
+ *   over within a few of its periods.
+ * Usage: stash_steal [threads [rounds]] (default 8 2000) */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <time.h>
+#include "check.h"
+#include "hakmem.h"
+
+#ifdef STRESS_HAK
+#define T_MALLOC hak_malloc
+#define T_FREE hak_free
+#else
+#define T_MALLOC malloc
+#define T_FREE free
+#endif
+
+#define BATCH 64
+#define QUEUE 4
+
+/* every thread on the main thread's node: frees across nodes go through
+ * the mailboxes, not the stash */
+static int node0;
+
+static hak_stats_t stats(void) {
+  hak_stats_t s;
+  hak_stats_get(&s);
+  return s;
+}
+
+struct item {
+  uint64_t *p;
+  size_t words;
+  uint64_t tag;
+};
+
+static void tag_fill(const struct item *it) {
+  for (size_t i = 0; i < it->words; i++)
+    it->p[i] = it->tag * 0x9E3779B97F4A7C15ull + i;
+}
+
+static void tag_expect(const struct item *it) {
+  for (size_t i = 0; i < it->words; i++)
+    CHECK(it->p[i] == it->tag * 0x9E3779B97F4A7C15ull + i,
+          "block %p (tag %llu) changed at word %zu: another holder wrote it", (void *)it->p,
+          (unsigned long long)it->tag, i);
+}
+
+struct pair {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  struct item ring[2][QUEUE][BATCH];
+  int head[2], count[2];
+};
+
+struct side {
+  struct pair *pair;
+  int side, rounds;
+  uint64_t seed;
+};
+
+static _Atomic int sides_done;
+
+static void *side_main(void *arg) {
+  struct side *w = arg;
+  struct pair *q = w->pair;
+  int me = w->side, other = !me;
+  struct rng r = {w->seed};
+  struct item mine[BATCH], theirs[BATCH];
+  int sent = 0, received = 0;
+  uint64_t serial = w->seed << 32;
+  CHECK(hakmem_thread_set_node(node0) == 0, "hakmem_thread_set_node");
+  bool have = false;
+  while (sent < w->rounds || received < w->rounds) {
+    if (!have && sent < w->rounds) {
+      for (int i = 0; i < BATCH; i++) {
+        mine[i].words = (16 + rng_next(&r) % 497) / 8;
+        mine[i].p = T_MALLOC(mine[i].words * 8);
+        CHECK(mine[i].p, "malloc failed");
+        mine[i].tag = ++serial;
+        tag_fill(&mine[i]);
+      }
+      have = true;
+    }
+    bool got = false;
+    pthread_mutex_lock(&q->lock);
+    while (!(have && q->count[me] < QUEUE) && q->count[other] == 0)
+      pthread_cond_wait(&q->cond, &q->lock);
+    if (q->count[other] > 0) {
+      memcpy(theirs, q->ring[other][q->head[other]], sizeof theirs);
+      q->head[other] = (q->head[other] + 1) % QUEUE;
+      q->count[other]--;
+      got = true;
+    }
+    if (have && q->count[me] < QUEUE) {
+      memcpy(q->ring[me][(q->head[me] + q->count[me]) % QUEUE], mine, sizeof mine);
+      q->count[me]++;
+      have = false;
+      sent++;
+    }
+    pthread_cond_broadcast(&q->cond);
+    pthread_mutex_unlock(&q->lock);
+    if (got) {
+      for (int i = 0; i < BATCH; i++) {
+        tag_expect(&theirs[i]);
+        T_FREE(theirs[i].p);
+      }
+      received++;
+    }
+  }
+  atomic_fetch_add(&sides_done, 1);
+  return NULL;
+}
+
+static void *taker_main(void *arg) {
+  int sides = *(int *)arg;
+  long takes = 0;
+  CHECK(hakmem_thread_set_node(node0) == 0, "hakmem_thread_set_node");
+  while (atomic_load(&sides_done) < sides) {
+    if (takes++ & 1)
+      hakmem_flush();
+    else
+      hak_malloc_trim(0);
+  }
+  return (void *)takes;
+}
+
+/* One run of the pairs and the taker; returns the taker's calls. */
+static long race_once(int threads, int rounds) {
+  int npairs = threads / 2, sides = 2 * npairs;
+  struct pair *q = calloc((size_t)npairs, sizeof *q);
+  struct side *w = calloc((size_t)sides, sizeof *w);
+  pthread_t *t = calloc((size_t)sides, sizeof *t), taker;
+  CHECK(q && w && t, "calloc");
+  atomic_store(&sides_done, 0);
+  for (int i = 0; i < npairs; i++) {
+    pthread_mutex_init(&q[i].lock, NULL);
+    pthread_cond_init(&q[i].cond, NULL);
+    for (int s = 0; s < 2; s++) {
+      w[2 * i + s] = (struct side){&q[i], s, rounds, (uint64_t)(2 * i + s + 1)};
+      CHECK(pthread_create(&t[2 * i + s], NULL, side_main, &w[2 * i + s]) == 0, "pthread_create");
+    }
+  }
+  CHECK(pthread_create(&taker, NULL, taker_main, &sides) == 0, "pthread_create");
+  void *takes;
+  for (int i = 0; i < sides; i++)
+    pthread_join(t[i], NULL);
+  pthread_join(taker, &takes);
+  free(q);
+  free(w);
+  free(t);
+  return (long)takes;
+}
+
+static int race(int threads, int rounds) {
+  race_once(threads, rounds); /* heaps, regions and batches made once */
+  hak_malloc_trim(0);
+  hak_stats_t s0 = stats();
+  long takes = race_once(threads, rounds);
+  hak_malloc_trim(0);
+  hak_stats_t s1 = stats();
+  uint64_t blocks = (uint64_t)(threads / 2) * 2 * rounds * BATCH,
+           frees = s1.remote_frees - s0.remote_frees;
+  printf("%d threads, %d batches each way, %ld trims and flushes racing: remote_frees %llu in "
+         "%llu hand-overs; committed %llu KiB before, %llu KiB after\n",
+         threads, rounds, takes, (unsigned long long)frees,
+         (unsigned long long)(s1.remote_handoffs - s0.remote_handoffs),
+         (unsigned long long)(s0.committed_bytes >> 10),
+         (unsigned long long)(s1.committed_bytes >> 10));
+  /* a side that outlives its partner claims the partner's abandoned pages:
+   * its last frees into them are its own */
+  CHECK(frees <= blocks && frees >= blocks - blocks / 8,
+        "remote_frees grew by %llu for %llu blocks", (unsigned long long)frees,
+        (unsigned long long)blocks);
+  CHECK(takes > 2, "the taker ran only %ld times", takes);
+  CHECK(s1.committed_bytes < s0.committed_bytes + 65536,
+        "%llu KiB more committed than after the same run before: blocks lost in chains",
+        (unsigned long long)((s1.committed_bytes - s0.committed_bytes) >> 10));
+  return 0;
+}
+
+/* ---- idle ---- */
+
+static void *page_blocks[64];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int freed, go_exit;
+
+static void *idle_freer(void *arg) {
+  (void)arg;
+  CHECK(hakmem_thread_set_node(node0) == 0, "hakmem_thread_set_node");
+  void *volatile own = T_MALLOC(3000); /* a heap of its own: its remote frees are stashed */
+  T_FREE(own);
+  for (int i = 0; i < 4; i++)
+    T_FREE(page_blocks[i]);
+  pthread_mutex_lock(&lock);
+  freed = 1;
+  pthread_cond_broadcast(&cond);
+  while (!go_exit)
+    pthread_cond_wait(&cond, &lock);
+  pthread_mutex_unlock(&lock);
+  return NULL;
+}
+
+static int idle(void) {
+  for (int i = 0; i < 64; i++)
+    page_blocks[i] = T_MALLOC(1024);
+  uint64_t before = stats().remote_handoffs;
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, idle_freer, NULL) == 0, "pthread_create");
+  pthread_mutex_lock(&lock);
+  while (!freed)
+    pthread_cond_wait(&cond, &lock);
+  pthread_mutex_unlock(&lock);
+  void *volatile big = T_MALLOC(4 << 20); /* a slow path: the background thread starts */
+  T_FREE(big);
+  struct timespec ms10 = {0, 10000000};
+  int waited = 0;
+  while (stats().remote_handoffs == before && waited < 1000) {
+    nanosleep(&ms10, NULL);
+    waited++;
+  }
+  printf("idle: the stashed chain was handed over after %d ms\n", waited * 10);
+  CHECK(stats().remote_handoffs > before,
+        "a sleeping thread's stash was not handed over in 10 s (background thread)");
+  pthread_mutex_lock(&lock);
+  go_exit = 1;
+  pthread_cond_broadcast(&cond);
+  pthread_mutex_unlock(&lock);
+  pthread_join(t, NULL);
+  for (int i = 4; i < 64; i++)
+    T_FREE(page_blocks[i]);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  node0 = hakmem_thread_node();
+  return idle() || race(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 2000);
+}
