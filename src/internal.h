@@ -261,7 +261,9 @@ static inline uint32_t region_page_bit(const hak_region_t *r, const void *p) {
 }
 
 static inline hak_page_t *page_of(hak_region_t *r, const void *p) {
-  hak_page_t *d = &r->pages[((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT];
+  /* &r->pages[off >> PAGE_SHIFT] as one shift and mask: descriptors are 64 bytes */
+  uintptr_t at = (((uintptr_t)p - (uintptr_t)r) >> (PAGE_SHIFT - 6)) & ~(uintptr_t)63;
+  hak_page_t *d = (hak_page_t *)((char *)r + at);
   return d - d->back;
 }
 
@@ -476,6 +478,7 @@ void *hak_free_check(hak_page_t *page, void *p);
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero);
 void *hak_malloc_mid(hak_heap_t *heap, size_t size);
 void hak_free_slow(hak_region_t *r, void *p);
+void hak_free_other(hak_heap_t *heap, hak_region_t *r, hak_page_t *page, uintptr_t owner, void *p);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
 void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned; when no mapping */
@@ -559,7 +562,7 @@ void hak_midcache_flush(hak_heap_t *heap); /* every cached block back to its pag
 /* The owner's free of a block of a PAGE_MID page: kept for the next malloc
  * of its class without writing into it. */
 static inline void midcache_push(hak_heap_t *heap, hak_page_t *page, void *p) {
-  unsigned i = page->cls - MIDCACHE_FIRST, n = heap->mid_count[i];
+  size_t i = (size_t)page->cls - MIDCACHE_FIRST, n = heap->mid_count[i];
   if (likely(n < hak_midcache_max[i] && heap->mid_bytes < MIDCACHE_HEAP_BYTES)) {
     heap->mid_slot[i][n] = p;
     heap->mid_count[i] = (uint8_t)(n + 1);
@@ -604,6 +607,9 @@ static inline void hak_free_inline(void *p) {
       midcache_push(heap, page, p);
       return;
     }
+    /* another heap's page, or flags: on with what is known already */
+    hak_free_other(heap, r, page, owner, p);
+    return;
   }
   hak_free_slow(r, p);
 }
