@@ -82,33 +82,6 @@ static bool debug_block_free(hak_page_t *page, const hak_block_t *b) {
 }
 #endif
 
-/* An aligned block's q (not its start b) on a page with aligned blocks.
- * It is handed out at q = roundup(b, align), align a power of two between
- * the page's smallest and largest (align_shifts). Such a q is also
- * roundup(b, a) for a = its own alignment capped at the largest: q is a
- * multiple of a >= align, and q - b < align <= a. So every q handed out
- * passes; with one alignment only exactly those do, with several an
- * interior q that is roundup(b, a) for an a between them passes too. */
-static bool aligned_ok(const hak_page_t *page, uintptr_t b, uintptr_t q) {
-  unsigned s = atomic_load_explicit(&((hak_page_t *)page)->align_shifts, memory_order_relaxed);
-  uintptr_t a = q & -q, max = (uintptr_t)16 << (s >> 4);
-  if (a > max) a = max;
-  return s && a >= (uintptr_t)16 << (s & 15) && ((b + a - 1) & ~(a - 1)) == q;
-}
-
-/* The block of q, a span starting at start, if q is its start (or its
- * aligned address) and its index is below limit; NULL if not. No q below
- * start passes: whatever index the wrapped offset gives, b >= start > q
- * and so is every roundup of b. */
-static inline hak_block_t *block_at(const hak_page_t *page, char *start, char *q, size_t limit) {
-  size_t bs = page->block_size;
-  size_t idx = class_block_index(page->cls, (size_t)(q - start));
-  if (bs == 0 || idx >= limit) return NULL;
-  char *b = start + idx * bs;
-  if (q != b && !aligned_ok(page, (uintptr_t)b, (uintptr_t)q)) return NULL;
-  return (hak_block_t *)b;
-}
-
 /* What the slow path (and the debug fast path) accepts on a small-class
  * page: p at a block boundary below the blocks carved so far (capacity for
  * a thread that does not own the page: `reserved` is the owner's, and a
@@ -116,13 +89,34 @@ static inline hak_block_t *block_at(const hak_page_t *page, char *start, char *q
  * blocks, the address aligned_alloc_impl handed out. Release builds cannot
  * tell a free block from a live one; debug builds check the owner's lists. */
 void *hak_free_check(hak_page_t *page, void *p) {
+  char *start = page_start(page), *q = p;
+  size_t bs = page->block_size;
   bool own = page_heap(page) == hak_tls_heap;
-  hak_block_t *b = block_at(page, page_start(page), p, own ? page->reserved : page->capacity);
+  if (bs == 0 || q < start) goto bad;
+  size_t idx = class_block_index(page->cls, (size_t)(q - start));
+  if (idx >= (own ? page->reserved : page->capacity)) goto bad;
+  char *b = start + idx * bs;
+  if (q != b) {
+    /* An aligned block is handed out at q = roundup(b, align), align a
+     * power of two between the page's smallest and largest (align_shifts).
+     * Such a q is also roundup(b, a) for a = its own alignment capped at the
+     * largest: q is a multiple of a >= align, and q - b < align <= a. So
+     * every q handed out passes; with one alignment only exactly those do,
+     * with several an interior q that is roundup(b, a) for an a between
+     * them passes too. */
+    unsigned s = atomic_load_explicit(&page->align_shifts, memory_order_relaxed);
+    uintptr_t a = (uintptr_t)q & -(uintptr_t)q, max = (uintptr_t)16 << (s >> 4);
+    if (a > max) a = max;
+    if (!s || a < (uintptr_t)16 << (s & 15) || (((uintptr_t)b + a - 1) & ~(a - 1)) != (uintptr_t)q)
+      goto bad;
+  }
 #ifdef HAK_DEBUG
-  if (b && own && debug_block_free(page, b)) b = NULL; /* a double free */
+  if (own && debug_block_free(page, (hak_block_t *)b)) goto bad; /* a double free */
 #endif
-  if (!b) hak_invalid_free(p);
   return b;
+bad:
+  hak_invalid_free(p);
+  return NULL;
 }
 
 /* The page of *p, a pointer into small region r, with *p moved to its
@@ -190,24 +184,27 @@ void hak_free_slow(hak_region_t *r, void *p) {
 /* The inline free's page of a small region of the heap's node, not the
  * heap's own without flags: its region r, page and owner word as the
  * inline free read them. The common case is a remote free of a small
- * block into the stash, without the general path's layers (on a pair of
- * threads handing blocks over, this is half of what free costs). */
+ * block into the stash, here without the general path's layers (on a pair
+ * of threads handing blocks over, this is half of what free costs). */
 void hak_free_other(hak_heap_t *heap, hak_region_t *r, hak_page_t *page, uintptr_t owner, void *p) {
   uintptr_t other = owner & ~PAGE_FLAG_MASK;
   if (!other || other == (uintptr_t)heap || (owner & PAGE_LARGE)) {
     hak_free_slow(r, p);
     return;
   }
-  /* page_start(page) from r at hand; capacity: the page is not ours */
-  size_t idx = (size_t)(page - r->pages);
-  char *start = (char *)r + (idx ? idx * PAGE_SIZE : REGION_HEADER_SIZE);
-  hak_block_t *b = block_at(page, start, p, page->capacity);
-  if (!b) {
-    hak_invalid_free(p);
+  /* hak_free_check's test for a page not ours, its start from r at hand:
+   * p a block start below the capacity. Anything else (an aligned block, no
+   * block at all) the general path checks in full. No p below the start
+   * passes: whatever index the wrapped offset gives, its block is above p. */
+  uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
+  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE), *q = p;
+  size_t bs = page->block_size, idx = class_block_index(page->cls, (size_t)(q - start));
+  if (unlikely(bs == 0 || idx >= page->capacity || q != start + idx * bs)) {
+    hak_free_slow(r, p);
     return;
   }
   stat_inc(&heap->stats.remote_frees, 1);
-  hak_remote_stash(heap, page, b);
+  hak_remote_stash(heap, page, (hak_block_t *)q);
 }
 
 void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p) {
