@@ -182,11 +182,11 @@ void hak_free_slow(hak_region_t *r, void *p) {
 }
 
 /* The inline free's page of a small region of the heap's node, not the
- * heap's own without flags: its region r, page and owner word as the
+ * heap's own without flags: its page, owner word and region r as the
  * inline free read them. The common case is a remote free of a small
  * block into the stash, here without the general path's layers (on a pair
  * of threads handing blocks over, this is half of what free costs). */
-void hak_free_other(hak_heap_t *heap, hak_region_t *r, hak_page_t *page, uintptr_t owner, void *p) {
+void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r) {
   uintptr_t other = owner & ~PAGE_FLAG_MASK;
   if (!other || other == (uintptr_t)heap || (owner & PAGE_LARGE)) {
     hak_free_slow(r, p);

@@ -478,7 +478,8 @@ void *hak_free_check(hak_page_t *page, void *p);
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero);
 void *hak_malloc_mid(hak_heap_t *heap, size_t size);
 void hak_free_slow(hak_region_t *r, void *p);
-void hak_free_other(hak_heap_t *heap, hak_region_t *r, hak_page_t *page, uintptr_t owner, void *p);
+/* Arguments in the order of hak_remote_stash's, where the common case goes on. */
+void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
 void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned; when no mapping */
@@ -590,8 +591,8 @@ static inline void hak_free_inline(void *p) {
   hak_heap_t *heap = hak_tls_heap;
   if (likely(region_tag(r) == heap->region_tag)) {
     hak_page_t *page = page_of(r, p);
-    uintptr_t owner = page_owner(page);
-    if (likely(owner == (uintptr_t)heap)) {
+    uintptr_t owner = page_owner(page), mine = owner ^ (uintptr_t)heap; /* 0: ours, no flags */
+    if (likely(mine == 0)) {
 #ifdef HAK_DEBUG
       if (!hak_free_check(page, p)) return; /* release builds check this only off the fast path */
 #endif
@@ -600,7 +601,7 @@ static inline void hak_free_inline(void *p) {
       return;
     }
     /* a mid block of ours: its page may be parked as full, the cache keeps it anyway */
-    if ((owner & ~(uintptr_t)PAGE_IN_FULL) == ((uintptr_t)heap | PAGE_MID)) {
+    if ((mine | PAGE_IN_FULL) == (PAGE_MID | PAGE_IN_FULL)) {
 #ifdef HAK_DEBUG
       if (!hak_free_check(page, p)) return;
 #endif
@@ -608,7 +609,7 @@ static inline void hak_free_inline(void *p) {
       return;
     }
     /* another heap's page, or flags: on with what is known already */
-    hak_free_other(heap, r, page, owner, p);
+    hak_free_other(heap, page, p, owner, r);
     return;
   }
   hak_free_slow(r, p);
