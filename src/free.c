@@ -137,23 +137,9 @@ static hak_page_t *block_page(hak_region_t *r, void **p) {
   return *p ? page : NULL;
 }
 
-/* The common remote free: a small block of our node on a page another heap
- * owns, into the stash without the general path's layers (on a pair of
- * threads handing blocks over, this is half of what free costs). */
-static bool free_to_stash(hak_heap_t *heap, hak_region_t *r, void *p) {
-  hak_page_t *page = page_of(r, p);
-  uintptr_t owner = page_owner(page);
-  if ((owner & ~PAGE_FLAG_MASK) == 0 || (owner & ~PAGE_FLAG_MASK) == (uintptr_t)heap ||
-      (owner & PAGE_LARGE))
-    return false;
-  hak_block_t *b = hak_free_check(page, p);
-  if (!b) return true;
-  stat_inc(&heap->stats.remote_frees, 1);
-  hak_remote_stash(heap, page, b);
-  return true;
-}
-
-static HAK_NOINLINE void free_general(hak_region_t *r, void *p) {
+/* Every free the inline path does not finish nor pass to hak_free_other:
+ * NULL, other nodes' blocks, huge blocks and pointers not ours. */
+void hak_free_slow(hak_region_t *r, void *p) {
   if (!p) return;
   uint8_t tag = region_tag(r);
   int kind = tag & 3;
@@ -195,11 +181,30 @@ static HAK_NOINLINE void free_general(hak_region_t *r, void *p) {
   hak_free_route(heap, page, p);
 }
 
-void hak_free_slow(hak_region_t *r, void *p) {
-  hak_heap_t *heap = hak_tls_heap;
-  /* the empty heap's tag matches no region, NULL's neither */
-  if (region_tag(r) == heap->region_tag && free_to_stash(heap, r, p)) return;
-  free_general(r, p);
+/* The inline free's page of a small region of the heap's node, not the
+ * heap's own without flags: its page, owner word and region r as the
+ * inline free read them. The common case is a remote free of a small
+ * block into the stash, here without the general path's layers (on a pair
+ * of threads handing blocks over, this is half of what free costs). */
+void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r) {
+  uintptr_t other = owner & ~PAGE_FLAG_MASK;
+  if (!other || other == (uintptr_t)heap || (owner & PAGE_LARGE)) {
+    hak_free_slow(r, p);
+    return;
+  }
+  /* hak_free_check's test for a page not ours, its start from r at hand:
+   * p a block start below the capacity. Anything else (an aligned block, no
+   * block at all) the general path checks in full. No p below the start
+   * passes: whatever index the wrapped offset gives, its block is above p. */
+  uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
+  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE), *q = p;
+  size_t bs = page->block_size, idx = class_block_index(page->cls, (size_t)(q - start));
+  if (unlikely(bs == 0 || idx >= page->capacity || q != start + idx * bs)) {
+    hak_free_slow(r, p);
+    return;
+  }
+  stat_inc(&heap->stats.remote_frees, 1);
+  hak_remote_stash(heap, page, (hak_block_t *)q);
 }
 
 void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p) {

@@ -272,7 +272,9 @@ static inline uint32_t region_page_bit(const hak_region_t *r, const void *p) {
 }
 
 static inline hak_page_t *page_of(hak_region_t *r, const void *p) {
-  hak_page_t *d = &r->pages[((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT];
+  /* &r->pages[off >> PAGE_SHIFT] as one shift and mask: descriptors are 64 bytes */
+  uintptr_t at = (((uintptr_t)p - (uintptr_t)r) >> (PAGE_SHIFT - 6)) & ~(uintptr_t)63;
+  hak_page_t *d = (hak_page_t *)((char *)r + at);
   return d - d->back;
 }
 
@@ -489,6 +491,8 @@ void *hak_free_check(hak_page_t *page, void *p);
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero);
 void *hak_malloc_mid(hak_heap_t *heap, size_t size);
 void hak_free_slow(hak_region_t *r, void *p);
+/* Arguments in the order of hak_remote_stash's, where the common case goes on. */
+void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
 void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned; when no mapping */
@@ -572,7 +576,7 @@ void hak_midcache_flush(hak_heap_t *heap); /* every cached block back to its pag
 /* The owner's free of a block of a PAGE_MID page: kept for the next malloc
  * of its class without writing into it. */
 static inline void midcache_push(hak_heap_t *heap, hak_page_t *page, void *p) {
-  unsigned i = page->cls - MIDCACHE_FIRST, n = heap->mid_count[i];
+  size_t i = (size_t)page->cls - MIDCACHE_FIRST, n = heap->mid_count[i];
   if (likely(n < hak_midcache_max[i] && heap->mid_bytes < MIDCACHE_HEAP_BYTES)) {
     heap->mid_slot[i][n] = p;
     heap->mid_count[i] = (uint8_t)(n + 1);
@@ -600,8 +604,8 @@ static inline void hak_free_inline(void *p) {
   hak_heap_t *heap = hak_tls_heap;
   if (likely(region_tag(r) == heap->region_tag)) {
     hak_page_t *page = page_of(r, p);
-    uintptr_t owner = page_owner(page);
-    if (likely(owner == (uintptr_t)heap)) {
+    uintptr_t owner = page_owner(page), mine = owner ^ (uintptr_t)heap; /* 0: ours, no flags */
+    if (likely(mine == 0)) {
 #ifdef HAK_DEBUG
       if (!hak_free_check(page, p)) return; /* release builds check this only off the fast path */
 #endif
@@ -610,13 +614,16 @@ static inline void hak_free_inline(void *p) {
       return;
     }
     /* a mid block of ours: its page may be parked as full, the cache keeps it anyway */
-    if ((owner & ~(uintptr_t)PAGE_IN_FULL) == ((uintptr_t)heap | PAGE_MID)) {
+    if ((mine | PAGE_IN_FULL) == (PAGE_MID | PAGE_IN_FULL)) {
 #ifdef HAK_DEBUG
       if (!hak_free_check(page, p)) return;
 #endif
       midcache_push(heap, page, p);
       return;
     }
+    /* another heap's page, or flags: on with what is known already */
+    hak_free_other(heap, page, p, owner, r);
+    return;
   }
   hak_free_slow(r, p);
 }
