@@ -154,7 +154,13 @@ static void *aligned_alloc_heap(size_t align, size_t size) {
 static void *aligned_alloc_impl(size_t align, size_t size) {
   if (align <= MIN_ALIGN) return hak_alloc_inline(size);
   /* a thread sharing a heap holds it throughout: marking a page is its owner's write */
-  hak_heap_t *shared = hak_tls_heap == &hak_heap_empty ? hak_shared_enter() : NULL;
+  hak_heap_t *shared = NULL;
+  if (hak_tls_heap == &hak_heap_empty) {
+    shared = hak_shared_enter();
+    /* NULL: the thread reserved a heap's place; take the heap now, as its
+     * thread-exit destructor gives the place back (a mapping alone would not) */
+    if (!shared && !hak_heap_for_thread()) return NULL;
+  }
   void *p = aligned_alloc_heap(align, size);
   if (shared) hak_shared_leave(shared);
   return p;
