@@ -6,10 +6,10 @@
  * handler, the inner fork's prepare handler waits on the same thread for
  * the locks the outer one holds, forever. Another thread sends the same
  * signal at random times too, but only while the main thread waits in
- * waitpid: elsewhere it may be in malloc (not async-signal-safe) or in
- * glibc's own window of fork (atfork_lock held between the handlers), where
- * a fork from a handler deadlocks in glibc whatever the allocator.
- * A watchdog turns a hang into "FAIL: deadlock". */
+ * waitpid (it does not leave that window while a signal is being sent): elsewhere it may be in
+ * malloc (not async-signal-safe) or in glibc's own window of fork (atfork_lock held between the
+ * handlers), where a fork from a handler deadlocks in glibc whatever the allocator. A watchdog
+ * turns a hang into "FAIL: deadlock". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -65,7 +65,13 @@ __attribute__((section(".preinit_array"), used)) static void (*preinit)(void) = 
 static void *signaller(void *arg) {
   (void)arg;
   while (!atomic_load(&stop)) {
-    if (atomic_load(&in_waitpid)) pthread_kill(main_thread, SIGUSR1);
+    /* 2 holds the main thread in its waitpid window until the signal is
+     * queued: a check-then-kill could land after it left, inside malloc */
+    int in = 1;
+    if (atomic_compare_exchange_strong(&in_waitpid, &in, 2)) {
+      pthread_kill(main_thread, SIGUSR1);
+      atomic_store(&in_waitpid, 1);
+    }
     struct timespec ts = {0, 20000 + rand() % 200000};
     nanosleep(&ts, NULL);
   }
@@ -98,7 +104,8 @@ int main(void) {
     atomic_store(&in_waitpid, 1);
     while ((got = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
     }
-    atomic_store(&in_waitpid, 0);
+    for (int in = 1; !atomic_compare_exchange_weak(&in_waitpid, &in, 0); in = 1) {
+    }
     CHECK(got == pid, "waitpid failed");
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child failed (status %#x)", status);
   }
