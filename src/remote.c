@@ -200,18 +200,21 @@ static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
  * the class hands the entry over first. */
 static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   unsigned cls = page->cls;
+  uint32_t block_size = page->block_size;
   hak_stash_t *s = &heap->stash[cls];
   if (s->page) stash_hand_over(heap, cls);
-  if (page->block_size >= STASH_BYTES) {
+  if (block_size >= STASH_BYTES) {
     remote_push(page, b, b, 1);
     stat_inc(&heap->stats.remote_handoffs, 1);
     return;
   }
   s->page = page;
   s->last = b;
+  /* once pushed, a taker may hand b over and the page may be freed and
+   * reused: its descriptor is not read after the push */
   uint16_t pushes = stash_push(s, b);
   s->start = (uint16_t)(pushes - 1);
-  s->limit = (uint16_t)(s->start + (STASH_BYTES + page->block_size - 1) / page->block_size);
+  s->limit = (uint16_t)(s->start + (STASH_BYTES + block_size - 1) / block_size);
   heap->stash_mask |= (uint64_t)1 << cls;
   hak_background_want(); /* it takes the stashes of threads that stopped freeing */
 }
@@ -222,12 +225,13 @@ static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_blo
  * this page's. The push is two plain stores, no CAS: a taker never writes
  * top, it moves the cut. */
 void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
-  hak_stash_t *s = &heap->stash[page->cls];
+  unsigned cls = page->cls; /* read before the push, as in stash_start */
+  hak_stash_t *s = &heap->stash[cls];
   if (unlikely(s->page != page)) {
     stash_start(heap, page, b);
     return;
   }
-  if (unlikely(stash_push(s, b) == s->limit)) stash_hand_over(heap, page->cls);
+  if (unlikely(stash_push(s, b) == s->limit)) stash_hand_over(heap, cls);
 }
 
 /* Hands every stash entry over: on the slow path every so often, on
