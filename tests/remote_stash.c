@@ -211,12 +211,7 @@ struct item {
   size_t n;
 };
 
-struct pair {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  struct item ring[2][QUEUE][BATCH]; /* ring[s]: side s's blocks to the other */
-  int head[2], count[2];
-};
+#include "pair_ring.h"
 
 struct side {
   struct pair *pair;
@@ -227,7 +222,7 @@ struct side {
 static void *side_main(void *arg) {
   struct side *w = arg;
   struct pair *q = w->pair;
-  int me = w->side, other = !me;
+  int me = w->side;
   struct rng r = {w->seed};
   struct item mine[BATCH], theirs[BATCH];
   int sent = 0, received = 0;
@@ -243,24 +238,8 @@ static void *side_main(void *arg) {
       }
       have = true;
     }
-    bool got = false;
-    pthread_mutex_lock(&q->lock);
-    while (!(have && q->count[me] < QUEUE) && q->count[other] == 0)
-      pthread_cond_wait(&q->cond, &q->lock);
-    if (q->count[other] > 0) {
-      memcpy(theirs, q->ring[other][q->head[other]], sizeof theirs);
-      q->head[other] = (q->head[other] + 1) % QUEUE;
-      q->count[other]--;
-      got = true;
-    }
-    if (have && q->count[me] < QUEUE) {
-      memcpy(q->ring[me][(q->head[me] + q->count[me]) % QUEUE], mine, sizeof mine);
-      q->count[me]++;
-      have = false;
-      sent++;
-    }
-    pthread_cond_broadcast(&q->cond);
-    pthread_mutex_unlock(&q->lock);
+    bool had = have, got = pair_exchange(q, me, mine, &have, theirs);
+    if (had && !have) sent++;
     if (got) {
       for (int i = 0; i < BATCH; i++) {
         expect_pattern(theirs[i].p, theirs[i].n);

@@ -62,12 +62,7 @@ static void tag_expect(const struct item *it) {
           (unsigned long long)it->tag, i);
 }
 
-struct pair {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  struct item ring[2][QUEUE][BATCH];
-  int head[2], count[2];
-};
+#include "pair_ring.h"
 
 struct side {
   struct pair *pair;
@@ -80,7 +75,7 @@ static _Atomic int sides_done;
 static void *side_main(void *arg) {
   struct side *w = arg;
   struct pair *q = w->pair;
-  int me = w->side, other = !me;
+  int me = w->side;
   struct rng r = {w->seed};
   struct item mine[BATCH], theirs[BATCH];
   int sent = 0, received = 0;
@@ -98,24 +93,8 @@ static void *side_main(void *arg) {
       }
       have = true;
     }
-    bool got = false;
-    pthread_mutex_lock(&q->lock);
-    while (!(have && q->count[me] < QUEUE) && q->count[other] == 0)
-      pthread_cond_wait(&q->cond, &q->lock);
-    if (q->count[other] > 0) {
-      memcpy(theirs, q->ring[other][q->head[other]], sizeof theirs);
-      q->head[other] = (q->head[other] + 1) % QUEUE;
-      q->count[other]--;
-      got = true;
-    }
-    if (have && q->count[me] < QUEUE) {
-      memcpy(q->ring[me][(q->head[me] + q->count[me]) % QUEUE], mine, sizeof mine);
-      q->count[me]++;
-      have = false;
-      sent++;
-    }
-    pthread_cond_broadcast(&q->cond);
-    pthread_mutex_unlock(&q->lock);
+    bool had = have, got = pair_exchange(q, me, mine, &have, theirs);
+    if (had && !have) sent++;
     if (got) {
       for (int i = 0; i < BATCH; i++) {
         tag_expect(&theirs[i]);
