@@ -4,23 +4,11 @@
  * of them, each written whole, cost at most 5% more resident memory than
  * their bytes. Each case starts from a trimmed heap, so its blocks take
  * pages nobody touched yet. */
-#include "check.h"
-#include "hakmem.h"
+#include "kmem_util.h"
 
 #include <malloc.h>
 
 #define LIVE_BYTES ((size_t)16 << 20)
-
-static long rss_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  long v = -1;
-  if (!f) return -1;
-  while (fgets(line, sizeof line, f))
-    if (!strncmp(line, "VmRSS:", 6)) v = atol(line + 6);
-  fclose(f);
-  return v;
-}
 
 int main(void) {
   static void *p[LIVE_BYTES / 4096];
@@ -30,13 +18,13 @@ int main(void) {
     for (size_t h = 0; h < sizeof headers / sizeof *headers; h++) {
       size_t size = pow + headers[h], n = LIVE_BYTES / size;
       malloc_trim(0);
-      long before = rss_kib();
+      long before = (long)(rss_bytes() >> 10);
       for (size_t i = 0; i < n; i++) {
         p[i] = malloc(opaque_size(size));
         CHECK(p[i], "malloc(%zu) failed", size);
         memset(p[i], 0x5a, size);
       }
-      long after = rss_kib();
+      long after = (long)(rss_bytes() >> 10);
       size_t usable = malloc_usable_size(p[0]);
       double ratio = (double)(after - before) * 1024 / ((double)size * (double)n);
       printf("%zu x %zu: usable %zu, RSS/live %.3f\n", size, n, usable, ratio);

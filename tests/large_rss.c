@@ -7,35 +7,23 @@
  * at start-up), which execs this program again. Live bytes are capped at
  * 512 MiB a case (fewer blocks of the biggest sizes), so the test stays
  * within a shared machine's memory. */
-#include "check.h"
-#include "hakmem.h"
+#include "kmem_util.h"
 
 #include <sys/wait.h>
 
 #define LIVE_CAP ((size_t)512 << 20)
 
-static long rss_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  long v = -1;
-  if (!f) return -1;
-  while (fgets(line, sizeof line, f))
-    if (!strncmp(line, "VmRSS:", 6)) v = atol(line + 6);
-  fclose(f);
-  return v;
-}
-
 static int child(size_t size, int n) {
   void **p = calloc((size_t)n, sizeof *p);
   CHECK(p, "calloc");
   free(malloc(100));
-  long before = rss_kib();
+  long before = (long)(rss_bytes() >> 10);
   for (int i = 0; i < n; i++) {
     p[i] = malloc(opaque_size(size));
     CHECK(p[i], "malloc(%zu) failed", size);
     memset(p[i], 0x5a, size);
   }
-  long after = rss_kib();
+  long after = (long)(rss_bytes() >> 10);
   double ratio = (double)(after - before) * 1024 / ((double)size * n);
   printf("%zu KiB x %d: RSS/live %.3f\n", size >> 10, n, ratio);
   CHECK(ratio <= 1.05, "%zu KiB x %d (%s): RSS grew %ld KiB for %zu KiB live: %.3f > 1.05",

@@ -18,16 +18,7 @@
 #include <stdatomic.h>
 #include "check.h"
 #include "hakmem.h"
-
-#ifdef STRESS_HAK
-#define T_MALLOC hak_malloc
-#define T_FREE hak_free
-#define T_TRIM hak_malloc_trim
-#else
-#define T_MALLOC malloc
-#define T_FREE free
-#define T_TRIM malloc_trim
-#endif
+#include "t_alloc.h"
 
 #define SLOTS 256
 #define LOCAL 48

@@ -15,16 +15,7 @@
 #include <malloc.h>
 #include <stdatomic.h>
 #include "numa_util.h"
-
-#ifdef STRESS_HAK
-#define T_MALLOC hak_malloc
-#define T_FREE hak_free
-#define T_TRIM hak_malloc_trim
-#else
-#define T_MALLOC malloc
-#define T_FREE free
-#define T_TRIM malloc_trim
-#endif
+#include "t_alloc.h"
 
 #define THREADS 8
 #define SLOTS 512

@@ -20,14 +20,7 @@
 #include <stdbool.h>
 #include "check.h"
 #include "hakmem.h"
-
-#ifdef STRESS_HAK
-#define T_MALLOC hak_malloc
-#define T_FREE hak_free
-#else
-#define T_MALLOC malloc
-#define T_FREE free
-#endif
+#include "t_alloc.h"
 
 /* Every thread on the main thread's node: frees across nodes go through
  * the mailboxes, not the stash (HAKMEM_NODES=2, or a NUMA machine where the

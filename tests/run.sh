@@ -155,7 +155,7 @@ run_bin stash_steal
 run_bin stash_idle
 run_one stash_idle_large "$bin/stash_idle" large
 # fork while another thread's stash holds blocks of the forking thread's page.
-run_bin stash_fork
+run_one stash_fork "$bin/stash_steal" fork
 run_bin midcache_mt 8 20000
 run_one midcache_mt_nodes2 env HAKMEM_NODES=2 "$bin/midcache_mt" 8 20000
 # More threads than HAKMEM_MAX_HEAPS: heaps shared under locks, with

@@ -22,23 +22,14 @@
 #include "check.h"
 #include "hakmem.h"
 #include "spawn.h"
+#include "t_alloc.h"
 
 /* TSan does not let a fork child start threads (the child's allocations
  * start hakmem's background thread): its build does not fork. */
 #ifdef STRESS_HAK
 #define FORKS 0
-#define T_MALLOC hak_malloc
-#define T_FREE hak_free
-#define T_CALLOC hak_calloc
-#define T_MEMALIGN hak_posix_memalign
-#define T_TRIM hak_malloc_trim
 #else
 #define FORKS 1
-#define T_MALLOC malloc
-#define T_FREE free
-#define T_CALLOC calloc
-#define T_MEMALIGN posix_memalign
-#define T_TRIM malloc_trim
 #endif
 
 #define SLOTS 2048

@@ -14,22 +14,22 @@
  * idle: a thread stashes 4 blocks of the main thread's page and sleeps;
  *   with nobody trimming or flushing, the background thread hands them
  *   over within a few of its periods.
- * Usage: stash_steal [threads [rounds]] (default 8 2000) */
+ * fork: the same idle thread's stash holds 4 blocks of a page the main
+ *   thread fills and frees the rest of; then it forks. The child (only the
+ *   forking thread, which owns the page) must get all the page's blocks
+ *   back: the freer's stash lives in a heap of a thread the child does not
+ *   have (without the fork child's take those 4 blocks stay used for good).
+ * Usage: stash_steal [threads [rounds]] (default 8 2000: idle and race)
+ *        stash_steal fork */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/wait.h>
 #include <time.h>
 #include "check.h"
 #include "hakmem.h"
-
-#ifdef STRESS_HAK
-#define T_MALLOC hak_malloc
-#define T_FREE hak_free
-#else
-#define T_MALLOC malloc
-#define T_FREE free
-#endif
+#include "t_alloc.h"
 
 #define BATCH 64
 #define QUEUE 4
@@ -174,9 +174,12 @@ static int race(int threads, int rounds) {
   return 0;
 }
 
-/* ---- idle ---- */
+/* ---- idle and fork: a freer whose stash holds 4 blocks and who sleeps ---- */
+
+#define PAGE_OF(p) ((uintptr_t)(p) & ~(uintptr_t)0xFFFF)
 
 static void *page_blocks[64];
+static int npage;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int freed, go_exit;
@@ -197,16 +200,30 @@ static void *idle_freer(void *arg) {
   return NULL;
 }
 
-static int idle(void) {
-  for (int i = 0; i < 64; i++)
-    page_blocks[i] = T_MALLOC(1024);
-  uint64_t before = stats().remote_handoffs;
+/* Starts the freer of page_blocks[0..3] and returns once it freed them. */
+static pthread_t idle_freer_start(void) {
   pthread_t t;
   CHECK(pthread_create(&t, NULL, idle_freer, NULL) == 0, "pthread_create");
   pthread_mutex_lock(&lock);
   while (!freed)
     pthread_cond_wait(&cond, &lock);
   pthread_mutex_unlock(&lock);
+  return t;
+}
+
+static void idle_freer_stop(pthread_t t) {
+  pthread_mutex_lock(&lock);
+  go_exit = 1;
+  pthread_cond_broadcast(&cond);
+  pthread_mutex_unlock(&lock);
+  pthread_join(t, NULL);
+}
+
+static int idle(void) {
+  for (int i = 0; i < 64; i++)
+    page_blocks[i] = T_MALLOC(1024);
+  uint64_t before = stats().remote_handoffs;
+  pthread_t t = idle_freer_start();
   void *volatile big = T_MALLOC(4 << 20); /* a slow path: the background thread starts */
   T_FREE(big);
   struct timespec ms10 = {0, 10000000};
@@ -218,17 +235,57 @@ static int idle(void) {
   printf("idle: the stashed chain was handed over after %d ms\n", waited * 10);
   CHECK(stats().remote_handoffs > before,
         "a sleeping thread's stash was not handed over in 10 s (background thread)");
-  pthread_mutex_lock(&lock);
-  go_exit = 1;
-  pthread_cond_broadcast(&cond);
-  pthread_mutex_unlock(&lock);
-  pthread_join(t, NULL);
+  idle_freer_stop(t);
   for (int i = 4; i < 64; i++)
     T_FREE(page_blocks[i]);
   return 0;
 }
 
+static int fork_child_takes(void) {
+  enum { N = 64 * 3, BS = 1024 };
+  static void *b[N];
+  for (int i = 0; i < N; i++)
+    b[i] = T_MALLOC(BS);
+  uintptr_t p = PAGE_OF(b[N / 2]); /* a page in the middle: full, not page 0 of a region */
+  for (int i = 0; i < N; i++)
+    if (PAGE_OF(b[i]) == p) {
+      page_blocks[npage++] = b[i];
+      b[i] = NULL;
+    }
+  CHECK(npage >= 32, "only %d blocks of %d B on one page", npage, BS);
+  pthread_t t = idle_freer_start();
+  for (int i = 4; i < npage; i++)
+    T_FREE(page_blocks[i]);
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork");
+  if (pid == 0) {
+    int back = 0;
+    static void *again[4096];
+    for (int i = 0; i < 4096; i++) {
+      again[i] = T_MALLOC(BS);
+      if (PAGE_OF(again[i]) == p) back++;
+    }
+    if (back < npage) {
+      fprintf(stderr,
+              "FAIL: child: %d of the %d blocks of its page came back in 4096 mallocs; the "
+              "other %d were freed before the fork by a thread whose stash held them\n",
+              back, npage, npage - back);
+      _exit(1);
+    }
+    fprintf(stderr, "child: all %d blocks of the page came back\n", back);
+    _exit(0);
+  }
+  int status;
+  CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+  idle_freer_stop(t);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (status %d)", status);
+  for (int i = 0; i < N; i++)
+    T_FREE(b[i]);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   node0 = hakmem_thread_node();
+  if (argc > 1 && strcmp(argv[1], "fork") == 0) return fork_child_takes();
   return idle() || race(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 2000);
 }

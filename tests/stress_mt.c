@@ -15,22 +15,7 @@
 #include <stdatomic.h>
 #include "check.h"
 #include "hakmem.h"
-
-#ifdef STRESS_HAK
-#define T_MALLOC hak_malloc
-#define T_FREE hak_free
-#define T_CALLOC hak_calloc
-#define T_REALLOC hak_realloc
-#define T_MEMALIGN hak_posix_memalign
-#define T_USABLE hak_malloc_usable_size
-#else
-#define T_MALLOC malloc
-#define T_FREE free
-#define T_CALLOC calloc
-#define T_REALLOC realloc
-#define T_MEMALIGN posix_memalign
-#define T_USABLE malloc_usable_size
-#endif
+#include "t_alloc.h"
 
 #define SLOTS 1024
 #define LOCAL 64
