@@ -101,6 +101,9 @@ run_sanitized() {
     return
   fi
   mv -f "$out.$$" "$out" # a rename: a concurrent run keeps its own binary
+  # 5-15x slower than the plain build, more on a loaded machine (shared_heaps_tsan
+  # took 25-73 s here while two builds ran): twice the time before it counts as hung
+  local TIMEOUT=$((TIMEOUT * 2))
   run_one "$name" "$out" "$@"
 }
 
