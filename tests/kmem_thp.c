@@ -9,6 +9,11 @@
  *   (A region is collapsed only once 31/32 of it is resident: a heap of 16-64
  *   KiB blocks leaves too much of its class pages untouched; 1-8 KiB blocks
  *   fill them.)
+ * - collapse, paced: of a dense heap of 32 regions, one region is collapsed
+ *   a background pass (each collapse copies 2 MiB on the background thread,
+ *   which competes with the application); with HAKMEM_PURGE_DELAY_MS=2000
+ *   the passes are 1 s apart, and 300 ms after the first collapse there is
+ *   still only one.
  * - collapse where MADV_COLLAPSE is refused (EINVAL): no huge page, one line
  *   under HAKMEM_VERBOSE=1, none without.
  * - 1: a 256 MiB live heap gets huge pages at once (advice at mapping).
@@ -156,6 +161,22 @@ static int child_main(const char *mode) {
           "refused: thp_bytes %llu MiB, %llu collapses, expected none",
           (unsigned long long)(s.thp_bytes / MIB), (unsigned long long)s.thp_collapses);
     free_all(n);
+  } else if (!strcmp(mode, "paced")) { /* HAKMEM_PURGE_DELAY_MS=2000: a pass a second */
+    size_t n = build_sized(64 * MIB, 1 * KIB, 8 * KIB, SIZE_MAX);
+    long until = now_ms() + 5 * SETTLE_MS;
+    hak_stats_t s;
+    do {
+      sleep_ms(5);
+      s = stats_now();
+    } while (s.thp_collapses == 0 && now_ms() < until);
+    if (s.thp_collapses == 0) SKIP("no region was collapsed in 5 s (memory too fragmented?)");
+    long first = now_ms();
+    sleep_ms(300);
+    s = checked_stats(mode, "64 MiB touched, 300 ms after the first collapse");
+    if (now_ms() - first < 900) /* still within the pass (a loaded machine may stall us) */
+      CHECK(s.thp_collapses == 1, "paced: %llu collapses in one background pass, expected 1",
+            (unsigned long long)s.thp_collapses);
+    free_all(n);
   } else { /* dense: collapsed within a few periods, split again when freed */
     size_t n = build_sized(64 * MIB, 1 * KIB, 8 * KIB, SIZE_MAX); /* pages filled whole */
     hak_stats_t s = checked_stats(mode, "64 MiB touched, at once");
@@ -214,6 +235,9 @@ int main(int argc, char **argv) {
   child_ok("dense", deflt, &c);
   fputs(c.err, stdout);
   child_ok("dense", collapse, &c);
+  fputs(c.err, stdout);
+  const char *paced[] = {"HAKMEM_PURGE_DELAY_MS=2000", NULL};
+  child_ok("paced", paced, &c);
   fputs(c.err, stdout);
   const char *refused_verbose[] = {"HAKMEM_VERBOSE=1", NULL};
   child_ok("refused", refused_verbose, &c);

@@ -226,6 +226,9 @@ run_bin large_rss
 # Power-of-two buffers plus a small header (4-64 KiB): usable size at most
 # 1/32 past the power of two, RSS / live bytes at most 1.05.
 run_bin header_rss
+# Spans of the 4-64 KiB classes: at most 5% of their pages covered by no
+# block (committed bytes over live bytes, every class).
+run_bin span_tail
 run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
