@@ -183,19 +183,17 @@ HAK_NOINLINE void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls) {
   stat_inc(&heap->stats.remote_handoffs, 1);
 }
 
-/* stash, first block: of page in its class's entry (the push, the rest
- * of the time, is hak_remote_stash in internal.h). A block of another page
- * of the class hands the entry over first. */
-HAK_NOINLINE void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+/* stash, first block: of page in its class's empty entry (the push, the
+ * rest of the time, is hak_remote_stash in internal.h). */
+static inline void stash_begin(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   unsigned cls = page->cls;
   uint32_t block_size = page->block_size;
-  hak_stash_t *s = &heap->stash[cls];
-  if (s->page) hak_remote_stash_hand_over(heap, cls);
   if (block_size >= STASH_BYTES) {
-    remote_push(page, b, b, 1);
     stat_inc(&heap->stats.remote_handoffs, 1);
+    remote_push(page, b, b, 1);
     return;
   }
+  hak_stash_t *s = &heap->stash[cls];
   s->page = page;
   s->last = b;
   s->capacity = page->capacity;
@@ -206,9 +204,24 @@ HAK_NOINLINE void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak
    * reused: its descriptor is not read after the push */
   uint16_t pushes = hak_stash_push(s, b);
   s->start = (uint16_t)(pushes - 1);
-  s->limit = (uint16_t)(s->start + (STASH_BYTES + block_size - 1) / block_size);
+  /* ceil(STASH_BYTES / block_size), by the class's inverse: no divide */
+  s->limit = (uint16_t)(s->start + class_block_index(cls, STASH_BYTES + block_size - 1));
   heap->stash_mask |= (uint64_t)1 << cls;
   hak_background_want(); /* it takes the stashes of threads that stopped freeing */
+}
+
+/* A block of another page of the class hands the entry over first; out of
+ * line, so that the common start, into an empty entry, saves no registers. */
+static HAK_NOINLINE void stash_switch(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+  hak_remote_stash_hand_over(heap, page->cls);
+  stash_begin(heap, page, b);
+}
+
+HAK_NOINLINE void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+  if (heap->stash[page->cls].page)
+    stash_switch(heap, page, b);
+  else
+    stash_begin(heap, page, b);
 }
 
 /* Hands every stash entry over: on the slow path every so often, on
