@@ -184,12 +184,35 @@ void hak_free_slow(hak_region_t *r, void *p) {
 /* The inline free's page of a small region of the heap's node, not the
  * heap's own without flags: its page, owner word and region r as the
  * inline free read them. The common case is a remote free of a small
- * block into the stash, here without the general path's layers (on a pair
- * of threads handing blocks over, this is half of what free costs). */
+ * block into the stash, here without the general path's layers and with
+ * the stash's push inline, one leaf function (on a pair of threads handing
+ * blocks over, this is half of what free costs). */
 void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r) {
   uintptr_t other = owner & ~PAGE_FLAG_MASK;
-  if (!other || other == (uintptr_t)heap || (owner & PAGE_LARGE)) {
+  if (unlikely(other == (uintptr_t)heap)) { /* ours, with flags: parked, aligned blocks */
+    hak_free_block(heap, r, p);
+    return;
+  }
+  if (unlikely(!other || (owner & PAGE_LARGE))) {
     hak_free_slow(r, p);
+    return;
+  }
+  /* The common case: more of the page its stash entry gathers. An entry
+   * holds pages of its class only, whose blocks lie the same in every life
+   * of the page, so p is checked against the blocks the entry noted (the
+   * test below without the descriptor's fields). */
+  unsigned cls = page->cls;
+  hak_stash_t *s = &heap->stash[cls];
+  char *q = p;
+  if (likely(s->page == page)) {
+    size_t off = (size_t)(q - s->first), idx = (size_t)((off * s->inverse) >> CLASS_INVERSE_SHIFT);
+    if (unlikely(idx >= s->capacity || off != idx * s->block_size)) {
+      hak_free_slow(r, p);
+      return;
+    }
+    stat_inc(&heap->stats.remote_frees, 1);
+    if (unlikely(hak_stash_push(s, (hak_block_t *)q) == s->limit))
+      hak_remote_stash_hand_over(heap, cls);
     return;
   }
   /* hak_free_check's test for a page not ours, its start from r at hand:
@@ -197,17 +220,18 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
    * block at all) the general path checks in full. No p below the start
    * passes: whatever index the wrapped offset gives, its block is above p. */
   uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
-  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE), *q = p;
-  size_t bs = page->block_size, idx = class_block_index(page->cls, (size_t)(q - start));
+  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE);
+  size_t bs = page->block_size, idx = class_block_index(cls, (size_t)(q - start));
   if (unlikely(bs == 0 || idx >= page->capacity || q != start + idx * bs)) {
     hak_free_slow(r, p);
     return;
   }
   stat_inc(&heap->stats.remote_frees, 1);
-  hak_remote_stash(heap, page, (hak_block_t *)q);
+  hak_remote_stash_start(heap, page, (hak_block_t *)q);
 }
 
-void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p) {
+/* Not inlined: hak_free_other stays a leaf that saves no registers. */
+HAK_NOINLINE void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p) {
   hak_page_t *page = block_page(r, &p);
   if (page) hak_free_route(heap, page, p);
 }
@@ -238,7 +262,7 @@ void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   /* a page without owner is freed into at once: its last block's freer
    * gives it back to its region */
   if (owner && heap != &hak_heap_empty)
-    hak_remote_stash(heap, page, b);
+    hak_remote_stash(heap, page, page->cls, b);
   else
     hak_remote_free(page, b);
 }

@@ -183,7 +183,7 @@ typedef struct hak_heap_stats {
  * (remote.c): a chain the freeing heap pushes onto with plain stores, of
  * which any thread may take the blocks pushed since the last cut (the
  * heap's stash_cut). */
-typedef struct hak_stash {
+typedef struct __attribute__((aligned(64))) hak_stash {
   /* the newest block | pushes mod 2^16 << 48; written by the freeing heap */
   _Atomic uintptr_t top;
   /* the freeing heap's own: the page it pushes blocks of (NULL: none), its
@@ -192,8 +192,15 @@ typedef struct hak_stash {
   hak_page_t *page;
   hak_block_t *last;
   uint16_t start, limit;
+  /* the page's blocks, for the remote free's check of a pointer without
+   * its descriptor: the same in every life the page has in this class, the
+   * only one in which the free finds the page in this entry */
+  uint16_t capacity;
+  uint32_t block_size;
+  uint64_t inverse; /* hak_class_inverse of the class */
+  char *first;      /* the first block */
 } hak_stash_t;
-_Static_assert(sizeof(hak_stash_t) == 32, "a stash entry is indexed by shift");
+_Static_assert(sizeof(hak_stash_t) == 64, "a stash entry is indexed by shift");
 _Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 
 struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
@@ -436,7 +443,8 @@ size_t hak_pool_collapse(void); /* HAKMEM_THP=collapse: the background thread's 
 
 typedef enum { PARK_DONE, PARK_RETRY, PARK_LATER } park_result_t;
 void hak_remote_free(hak_page_t *page, hak_block_t *b);
-void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
+void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
+void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls);
 void hak_remote_stash_flush(hak_heap_t *heap);
 void hak_remote_stash_take(hak_heap_t *heap, bool idle_only);
 size_t hak_page_collect_remote(hak_page_t *page);
@@ -450,6 +458,37 @@ bool hak_abandoned_claim(hak_page_t *page, hak_heap_t *heap);
 void hak_abandoned_trim(void);
 void hak_abandoned_fork_prepare(void);
 void hak_abandoned_fork_release(void);
+
+/* A stash's top counts its pushes in the bits above the block address, as
+ * the remote word counts its list; a chain holds far fewer than 2^16. */
+#define STASH_PUSH_ONE REMOTE_COUNT_ONE
+
+/* Returns the pushes so far, mod 2^16. */
+static inline uint16_t hak_stash_push(hak_stash_t *s, hak_block_t *b) {
+  uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
+  uintptr_t pushes = top / STASH_PUSH_ONE + 1;
+  b->next = remote_list(top);
+  atomic_store_explicit(&s->top, (uintptr_t)b | pushes * STASH_PUSH_ONE, memory_order_release);
+  return (uint16_t)pushes;
+}
+
+/* stash (remote.c's protocol): b, freed by heap into another heap's page,
+ * waits in heap's entry for the page's class. It stays counted in the
+ * page's used blocks, so the page is neither retired nor reclaimed
+ * meanwhile and its descriptor stays this page's. The push is two plain
+ * stores, no CAS: a taker never writes top, it moves the cut. Inline, so
+ * that the remote free is one function (hak_free_other). cls is the page's,
+ * read before the push: once pushed, a taker may hand b over and the page
+ * be freed. */
+static inline void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, unsigned cls,
+                                    hak_block_t *b) {
+  hak_stash_t *s = &heap->stash[cls];
+  if (unlikely(s->page != page)) {
+    hak_remote_stash_start(heap, page, b);
+    return;
+  }
+  if (unlikely(hak_stash_push(s, b) == s->limit)) hak_remote_stash_hand_over(heap, cls);
+}
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */
 

@@ -149,10 +149,6 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b) {
  * NUM_CLASSES * STASH_BYTES held back from the owners per heap. */
 #define STASH_BYTES 8192
 
-/* A stash's top counts its pushes in the bits above the block address, as
- * the remote word counts its list; a chain holds far fewer than 2^16. */
-#define STASH_PUSH_ONE REMOTE_COUNT_ONE
-
 /* Blocks pushed and not yet handed over: past the cut. */
 static size_t stash_pending(uintptr_t top, uint64_t cut) {
   return (size_t)((top / STASH_PUSH_ONE - cut) & 0xFFFF);
@@ -166,19 +162,10 @@ static hak_block_t *chain_at(hak_block_t *first, size_t n) {
   return first;
 }
 
-/* Returns the pushes so far, mod 2^16. */
-static inline uint16_t stash_push(hak_stash_t *s, hak_block_t *b) {
-  uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
-  uintptr_t pushes = top / STASH_PUSH_ONE + 1;
-  b->next = remote_list(top);
-  atomic_store_explicit(&s->top, (uintptr_t)b | pushes * STASH_PUSH_ONE, memory_order_release);
-  return (uint16_t)pushes;
-}
-
 /* Out of line: the stashing free stays a leaf without saved registers.
  * One CAS moves the cut past the freer's pushes; when another thread took
  * the older ones meanwhile, the rest is walked for its end. */
-static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
+HAK_NOINLINE void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
   heap->stash_mask &= ~((uint64_t)1 << cls);
   hak_page_t *page = s->page;
@@ -196,49 +183,52 @@ static HAK_NOINLINE void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   stat_inc(&heap->stats.remote_handoffs, 1);
 }
 
-/* The first block of page in its class's entry: a block of another page of
- * the class hands the entry over first. */
-static HAK_NOINLINE void stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+/* stash, first block: of page in its class's empty entry (the push, the
+ * rest of the time, is hak_remote_stash in internal.h). */
+static inline void stash_begin(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
   unsigned cls = page->cls;
   uint32_t block_size = page->block_size;
-  hak_stash_t *s = &heap->stash[cls];
-  if (s->page) stash_hand_over(heap, cls);
   if (block_size >= STASH_BYTES) {
-    remote_push(page, b, b, 1);
     stat_inc(&heap->stats.remote_handoffs, 1);
+    remote_push(page, b, b, 1);
     return;
   }
+  hak_stash_t *s = &heap->stash[cls];
   s->page = page;
   s->last = b;
+  s->capacity = page->capacity;
+  s->block_size = block_size;
+  s->inverse = hak_class_inverse[cls];
+  s->first = page_start(page);
   /* once pushed, a taker may hand b over and the page may be freed and
    * reused: its descriptor is not read after the push */
-  uint16_t pushes = stash_push(s, b);
+  uint16_t pushes = hak_stash_push(s, b);
   s->start = (uint16_t)(pushes - 1);
-  s->limit = (uint16_t)(s->start + (STASH_BYTES + block_size - 1) / block_size);
+  /* ceil(STASH_BYTES / block_size), by the class's inverse: no divide */
+  s->limit = (uint16_t)(s->start + class_block_index(cls, STASH_BYTES + block_size - 1));
   heap->stash_mask |= (uint64_t)1 << cls;
   hak_background_want(); /* it takes the stashes of threads that stopped freeing */
 }
 
-/* stash: b, freed by heap into another heap's page, waits in heap's entry
- * for the page's class. It stays counted in the page's used blocks, so the
- * page is neither retired nor reclaimed meanwhile and its descriptor stays
- * this page's. The push is two plain stores, no CAS: a taker never writes
- * top, it moves the cut. */
-void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
-  unsigned cls = page->cls; /* read before the push, as in stash_start */
-  hak_stash_t *s = &heap->stash[cls];
-  if (unlikely(s->page != page)) {
-    stash_start(heap, page, b);
-    return;
-  }
-  if (unlikely(stash_push(s, b) == s->limit)) stash_hand_over(heap, cls);
+/* A block of another page of the class hands the entry over first; out of
+ * line, so that the common start, into an empty entry, saves no registers. */
+static HAK_NOINLINE void stash_switch(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+  hak_remote_stash_hand_over(heap, page->cls);
+  stash_begin(heap, page, b);
+}
+
+HAK_NOINLINE void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
+  if (heap->stash[page->cls].page)
+    stash_switch(heap, page, b);
+  else
+    stash_begin(heap, page, b);
 }
 
 /* Hands every stash entry over: on the slow path every so often, on
  * hakmem_flush, malloc_trim and thread exit. */
 void hak_remote_stash_flush(hak_heap_t *heap) {
   while (heap->stash_mask)
-    stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
+    hak_remote_stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
 }
 
 /* take: another thread hands over the blocks heap pushed past the cut, so

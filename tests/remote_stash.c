@@ -8,6 +8,11 @@
  *   its blocks wait in a stash, their page's owner exits and the freer
  *   adopts the page: it must get every block it stashed back from its own
  *   page.
+ * checks: once a freer's stash gathers a page, its next frees into that
+ *   page are checked against the blocks the stash noted, not the page's
+ *   descriptor: an interior pointer, the page's tail past its last block
+ *   and a pointer below its first block each count one invalid free and
+ *   leave the blocks intact; the valid frees around them count as remote.
  * pairs: T threads in pairs free each other's 16-512 B blocks in batches,
  *   patterns checked; every block comes back (committed memory bounded)
  *   and the counters show chains (remote_frees several times
@@ -194,6 +199,66 @@ static int counts(void) {
   return 0;
 }
 
+/* ---- checks ---- */
+
+#define CHECK_SIZE 100 /* 112-byte blocks: a page's tail (16 B, 64 on page 0) holds no block */
+#define CHECK_BS 112
+static char *check_page[2]; /* two blocks next to each other on one page */
+static uint64_t check_invalid, check_valid;
+
+static void *free_checked(void *arg) {
+  (void)arg;
+  same_node();
+  void *volatile own = T_MALLOC(3000);
+  T_FREE(own);
+  char *a = check_page[0], *b = check_page[1];
+  uintptr_t base = (uintptr_t)a & ~(uintptr_t)0xFFFF;
+  bool page0 = (base & (((uintptr_t)2 << 20) - 1)) == 0;
+  char *first = (char *)base + (page0 ? 4096 : 0);
+  size_t capacity = (size_t)((char *)base + 0x10000 - first) / CHECK_BS;
+  hak_stats_t s0 = stats();
+  T_FREE(a); /* starts the stash's entry for the page */
+  T_FREE(opaque_ptr(b + 16));
+  T_FREE(opaque_ptr(first + capacity * CHECK_BS));
+  T_FREE(opaque_ptr(first - (page0 ? 16 : CHECK_BS))); /* page 0: into its region header */
+  expect_pattern(b, CHECK_SIZE);
+  T_FREE(b);
+  hak_stats_t s1 = stats();
+  check_invalid = s1.invalid_frees - s0.invalid_frees;
+  check_valid = s1.remote_frees - s0.remote_frees;
+  hakmem_flush();
+  return NULL;
+}
+
+static int checks(void) {
+  enum { N = 64 };
+  void *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = T_MALLOC(CHECK_SIZE);
+    CHECK(p[i], "malloc failed");
+    fill_pattern(p[i], CHECK_SIZE);
+  }
+  int i = 0;
+  while (i + 1 < N && ((uintptr_t)p[i] >> 16 != (uintptr_t)p[i + 1] >> 16 ||
+                       (char *)p[i + 1] - (char *)p[i] != CHECK_BS))
+    i++;
+  CHECK(i + 1 < N, "no two 112-byte blocks next to each other on a page");
+  check_page[0] = p[i];
+  check_page[1] = p[i + 1];
+  run(free_checked);
+  printf("3 bad frees among a stash's checked ones: invalid_frees %llu, remote_frees %llu\n",
+         (unsigned long long)check_invalid, (unsigned long long)check_valid);
+  CHECK(check_invalid == 3, "3 bad remote frees counted %llu invalid frees",
+        (unsigned long long)check_invalid);
+  CHECK(check_valid == 2, "2 good remote frees counted %llu", (unsigned long long)check_valid);
+  for (int k = 0; k < N; k++)
+    if (k != i && k != i + 1) {
+      expect_pattern(p[k], CHECK_SIZE);
+      T_FREE(p[k]);
+    }
+  return 0;
+}
+
 /* ---- pairs ---- */
 
 #define BATCH 64
@@ -287,5 +352,6 @@ static int pairs(int threads, int rounds) {
 
 int main(int argc, char **argv) {
   node0 = hakmem_thread_node();
-  return counts() || pairs(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 10000);
+  return counts() || checks() ||
+         pairs(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 10000);
 }
