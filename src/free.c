@@ -197,7 +197,8 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
    * block at all) the general path checks in full. No p below the start
    * passes: whatever index the wrapped offset gives, its block is above p. */
   uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
-  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE), *q = p;
+  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE) + (size_t)page->color * SPAN_COLOR_STEP,
+       *q = p;
   size_t bs = page->block_size, idx = class_block_index(page->cls, (size_t)(q - start));
   if (unlikely(bs == 0 || idx >= page->capacity || q != start + idx * bs)) {
     hak_free_slow(r, p);

@@ -223,6 +223,10 @@ run_bin large_rss
 # Power-of-two buffers plus a small header (4-64 KiB): usable size at most
 # 1/32 past the power of two, RSS / live bytes at most 1.05.
 run_bin header_rss
+# Spans of a size class start their blocks at different offsets (colors):
+# 12 KiB and 5 KiB blocks at many offsets modulo 4 KiB, power-of-two ones
+# and aligned_alloc's still aligned, no two blocks overlapping.
+run_bin span_color
 run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
