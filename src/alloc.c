@@ -125,8 +125,11 @@ static void *aligned_alloc_heap(size_t align, size_t size) {
   if (align <= PAGE_SIZE) {
     if (size <= SMALL_MAX) {
       unsigned cls = class_of(size);
-      /* blocks of a size that is a multiple of align are aligned already */
-      if (align <= REGION_HEADER_SIZE && hak_class_size[cls] % align == 0)
+      /* blocks of a size that is a multiple of align are aligned already,
+       * past the colors of their spans for a size not a power of two */
+      size_t bs = hak_class_size[cls];
+      if (bs % align == 0 && (align <= SPAN_COLOR_STEP || !(bs & (bs - 1))) &&
+          align <= REGION_HEADER_SIZE)
         return hak_alloc_inline(size);
     }
     if (size + align - 1 <= SMALL_MAX) {

@@ -199,7 +199,8 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
   }
   /* The common case: more of the page its stash entry gathers. An entry
    * holds pages of its class only, whose blocks lie the same in every life
-   * of the page, so p is checked against the blocks the entry noted (the
+   * of the page (its color too: page.c derives it from the descriptor's
+   * address and the class), so p is checked against the blocks the entry noted (the
    * test below without the descriptor's fields). */
   unsigned cls = page->cls;
   hak_stash_t *s = &heap->stash[cls];
@@ -220,7 +221,7 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
    * block at all) the general path checks in full. No p below the start
    * passes: whatever index the wrapped offset gives, its block is above p. */
   uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
-  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE);
+  char *start = (char *)r + (at ? at : REGION_HEADER_SIZE) + (size_t)page->color * SPAN_COLOR_STEP;
   size_t bs = page->block_size, idx = class_block_index(cls, (size_t)(q - start));
   if (unlikely(bs == 0 || idx >= page->capacity || q != start + idx * bs)) {
     hak_free_slow(r, p);

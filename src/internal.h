@@ -115,12 +115,15 @@ typedef struct hak_page {
    * of the largest in the high one: free accepts no other offsets */
   _Atomic uint8_t align_shifts;
   uint32_t block_size;
-  uint16_t capacity;         /* blocks the span holds */
-  uint16_t reserved;         /* blocks carved so far */
-  uint8_t free_is_zero : 1;  /* blocks on `free` are zero but for their first word */
-  uint8_t fresh_zero : 1;    /* not yet carved blocks are zero */
+  uint16_t capacity; /* blocks the span holds */
+  uint16_t reserved; /* blocks carved so far */
+  /* the first block's offset past the span's base, in SPAN_COLOR_STEPs
+   * (page.c); set before the span has an owner, read by any freer */
+  uint8_t color;
   _Atomic uint8_t abandoned; /* on its region node's abandoned list (remote.c) */
-  uint8_t span_pages;
+  uint8_t span_pages : 6;
+  uint8_t free_is_zero : 1;     /* blocks on `free` are zero but for their first word */
+  uint8_t fresh_zero : 1;       /* not yet carved blocks are zero */
   uint8_t back;                 /* descriptors back to the span's head */
   _Atomic uintptr_t remote;     /* other threads' frees | state */
   struct hak_page *next, *prev; /* heap queue or abandoned list */
@@ -289,11 +292,21 @@ static inline hak_region_t *region_of_page(const hak_page_t *page) {
   return (hak_region_t *)((uintptr_t)page & ~(uintptr_t)(REGION_SIZE - 1));
 }
 
-/* First block of a span: its page's address, past the header on page 0. */
+/* Spans of one size class start their blocks at different offsets (within
+ * the bytes the blocks leave over), so that blocks whose size is a multiple
+ * of 4 KiB do not all begin in the same cache sets: a program touching the
+ * first lines of such blocks would use one of the L1's 64 sets (and 1/64 of
+ * the L2's where huge pages back them). */
+#define SPAN_COLOR_STEP 64
+#define SPAN_COLORS 64
+
+/* First block of a span: its page's address, past the header on page 0,
+ * and past its color. */
 static inline char *page_start(const hak_page_t *page) {
   hak_region_t *r = region_of_page(page);
   size_t idx = (size_t)(page - r->pages);
-  return (char *)r + (idx ? idx * PAGE_SIZE : REGION_HEADER_SIZE);
+  return (char *)r + (idx ? idx * PAGE_SIZE : REGION_HEADER_SIZE) +
+         (size_t)page->color * SPAN_COLOR_STEP;
 }
 
 static inline uintptr_t page_owner(const hak_page_t *pg) {

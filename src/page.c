@@ -6,11 +6,31 @@
 
 #define EXTEND_BYTES 16384 /* carve at most this much at a time: RSS follows use */
 
+/* The span's color: an offset within the bytes its blocks leave over, from
+ * its address, so spans of a class taken one after another differ. Within
+ * the 4 KiB page the blocks end in, so the span touches no page more; but
+ * where the blocks end on a page boundary (sizes of whole KiBs, the ones
+ * whose blocks begin at a few offsets modulo 4 KiB) a color costs one 4 KiB
+ * page more of a full span. Blocks of a power-of-two size stay aligned to
+ * it (aligned_alloc relies on it); they fill their pages exactly anyway,
+ * but on page 0. */
+static unsigned span_color(const hak_page_t *page, size_t used, size_t spare, size_t bs) {
+  size_t pad = -used & 4095; /* spans start on a 4 KiB boundary */
+  size_t colors = (pad ? pad : spare) / SPAN_COLOR_STEP + 1;
+  if (!(bs & (bs - 1)) || colors == 1) return 0;
+  if (colors > SPAN_COLORS) colors = SPAN_COLORS;
+  /* 37 is odd: 64 pages in a row take 64 colors */
+  return (unsigned)((((uintptr_t)page / sizeof *page) * 37) % colors);
+}
+
 void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero) {
-  char *start = page_start(page);
+  char *start = page_start(page); /* color 0: as the pool hands spans out */
   size_t bytes = page->span_pages * PAGE_SIZE - ((uintptr_t)start & (PAGE_SIZE - 1));
-  page->block_size = hak_class_size[cls];
-  page->capacity = (uint16_t)(bytes / page->block_size);
+  size_t bs = hak_class_size[cls];
+  page->block_size = (uint32_t)bs;
+  page->capacity = (uint16_t)(bytes / bs);
+  size_t used = page->capacity * bs;
+  page->color = (uint8_t)span_color(page, used, bytes - used, bs);
   page->reserved = 0;
   page->used = 0;
   page->free = NULL;

@@ -176,6 +176,7 @@ static void page_clear(hak_page_t *d, unsigned back) {
   atomic_store_explicit(&d->align_shifts, 0, memory_order_relaxed);
   d->block_size = 0;
   d->capacity = d->reserved = 0;
+  d->color = 0;
   d->free_is_zero = d->fresh_zero = 0;
   atomic_store_explicit(&d->abandoned, 0, memory_order_relaxed);
   d->span_pages = 0;

@@ -10,8 +10,9 @@
  * thread fault the next ones in (ahead), instead of page by page on use. */
 static void hak_prefault(hak_page_t *span, bool zero) {
   if (hak_opt.prefault == PREFAULT_PAGE && zero) {
-    kmem_populate(page_start(span), (size_t)span->span_pages * PAGE_SIZE -
-                                        ((uintptr_t)page_start(span) & (PAGE_SIZE - 1)));
+    /* from the span's first 4 KiB page: its color moves its blocks past it */
+    char *base = (char *)((uintptr_t)page_start(span) & ~(uintptr_t)4095);
+    kmem_populate(base, (size_t)span->span_pages * PAGE_SIZE - ((uintptr_t)base & (PAGE_SIZE - 1)));
   } else if (hak_opt.prefault == PREFAULT_AHEAD) {
     hak_background_ahead(span);
   }

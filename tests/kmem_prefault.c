@@ -15,22 +15,22 @@
  * pages) races the program, so it is only run for correctness here. */
 #include "kmem_util.h"
 
-#define BLOCK (16 * KIB)
 #define HEAP (64 * MIB)
-#define NBLK (HEAP / BLOCK)
 
-static void *blocks[NBLK];
+static size_t block; /* 16 KiB; 12 KiB: blocks on colored spans, which start past their page */
+static size_t nblk;
+static void *blocks[HEAP / (12 * KIB)];
 
 static int child_main(void) {
   hak_stats_t s0 = stats_now();
   long f0 = minor_faults();
-  for (size_t i = 0; i < NBLK; i++) {
-    blocks[i] = malloc(BLOCK);
-    CHECK(blocks[i], "malloc(%zu) failed", (size_t)BLOCK);
+  for (size_t i = 0; i < nblk; i++) {
+    blocks[i] = malloc(block);
+    CHECK(blocks[i], "malloc(%zu) failed", block);
   }
   long f1 = minor_faults();
-  for (size_t i = 0; i < NBLK; i++)
-    touch(blocks[i], BLOCK);
+  for (size_t i = 0; i < nblk; i++)
+    touch(blocks[i], block);
   long f2 = minor_faults();
   hak_stats_t s1 = stats_now();
   /* where THP is "always" the kernel may use huge pages anyway (kmem_thp
@@ -40,13 +40,13 @@ static int child_main(void) {
          "per 4 KiB cannot be measured",
          (unsigned long long)(s1.thp_bytes / MIB));
   /* the memory reads as zero where it was not written, and holds data */
-  for (size_t i = 0; i < NBLK; i++) {
+  for (size_t i = 0; i < nblk; i++) {
     const char *b = blocks[i];
-    CHECK(b[1] == 0 && b[4097] == 0 && b[BLOCK - 2] == 0, "block %zu is not zero", i);
-    fill_pattern(blocks[i], BLOCK);
+    CHECK(b[1] == 0 && b[4097] == 0 && b[block - 2] == 0, "block %zu is not zero", i);
+    fill_pattern(blocks[i], block);
   }
-  for (size_t i = 0; i < NBLK; i++) {
-    CHECK(check_pattern(blocks[i], BLOCK) == SIZE_MAX, "block %zu lost its data", i);
+  for (size_t i = 0; i < nblk; i++) {
+    CHECK(check_pattern(blocks[i], block) == SIZE_MAX, "block %zu lost its data", i);
     free(blocks[i]);
   }
   fprintf(stderr, "RESULT malloc_faults=%ld touch_faults=%ld pages=%llu\n", f1 - f0, f2 - f1,
@@ -58,12 +58,13 @@ struct result {
   long malloc_faults, touch_faults, pages;
 };
 
-static struct result measure(const char *prefault) {
-  char var[64];
+static struct result measure(const char *prefault, size_t size) {
+  char var[64], mode[32];
   snprintf(var, sizeof var, "HAKMEM_PREFAULT=%s", prefault);
+  snprintf(mode, sizeof mode, "%zu", size);
   const char *env[] = {var, "HAKMEM_THP=0", NULL};
   static struct child c;
-  child_ok("measure", env, &c);
+  child_ok(mode, env, &c);
   struct result r = {0};
   const char *line = strstr(c.err, "RESULT ");
   CHECK(line && sscanf(line, "RESULT malloc_faults=%ld touch_faults=%ld pages=%ld",
@@ -71,19 +72,23 @@ static struct result measure(const char *prefault) {
         "%s: no RESULT line from the child:\n%s", var, c.err);
   CHECK(r.pages >= (long)(HEAP / (64 * KIB)), "%s: only %ld pages activated for %zu MiB", var,
         r.pages, HEAP / MIB);
-  printf("%-22s malloc faults %6ld, touch faults %6ld, pages activated %5ld: %.2f + %.2f per "
-         "page\n",
-         var, r.malloc_faults, r.touch_faults, r.pages, (double)r.malloc_faults / (double)r.pages,
-         (double)r.touch_faults / (double)r.pages);
+  printf("%-22s %2zu KiB: malloc faults %6ld, touch faults %6ld, pages activated %5ld: %.2f + "
+         "%.2f per page\n",
+         var, size / KIB, r.malloc_faults, r.touch_faults, r.pages,
+         (double)r.malloc_faults / (double)r.pages, (double)r.touch_faults / (double)r.pages);
   return r;
 }
 
 int main(int argc, char **argv) {
-  (void)argv;
-  if (argc > 1) return child_main();
-  struct result off = measure("off");
-  struct result page = measure("page");
-  measure("ahead");
+  if (argc > 1) {
+    block = strtoul(argv[1], NULL, 10);
+    nblk = HEAP / block;
+    return child_main();
+  }
+  struct result off = measure("off", 16 * KIB);
+  struct result page = measure("page", 16 * KIB);
+  struct result colored = measure("page", 12 * KIB);
+  measure("ahead", 16 * KIB);
   double off_touch = (double)off.touch_faults / (double)off.pages;
   double page_touch = (double)page.touch_faults / (double)page.pages;
   double page_total = (double)(page.malloc_faults + page.touch_faults) / (double)page.pages;
@@ -98,6 +103,12 @@ int main(int argc, char **argv) {
         "HAKMEM_PREFAULT=page: %.2f faults per 64 KiB page on touching (%ld in all), expected "
         "none: the pages should have been populated on activation",
         page_touch, page.touch_faults);
+  /* the same where spans start their blocks past their first 4 KiB boundary */
+  double colored_touch = (double)colored.touch_faults / (double)colored.pages;
+  CHECK(colored_touch <= 0.25,
+        "HAKMEM_PREFAULT=page, 12 KiB blocks: %.2f faults per 64 KiB page on touching, expected "
+        "none: spans with colors should have been populated too",
+        colored_touch);
   /* and the faults did not multiply: populating costs about what touching did */
   CHECK(page_total <= 20,
         "HAKMEM_PREFAULT=page: %.2f faults per 64 KiB page in all, expected "

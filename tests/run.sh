@@ -229,6 +229,10 @@ run_bin header_rss
 # Spans of the 4-64 KiB classes: at most 5% of their pages covered by no
 # block (committed bytes over live bytes, every class).
 run_bin span_tail
+# Spans of a size class start their blocks at different offsets (colors):
+# 12 KiB and 5 KiB blocks at many offsets modulo 4 KiB, power-of-two ones
+# and aligned_alloc's still aligned, no two blocks overlapping.
+run_bin span_color
 run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
