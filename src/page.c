@@ -19,8 +19,9 @@ static unsigned span_color(const hak_page_t *page, size_t used, size_t spare, si
   size_t colors = (pad ? pad : spare) / SPAN_COLOR_STEP + 1;
   if (!(bs & (bs - 1)) || colors == 1) return 0;
   if (colors > SPAN_COLORS) colors = SPAN_COLORS;
-  /* 37 is odd: 64 pages in a row take 64 colors */
-  return (unsigned)((((uintptr_t)page / sizeof *page) * 37) % colors);
+  /* a multiplicative hash of the descriptor's index: spans of any length
+   * in a row (every 4th page for 4-page spans) take colors all over */
+  return (unsigned)((uint32_t)((uintptr_t)page / sizeof *page * 2654435761u) >> 26) % colors;
 }
 
 void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero) {

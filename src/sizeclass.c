@@ -24,6 +24,25 @@ static size_t span_tail(size_t bs, unsigned k) {
   return k * PAGE_SIZE % bs;
 }
 
+/* Pages of a span of bs-byte blocks: at least 4 blocks per span keeps span
+ * churn low for mid sizes; more pages (up to 8) until the tail is at most
+ * 1/32 of the span, else the pages with the smallest share of tail (4224 B:
+ * one page leaves 2176 B, two leave 128 B; 56 KiB: four pages leave 32 KiB,
+ * seven nothing). A size of whole 4 KiB pages, not a power of two, keeps 4 KiB
+ * of tail where it can: the room page.c's span colors need, or all its
+ * blocks begin at one offset in their 4 KiB pages, in the same cache sets
+ * (12 KiB: 4 pages leave 4 KiB, 3 nothing). */
+static unsigned span_pages(size_t bs) {
+  unsigned first = (unsigned)((4 * bs + PAGE_SIZE - 1) / PAGE_SIZE), best = first;
+  bool colored = bs % 4096 == 0 && (bs & (bs - 1)) != 0;
+  for (unsigned k = first; k <= 8; k++) {
+    size_t tail = span_tail(bs, k);
+    if (tail * 32 <= k * PAGE_SIZE && (!colored || tail >= 4096)) return k;
+    if (tail * best < span_tail(bs, best) * k) best = k;
+  }
+  return best;
+}
+
 /* The smallest class holding size bytes (classes ascend). */
 static unsigned class_fit(size_t size) {
   unsigned c = 0;
@@ -47,14 +66,7 @@ void hak_classes_init(void) {
   for (c = 0; c < NUM_CLASSES; c++) {
     size_t bs = hak_class_size[c];
     hak_class_inverse[c] = (((uint64_t)1 << CLASS_INVERSE_SHIFT) + bs - 1) / bs;
-    /* at least 4 blocks per span keeps span churn low for mid sizes; more
-     * pages (up to 8) until the tail is at most 1/32 of the span, else the
-     * pages with the smallest share of tail (4224 B: one page leaves 2176 B,
-     * two leave 128 B; 56 KiB: four pages leave 32 KiB, seven nothing) */
-    unsigned k = (unsigned)((4 * bs + PAGE_SIZE - 1) / PAGE_SIZE);
-    for (unsigned j = k; j <= 8 && span_tail(bs, k) * 32 > k * PAGE_SIZE; j++)
-      if (span_tail(bs, j) * k < span_tail(bs, k) * j) k = j;
-    hak_class_pages[c] = (uint8_t)k;
+    hak_class_pages[c] = (uint8_t)span_pages(bs);
   }
   for (size_t i = 0; i <= DIRECT_MAX / MIN_ALIGN; i++)
     hak_class_direct[i] = (uint8_t)class_fit(i * MIN_ALIGN);

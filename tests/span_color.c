@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include "check.h"
 
-#define BLOCKS 320
+#define BLOCKS 640 /* 30 spans of 12 KiB blocks (4 pages), 25 of 5 KiB */
 
 static void *blk[BLOCKS];
 
