@@ -220,6 +220,9 @@ run_bin purge_refault
 # replace loop of 5-25 MiB blocks within a committed-memory bound, and
 # blocks made of several cached pieces grown, shrunk and badly freed.
 run_bin large_rss
+# A 100 KB block takes free pages smaller classes left between used ones
+# (short runs of touched pages), not fresh ones.
+run_bin span_fit
 # Power-of-two buffers plus a small header (4-64 KiB): usable size at most
 # 1/32 past the power of two, RSS / live bytes at most 1.05.
 run_bin header_rss
