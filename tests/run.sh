@@ -212,8 +212,9 @@ run_bin kmem_hugetlb_ahead
 # io_uring_setup (and process_madvise) forbidden by a seccomp filter.
 run_bin purge_kmem
 run_bin purge_alloc
-# Memory purged and taken back at once: the next free memory is kept longer
-# (the pool's delay grows), and still goes back while the process idles.
+# Memory purged and taken back at once, or three delays later: the next free
+# memory is kept longer (the pool's delay grows), and still goes back while
+# the process idles.
 run_bin purge_refault
 # Large and huge blocks: RSS / live bytes at most 1.05 from 128 KiB to 32 MiB
 # (default and HAKMEM_THP=0, a child per case); freed mappings reused by a
