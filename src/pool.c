@@ -11,7 +11,7 @@ typedef struct hak_pool {
    * fits every request of up to k pages, so finding one costs no scan */
   hak_region_t *buckets[PAGES_PER_REGION + 1];
   uint64_t delay_ms;                   /* purge delay now (pool_delay) */
-  uint64_t refault_ms;                 /* when pages purged within it were last taken again */
+  uint64_t busy_ms;                    /* when a span was last taken or freed */
   _Atomic uint64_t last_purge_scan_ms; /* read without the lock */
   _Atomic uint64_t regions, committed; /* hak_node_stats_t */
 } hak_pool_t;
@@ -112,30 +112,30 @@ static uint32_t run_starts(uint32_t mask, unsigned n) {
  * phase uses again (redis: a popped list of 16 KiB values, then 100 KB
  * replies, faulted 136 MB in again for 200 MB of replies). A pool's delay
  * starts at HAKMEM_PURGE_DELAY_MS and doubles, up to PURGE_DELAY_MAX_SHIFT
- * times (once: redis's 100 KB phase peaked at 1.05x glibc's RSS with 2x,
- * 1.10x with 4x and 1.18x with 16x), whenever a span takes pages purged less than the delay ago;
- * each delay that passes without one halves it again, so an idle process still gives its memory
- * back within about twice the longest delay. */
-#define PURGE_DELAY_MAX_SHIFT 1
+ * times, whenever a span takes pages purged less than the longest delay ago:
+ * phases longer than the delay show as pages taken again a few delays after
+ * their purge. It lasts while the process is busy, and bridges its phases;
+ * a pool that took or freed no span for IDLE_DELAYS base delays is idle and
+ * back at the base delay, so an idle process gives its memory back as soon
+ * as before. 16x cost redis 1.18x glibc's peak RSS while its 100 KB blocks
+ * took 8-page spans, which fitted none of the pages its 16 KiB phase kept;
+ * in spans of their own 2 pages they reuse them. */
+#define PURGE_DELAY_MAX_SHIFT 4
+#define IDLE_DELAYS 2 /* above 1: an idle pause between two phases is no idle process */
 
-/* Locked. The delay as of now, decayed by the quiet time since a refault
- * (now may be a little older than refault_ms: read before the lock). */
+/* Locked. The delay as of now: the base for a new or idle pool (now may be
+ * a little older than busy_ms: read before the lock). */
 static uint64_t pool_delay(hak_pool_t *pool, uint64_t now) {
   uint64_t base = hak_opt.purge_delay_ms;
-  if (pool->delay_ms < base) pool->delay_ms = base; /* first use */
-  while (pool->delay_ms > base && now >= pool->refault_ms + pool->delay_ms) {
-    pool->refault_ms += pool->delay_ms;
-    pool->delay_ms /= 2;
-  }
+  if (pool->delay_ms < base || now >= pool->busy_ms + IDLE_DELAYS * base) pool->delay_ms = base;
   return pool->delay_ms;
 }
 
 /* Locked: span pages of r were purged and are taken again. */
 static void pool_note_reuse(hak_pool_t *pool, const hak_region_t *r) {
   uint64_t now = hak_now_ms(), delay = pool_delay(pool, now);
-  if (now - r->purged_ms >= delay) return; /* given back long enough ago */
+  if (now - r->purged_ms >= hak_opt.purge_delay_ms << PURGE_DELAY_MAX_SHIFT) return; /* long ago */
   if (delay < hak_opt.purge_delay_ms << PURGE_DELAY_MAX_SHIFT) pool->delay_ms = delay * 2;
-  pool->refault_ms = now;
 }
 
 /* A region with a run of npages free pages: preferably pages already touched
@@ -214,6 +214,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   r->clean_mask &= ~run;
   r->nfree = (uint16_t)(r->nfree - npages);
   bucket_insert(pool, r);
+  pool->busy_ms = hak_now_ms();
   pthread_mutex_unlock(&pool->lock);
   if (newly) node_committed_add(r->node, (int64_t)__builtin_popcount(newly) * (int64_t)PAGE_SIZE);
 
@@ -497,6 +498,7 @@ static bool span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   r->nfree = (uint16_t)(r->nfree + n);
   bucket_insert(pool, r);
   uint64_t now = hak_now_ms();
+  pool->busy_ms = now;
   for (unsigned i = first; i < first + n; i++)
     r->page_freed_ms[i] = now;
   if (r->nfree == PAGES_PER_REGION) r->empty_since_ms = now;

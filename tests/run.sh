@@ -215,14 +215,18 @@ run_bin kmem_hugetlb_ahead
 # io_uring_setup (and process_madvise) forbidden by a seccomp filter.
 run_bin purge_kmem
 run_bin purge_alloc
-# Memory purged and taken back at once: the next free memory is kept longer
-# (the pool's delay grows), and still goes back while the process idles.
+# Memory purged and taken back at once, or three delays later: the next free
+# memory is kept longer (the pool's delay grows), and still goes back while
+# the process idles.
 run_bin purge_refault
 # Large and huge blocks: RSS / live bytes at most 1.05 from 128 KiB to 32 MiB
 # (default and HAKMEM_THP=0, a child per case); freed mappings reused by a
 # replace loop of 5-25 MiB blocks within a committed-memory bound, and
 # blocks made of several cached pieces grown, shrunk and badly freed.
 run_bin large_rss
+# A 100 KB block takes free pages smaller classes left between used ones
+# (short runs of touched pages), not fresh ones.
+run_bin span_fit
 # Power-of-two buffers plus a small header (4-64 KiB): usable size at most
 # 1/32 past the power of two, RSS / live bytes at most 1.05.
 run_bin header_rss
