@@ -13,6 +13,15 @@
  *   descriptor: an interior pointer, the page's tail past its last block
  *   and a pointer below its first block each count one invalid free and
  *   leave the blocks intact; the valid frees around them count as remote.
+ * relife: a stash entry outlives its page's life. The freer stashes 5
+ *   blocks of page P, another thread takes them (hakmem_flush) and P goes
+ *   back to its region (malloc_trim); the entry still names P, its pushes
+ *   and its chain's end are P's old life's. A third thread gets P again for
+ *   the same class and the freer frees into it: an interior pointer, P's
+ *   tail (and on page 0 its region header) count invalid against the
+ *   entry's copy of P's blocks; every block of the new life counts remote
+ *   and comes back exactly once (a chain handed over with the old life's
+ *   end or count would lose blocks or hand them out twice).
  * pairs: T threads in pairs free each other's 16-512 B blocks in batches,
  *   patterns checked; every block comes back (committed memory bounded)
  *   and the counters show chains (remote_frees several times
@@ -259,6 +268,132 @@ static int checks(void) {
   return 0;
 }
 
+/* ---- relife ---- */
+
+#define RELIFE_OLD 5     /* blocks of P's old life in the entry */
+#define RELIFE_MAX 40000 /* 100-byte blocks the new owner allocates looking for P */
+static char *relife_base, *relife_first;
+static size_t relife_cap;
+static void *relife_old[RELIFE_OLD];
+static void **relife_new; /* the new owner's blocks on P, relife_cap of them */
+static uint64_t relife_invalid, relife_valid;
+
+static bool on_relife_page(const void *p) {
+  return (const char *)p >= relife_first && (const char *)p < relife_first + relife_cap * CHECK_BS;
+}
+
+/* The freer: P's old blocks into its stash, then (step 12) every block of
+ * P's new life. */
+static void *relife_freer(void *arg) {
+  (void)arg;
+  same_node();
+  void *volatile own = T_MALLOC(3000);
+  T_FREE(own);
+  for (int i = 0; i < RELIFE_OLD; i++)
+    T_FREE(relife_old[i]);
+  set_step(11);
+  wait_step(12);
+  hak_stats_t s0 = stats();
+  T_FREE(opaque_ptr((char *)relife_new[0] + 16));
+  T_FREE(opaque_ptr(relife_first + relife_cap * CHECK_BS));
+  bool page0 = relife_first != relife_base;
+  if (page0) T_FREE(opaque_ptr(relife_first - 16));
+  for (size_t i = 0; i < relife_cap; i++)
+    T_FREE(relife_new[i]);
+  hak_stats_t s1 = stats();
+  relife_invalid = s1.invalid_frees - s0.invalid_frees - (page0 ? 1 : 0);
+  relife_valid = s1.remote_frees - s0.remote_frees;
+  hakmem_flush();
+  set_step(13);
+  return NULL;
+}
+
+/* The new owner: allocates until it holds every block of P, then (step 13)
+ * gets all of them back from the freer. */
+static void *relife_owner(void *arg) {
+  (void)arg;
+  same_node();
+  static void *other[RELIFE_MAX];
+  size_t n = 0, mine = 0;
+  while (n < RELIFE_MAX && mine < relife_cap) {
+    void *p = T_MALLOC(CHECK_SIZE);
+    CHECK(p, "malloc failed");
+    if (on_relife_page(p))
+      relife_new[mine++] = p;
+    else
+      other[n++] = p;
+  }
+  if (mine < relife_cap) {
+    printf("SKIP: the pool gave page %p to no malloc of %d\n", (void *)relife_base, RELIFE_MAX);
+    exit(77);
+  }
+  set_step(12);
+  wait_step(13);
+  /* every block back on P once: capacity mallocs, all on P, all distinct */
+  void **again = calloc(relife_cap, sizeof *again);
+  CHECK(again, "calloc");
+  size_t on = 0;
+  for (size_t i = 0; i < relife_cap; i++) {
+    again[i] = T_MALLOC(CHECK_SIZE);
+    CHECK(again[i], "malloc failed");
+    on += on_relife_page(again[i]);
+    for (size_t k = 0; k < i; k++)
+      CHECK(again[k] != again[i], "block %p handed out twice", again[i]);
+  }
+  CHECK(on == relife_cap, "only %zu of the %zu blocks freed into P's new life came back", on,
+        relife_cap);
+  for (size_t i = 0; i < relife_cap; i++)
+    T_FREE(again[i]);
+  for (size_t i = 0; i < n; i++)
+    T_FREE(other[i]);
+  free(again);
+  return NULL;
+}
+
+static int relife(void) {
+  /* two pages' worth, so that the page emptied goes back to its region */
+  enum { N = 1200 };
+  static void *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = T_MALLOC(CHECK_SIZE);
+    CHECK(p[i], "malloc failed");
+  }
+  relife_base = (char *)((uintptr_t)p[0] & ~(uintptr_t)0xFFFF);
+  bool page0 = ((uintptr_t)relife_base & (((uintptr_t)2 << 20) - 1)) == 0;
+  relife_first = relife_base + (page0 ? 4096 : 0);
+  relife_cap = (size_t)(relife_base + 0x10000 - relife_first) / CHECK_BS;
+  relife_new = calloc(relife_cap, sizeof *relife_new);
+  CHECK(relife_new, "calloc");
+  for (int i = 0; i < RELIFE_OLD; i++) {
+    relife_old[i] = p[i];
+    p[i] = NULL;
+  }
+  step = 10;
+  pthread_t freer, owner;
+  CHECK(pthread_create(&freer, NULL, relife_freer, NULL) == 0, "pthread_create");
+  wait_step(11);
+  uint64_t before = stats().remote_handoffs;
+  hakmem_flush(); /* takes the freer's entry: the blocks go back to P */
+  CHECK(stats().remote_handoffs - before == 1, "hakmem_flush took %llu chains, not the entry",
+        (unsigned long long)(stats().remote_handoffs - before));
+  for (int i = 0; i < N; i++)
+    T_FREE(p[i]);
+  T_TRIM(0); /* P goes back to its region */
+  CHECK(pthread_create(&owner, NULL, relife_owner, NULL) == 0, "pthread_create");
+  pthread_join(freer, NULL);
+  pthread_join(owner, NULL);
+  printf("page %p%s, %zu blocks, its stash entry from its last life: %llu invalid, %llu remote "
+         "frees\n",
+         (void *)relife_base, page0 ? " (page 0)" : "", relife_cap,
+         (unsigned long long)relife_invalid, (unsigned long long)relife_valid);
+  CHECK(relife_invalid == 2, "2 bad frees into the new life counted %llu invalid frees",
+        (unsigned long long)relife_invalid);
+  CHECK(relife_valid == relife_cap, "%zu good frees into the new life counted %llu remote",
+        relife_cap, (unsigned long long)relife_valid);
+  free(relife_new);
+  return 0;
+}
+
 /* ---- pairs ---- */
 
 #define BATCH 64
@@ -352,6 +487,6 @@ static int pairs(int threads, int rounds) {
 
 int main(int argc, char **argv) {
   node0 = hakmem_thread_node();
-  return counts() || checks() ||
+  return counts() || checks() || relife() ||
          pairs(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 10000);
 }
