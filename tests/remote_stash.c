@@ -21,7 +21,9 @@
  *   tail (and on page 0 its region header) count invalid against the
  *   entry's copy of P's blocks; every block of the new life counts remote
  *   and comes back exactly once (a chain handed over with the old life's
- *   end or count would lose blocks or hand them out twice).
+ *   end or count would lose blocks or hand them out twice). Once for a
+ *   page inside a region, once for a region's page 0, whose first block
+ *   lies past the region header.
  * pairs: T threads in pairs free each other's 16-512 B blocks in batches,
  *   patterns checked; every block comes back (committed memory bounded)
  *   and the counters show chains (remote_frees several times
@@ -301,7 +303,7 @@ static void *relife_freer(void *arg) {
   for (size_t i = 0; i < relife_cap; i++)
     T_FREE(relife_new[i]);
   hak_stats_t s1 = stats();
-  relife_invalid = s1.invalid_frees - s0.invalid_frees - (page0 ? 1 : 0);
+  relife_invalid = s1.invalid_frees - s0.invalid_frees;
   relife_valid = s1.remote_frees - s0.remote_frees;
   hakmem_flush();
   set_step(13);
@@ -350,25 +352,36 @@ static void *relife_owner(void *arg) {
   return NULL;
 }
 
-static int relife(void) {
-  /* two pages' worth, so that the page emptied goes back to its region */
-  enum { N = 1200 };
+/* P: the page of main's first block, or (page0) the first page 0 of a
+ * region among its blocks; false when it has none. */
+static bool relife(bool page0) {
+  enum { N = 40000 };
   static void *p[N];
-  for (int i = 0; i < N; i++) {
+  int n = page0 ? N : 1200; /* at least two pages: the one emptied goes back */
+  relife_base = NULL;
+  for (int i = 0; i < n; i++) {
     p[i] = T_MALLOC(CHECK_SIZE);
     CHECK(p[i], "malloc failed");
+    uintptr_t base = (uintptr_t)p[i] & ~(uintptr_t)0xFFFF;
+    if (!relife_base && (!page0 || (base & (((uintptr_t)2 << 20) - 1)) == 0))
+      relife_base = (char *)base;
   }
-  relife_base = (char *)((uintptr_t)p[0] & ~(uintptr_t)0xFFFF);
-  bool page0 = ((uintptr_t)relife_base & (((uintptr_t)2 << 20) - 1)) == 0;
+  if (!relife_base) {
+    printf("page 0: no 112-byte block of %d on a region's first page\n", n);
+    for (int i = 0; i < n; i++)
+      T_FREE(p[i]);
+    return false;
+  }
   relife_first = relife_base + (page0 ? 4096 : 0);
   relife_cap = (size_t)(relife_base + 0x10000 - relife_first) / CHECK_BS;
   relife_new = calloc(relife_cap, sizeof *relife_new);
   CHECK(relife_new, "calloc");
-  for (int i = 0; i < RELIFE_OLD; i++) {
-    relife_old[i] = p[i];
-    p[i] = NULL;
-  }
-  step = 10;
+  for (int i = 0, k = 0; i < n && k < RELIFE_OLD; i++)
+    if ((char *)((uintptr_t)p[i] & ~(uintptr_t)0xFFFF) == relife_base) {
+      relife_old[k++] = p[i];
+      p[i] = NULL;
+    }
+  set_step(10);
   pthread_t freer, owner;
   CHECK(pthread_create(&freer, NULL, relife_freer, NULL) == 0, "pthread_create");
   wait_step(11);
@@ -376,7 +389,7 @@ static int relife(void) {
   hakmem_flush(); /* takes the freer's entry: the blocks go back to P */
   CHECK(stats().remote_handoffs - before == 1, "hakmem_flush took %llu chains, not the entry",
         (unsigned long long)(stats().remote_handoffs - before));
-  for (int i = 0; i < N; i++)
+  for (int i = 0; i < n; i++)
     T_FREE(p[i]);
   T_TRIM(0); /* P goes back to its region */
   CHECK(pthread_create(&owner, NULL, relife_owner, NULL) == 0, "pthread_create");
@@ -386,11 +399,17 @@ static int relife(void) {
          "frees\n",
          (void *)relife_base, page0 ? " (page 0)" : "", relife_cap,
          (unsigned long long)relife_invalid, (unsigned long long)relife_valid);
-  CHECK(relife_invalid == 2, "2 bad frees into the new life counted %llu invalid frees",
-        (unsigned long long)relife_invalid);
+  CHECK(relife_invalid == (page0 ? 3 : 2), "%d bad frees into the new life counted %llu invalid",
+        page0 ? 3 : 2, (unsigned long long)relife_invalid);
   CHECK(relife_valid == relife_cap, "%zu good frees into the new life counted %llu remote",
         relife_cap, (unsigned long long)relife_valid);
   free(relife_new);
+  return true;
+}
+
+static int relives(void) {
+  relife(false);
+  relife(true);
   return 0;
 }
 
@@ -487,6 +506,6 @@ static int pairs(int threads, int rounds) {
 
 int main(int argc, char **argv) {
   node0 = hakmem_thread_node();
-  return counts() || checks() || relife() ||
+  return counts() || checks() || relives() ||
          pairs(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 10000);
 }
