@@ -13,6 +13,19 @@
  *   descriptor: an interior pointer, the page's tail past its last block
  *   and a pointer below its first block each count one invalid free and
  *   leave the blocks intact; the valid frees around them count as remote.
+ * relife: a stash entry outlives its page's life. The freer stashes 5
+ *   blocks of page P, another thread takes them (hakmem_flush) and P goes
+ *   back to its region (malloc_trim); the entry still names P, its pushes
+ *   and its chain's end are P's old life's. A third thread gets P again for
+ *   the same class and the freer frees into it: an interior pointer, P's
+ *   tail (and on page 0 its region header) count invalid against the
+ *   entry's copy of P's blocks; every block of the new life counts remote
+ *   and comes back exactly once (a chain handed over with the old life's
+ *   end or count would lose blocks or hand them out twice). Then P's new
+ *   life in another class (48 B) while the old entry still names P: an old
+ *   block start that is none now counts invalid too. Each on a page inside
+ *   a region and on a region's page 0, whose first block lies past the
+ *   region header.
  * pairs: T threads in pairs free each other's 16-512 B blocks in batches,
  *   patterns checked; every block comes back (committed memory bounded)
  *   and the counters show chains (remote_frees several times
@@ -259,6 +272,199 @@ static int checks(void) {
   return 0;
 }
 
+/* ---- relife ---- */
+
+#define RELIFE_OLD 5      /* blocks of P's old life in the entry */
+#define RELIFE_MAX 100000 /* blocks the new owner allocates looking for P */
+static char *relife_base, *relife_first;
+static size_t relife_size, relife_bs, relife_cap; /* P's new life: malloc size, blocks */
+static void *relife_old[RELIFE_OLD];
+static void **relife_new; /* the new owner's blocks on P, relife_cap of them */
+static uint64_t relife_invalid, relife_valid;
+static bool relife_missed; /* the pool gave P to none of the new owner's mallocs */
+
+static bool on_relife_page(const void *p) {
+  return (const char *)p >= relife_first && (const char *)p < relife_first + relife_cap * relife_bs;
+}
+
+/* Frees of no block of P's new life: an interior pointer, P's tail past its
+ * last block, on page 0 the region header, and a block start of P's old
+ * life that is none in the new one. Returns how many. */
+static uint64_t relife_bad_frees(void) {
+  uint64_t n = 0;
+  char *tail = relife_first + relife_cap * relife_bs;
+  T_FREE(opaque_ptr((char *)relife_new[0] + 16));
+  n++;
+  if (tail < relife_base + 0x10000) {
+    T_FREE(opaque_ptr(tail));
+    n++;
+  }
+  if (relife_first != relife_base) {
+    T_FREE(opaque_ptr(relife_first - 16));
+    n++;
+  }
+  if (CHECK_BS % relife_bs) {
+    T_FREE(opaque_ptr(relife_first + CHECK_BS));
+    n++;
+  }
+  return n;
+}
+
+/* The freer: P's old blocks into its stash, then (step 12) every block of
+ * P's new life. */
+static void *relife_freer(void *arg) {
+  (void)arg;
+  same_node();
+  void *volatile own = T_MALLOC(3000);
+  T_FREE(own);
+  for (int i = 0; i < RELIFE_OLD; i++)
+    T_FREE(relife_old[i]);
+  set_step(11);
+  wait_step(12);
+  if (relife_missed) {
+    set_step(13);
+    return NULL;
+  }
+  hak_stats_t s0 = stats();
+  uint64_t bad = relife_bad_frees(); /* against the entry's copy (same class) */
+  T_FREE(relife_new[0]);
+  bad += relife_bad_frees(); /* against the copy of P's new life */
+  for (size_t i = 1; i < relife_cap; i++)
+    T_FREE(relife_new[i]);
+  hak_stats_t s1 = stats();
+  relife_invalid = s1.invalid_frees - s0.invalid_frees - bad; /* 0: each counted */
+  relife_valid = s1.remote_frees - s0.remote_frees;
+  hakmem_flush();
+  set_step(13);
+  return NULL;
+}
+
+/* The new owner: allocates until it holds every block of P, then (step 13)
+ * gets all of them back from the freer. */
+static void *relife_owner(void *arg) {
+  (void)arg;
+  same_node();
+  static void *other[RELIFE_MAX];
+  size_t n = 0, mine = 0;
+  while (n < RELIFE_MAX && mine < relife_cap) {
+    void *p = T_MALLOC(relife_size);
+    CHECK(p, "malloc failed");
+    if (on_relife_page(p))
+      relife_new[mine++] = p;
+    else
+      other[n++] = p;
+  }
+  relife_missed = mine < relife_cap;
+  if (relife_missed) {
+    for (size_t i = 0; i < mine; i++)
+      T_FREE(relife_new[i]);
+    for (size_t i = 0; i < n; i++)
+      T_FREE(other[i]);
+  }
+  set_step(12);
+  if (relife_missed) return NULL;
+  wait_step(13);
+  /* every block back on P once: capacity mallocs, all on P, all distinct */
+  void **again = calloc(relife_cap, sizeof *again);
+  CHECK(again, "calloc");
+  size_t on = 0;
+  for (size_t i = 0; i < relife_cap; i++) {
+    again[i] = T_MALLOC(relife_size);
+    CHECK(again[i], "malloc failed");
+    on += on_relife_page(again[i]);
+    for (size_t k = 0; k < i; k++)
+      CHECK(again[k] != again[i], "block %p handed out twice", again[i]);
+  }
+  CHECK(on == relife_cap, "only %zu of the %zu blocks freed into P's new life came back", on,
+        relife_cap);
+  for (size_t i = 0; i < relife_cap; i++)
+    T_FREE(again[i]);
+  for (size_t i = 0; i < n; i++)
+    T_FREE(other[i]);
+  free(again);
+  return NULL;
+}
+
+/* P: the page of main's first block on a region's page 0 (page0) or on
+ * another; false when it has none. Its new life: blocks of
+ * size bytes, bs apart (one-page spans). */
+static bool relife(bool page0, size_t size, size_t bs) {
+  enum { N = 40000 };
+  static void *p[N];
+  int n = page0 ? N : 1200; /* at least two pages: the one emptied goes back */
+  relife_base = NULL;
+  for (int i = 0; i < n; i++) {
+    p[i] = T_MALLOC(CHECK_SIZE);
+    CHECK(p[i], "malloc failed");
+    uintptr_t base = (uintptr_t)p[i] & ~(uintptr_t)0xFFFF;
+    if (!relife_base && page0 == ((base & (((uintptr_t)2 << 20) - 1)) == 0))
+      relife_base = (char *)base;
+  }
+  if (!relife_base) {
+    printf("no 112-byte block of %d on a page %s0 of its region\n", n, page0 ? "" : "other than ");
+    for (int i = 0; i < n; i++)
+      T_FREE(p[i]);
+    return false;
+  }
+  relife_first = relife_base + (page0 ? 4096 : 0);
+  relife_size = size;
+  relife_bs = bs;
+  relife_cap = (size_t)(relife_base + 0x10000 - relife_first) / bs;
+  relife_new = calloc(relife_cap, sizeof *relife_new);
+  CHECK(relife_new, "calloc");
+  for (int i = 0, k = 0; i < n && k < RELIFE_OLD; i++)
+    if ((char *)((uintptr_t)p[i] & ~(uintptr_t)0xFFFF) == relife_base) {
+      relife_old[k++] = p[i];
+      p[i] = NULL;
+    }
+  set_step(10);
+  pthread_t freer, owner;
+  CHECK(pthread_create(&freer, NULL, relife_freer, NULL) == 0, "pthread_create");
+  wait_step(11);
+  uint64_t before = stats().remote_handoffs;
+  hakmem_flush(); /* takes the freer's entry: the blocks go back to P */
+  CHECK(stats().remote_handoffs - before == 1, "hakmem_flush took %llu chains, not the entry",
+        (unsigned long long)(stats().remote_handoffs - before));
+  /* P goes back to its region, the only free page of it, as main keeps
+   * its other blocks: the pool gives P to the new owner's next span */
+  for (int i = 0; i < n; i++)
+    if (p[i] && (char *)((uintptr_t)p[i] & ~(uintptr_t)0xFFFF) == relife_base) {
+      T_FREE(p[i]);
+      p[i] = NULL;
+    }
+  T_TRIM(0);
+  CHECK(pthread_create(&owner, NULL, relife_owner, NULL) == 0, "pthread_create");
+  pthread_join(freer, NULL);
+  pthread_join(owner, NULL);
+  for (int i = 0; i < n; i++)
+    T_FREE(p[i]);
+  free(relife_new);
+  if (relife_missed) {
+    printf("page %p: the pool gave it to none of %d mallocs, not checked\n", (void *)relife_base,
+           RELIFE_MAX);
+    return false;
+  }
+  printf("page %p%s of 112-byte blocks, then of %zu-byte ones, %zu blocks: bad frees' "
+         "invalid_frees short by %llu, %llu remote frees\n",
+         (void *)relife_base, page0 ? " (page 0)" : "", bs, relife_cap,
+         (unsigned long long)relife_invalid, (unsigned long long)relife_valid);
+  CHECK(relife_invalid == 0, "bad frees into the new life counted %lld invalid frees too few",
+        (long long)relife_invalid);
+  CHECK(relife_valid == relife_cap, "%zu good frees into the new life counted %llu remote",
+        relife_cap, (unsigned long long)relife_valid);
+  return true;
+}
+
+static int relives(void) {
+  relife(false, CHECK_SIZE, CHECK_BS);
+  relife(false, 40, 48); /* another class: the old entry names P still */
+#ifndef STRESS_HAK       /* the page-0 hunt's 10^5 mallocs: minutes under TSan */
+  relife(true, CHECK_SIZE, CHECK_BS);
+  relife(true, 40, 48);
+#endif
+  return 0;
+}
+
 /* ---- pairs ---- */
 
 #define BATCH 64
@@ -352,6 +558,6 @@ static int pairs(int threads, int rounds) {
 
 int main(int argc, char **argv) {
   node0 = hakmem_thread_node();
-  return counts() || checks() ||
+  return counts() || checks() || relives() ||
          pairs(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 10000);
 }
