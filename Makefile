@@ -78,7 +78,8 @@ $(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -g -o $@ $< -lpthread
 
-PRELOAD_BIN := $(BUILD)/tests/bad_pointers_preload $(BUILD)/tests/fuzz_preload
+PRELOAD_BIN := $(BUILD)/tests/bad_pointers_preload $(BUILD)/tests/fuzz_preload \
+	$(BUILD)/tests/span_bounds_preload
 tests: lib debug sanitize $(TEST_BIN) $(PRELOAD_BIN)
 benches: lib $(BENCH_BIN)
 

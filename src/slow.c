@@ -10,9 +10,13 @@
  * thread fault the next ones in (ahead), instead of page by page on use. */
 static void hak_prefault(hak_page_t *span, bool zero) {
   if (hak_opt.prefault == PREFAULT_PAGE && zero) {
-    /* from the span's first 4 KiB page: its color moves its blocks past it */
-    char *base = (char *)((uintptr_t)page_start(span) & ~(uintptr_t)4095);
-    kmem_populate(base, (size_t)span->span_pages * PAGE_SIZE - ((uintptr_t)base & (PAGE_SIZE - 1)));
+    /* the 4 KiB pages its blocks cover: from the first (its color moves
+     * its blocks past it) to the last block's end, not the tail past it
+     * (48 KiB of an 80 KiB block's 2 pages) */
+    uintptr_t start = (uintptr_t)page_start(span);
+    uintptr_t end = start + (size_t)span->capacity * span->block_size;
+    uintptr_t base = start & ~(uintptr_t)4095;
+    kmem_populate((char *)base, ((end + 4095) & ~(uintptr_t)4095) - base);
   } else if (hak_opt.prefault == PREFAULT_AHEAD) {
     hak_background_ahead(span);
   }

@@ -12,7 +12,9 @@
  * into each block it carves) and touching the rest. Both children run with
  * HAKMEM_THP=0: a huge page would fault 2 MiB at once and hide the
  * difference. HAKMEM_PREFAULT=ahead (a background thread populates the next
- * pages) races the program, so it is only run for correctness here. */
+ * pages) races the program, so it is only run for correctness here.
+ * Blocks of 80 KiB, each on a span of its own 2 pages, populate what the
+ * block covers, not the span's tail. */
 #include "kmem_util.h"
 
 #define HEAP (64 * MIB)
@@ -88,6 +90,7 @@ int main(int argc, char **argv) {
   struct result off = measure("off", 16 * KIB);
   struct result page = measure("page", 16 * KIB);
   struct result colored = measure("page", 12 * KIB);
+  struct result own = measure("page", 80 * KIB);
   measure("ahead", 16 * KIB);
   double off_touch = (double)off.touch_faults / (double)off.pages;
   double page_touch = (double)page.touch_faults / (double)page.pages;
@@ -109,6 +112,14 @@ int main(int argc, char **argv) {
         "HAKMEM_PREFAULT=page, 12 KiB blocks: %.2f faults per 64 KiB page on touching, expected "
         "none: spans with colors should have been populated too",
         colored_touch);
+  /* a block of 80 KiB has a span of its own 2 pages, 48 KiB of it past the
+   * block: the 21 4 KiB pages the block (and its color) covers are
+   * populated, not the 11 of the tail no block uses (16 per page) */
+  double own_total = (double)(own.malloc_faults + own.touch_faults) / (double)own.pages;
+  CHECK(own_total <= 12,
+        "HAKMEM_PREFAULT=page, 80 KiB blocks: %.2f faults per 64 KiB page, expected about 10.5: "
+        "the span's tail past its block was populated too",
+        own_total);
   /* and the faults did not multiply: populating costs about what touching did */
   CHECK(page_total <= 20,
         "HAKMEM_PREFAULT=page: %.2f faults per 64 KiB page in all, expected "

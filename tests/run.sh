@@ -237,6 +237,18 @@ run_bin span_tail
 # 12 KiB and 5 KiB blocks at many offsets modulo 4 KiB, power-of-two ones
 # and aligned_alloc's still aligned, no two blocks overlapping.
 run_bin span_color
+# Every class's span edges: the color gap before a span's first block, the
+# tail after its last, where blocks would begin without the color; frees
+# there from another thread (and the owner's under the checked library)
+# counted invalid; usable sizes, realloc in place, calloc zero, and aligned
+# allocation of every power of two to 64 KiB at every class size.
+run_bin span_bounds
+if [ -x "$bin/span_bounds_preload" ] && [ -f "$repo/build/debug/libhakmem.so" ]; then
+  run_one span_bounds_debug env LD_PRELOAD="$repo/build/debug/libhakmem.so" \
+    "$bin/span_bounds_preload" debug
+else
+  run_bin span_bounds_preload # reports it as not built
+fi
 run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
