@@ -133,8 +133,13 @@ enum { REGION_SMALL = 1, REGION_HUGE = 2 };
 
 typedef struct hak_region {
   hak_page_t pages[PAGES_PER_REGION]; /* first: free indexes it from the region base */
-  uint32_t free_mask;                 /* pages not in any span (pool lock) */
-  uint32_t dirty_mask;                /* pages touched since last purge (pool lock) */
+  /* never written, zero: what page_of finds for a pointer at the region's
+   * end (region_of maps the next unit's base here): no owner, no class, so
+   * such a free takes the checked path instead of reading the fields below
+   * as a descriptor (a class past NUM_CLASSES, a garbage owner) */
+  hak_page_t past_end;
+  uint32_t free_mask;  /* pages not in any span (pool lock) */
+  uint32_t dirty_mask; /* pages touched since last purge (pool lock) */
   uint16_t nfree;
   uint16_t node;
   uint8_t kind;

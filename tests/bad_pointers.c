@@ -1,7 +1,8 @@
 /* Frees of pointers that are not a live block's start: interior pointers
  * (large, small from another thread, small on an aligned page), double frees
  * of large and huge blocks, HAKMEM_ABORT_ON_ERROR=1 on an interior free, and
- * realloc of a zero-size block with a 1 MiB alignment. Each bad free counts
+ * realloc of a zero-size block with a 1 MiB alignment, a pointer at a small
+ * region's end. Each bad free counts
  * one invalid_frees, is ignored, and leaves the block and the heap intact.
  *
  * Built twice: linked with the release archive (build/tests/bad_pointers),
@@ -191,6 +192,26 @@ static void realloc_aligned_zero(size_t align) {
   good_free(p, "free of a zero-size aligned block");
 }
 
+/* (g) A pointer at a small region's end, the next 2 MiB unit's base: free
+ * maps it to the region (a huge block may start at a unit's base, its
+ * header in the unit before), past the last page descriptor, onto header
+ * fields that are not a descriptor (pages out for purging, purge times).
+ * Pages of the region purged first, so those fields are not zero. */
+static void region_end(void) {
+  enum { N = 1024 };
+  static void *b[N];
+  for (int i = 0; i < N; i++)
+    b[i] = malloc(opaque_size(1024)); /* 1 MiB: 16 pages of one region */
+  char *end = (char *)(((uintptr_t)b[0] | ((2u << 20) - 1)) + 1);
+  for (int i = 1; i < N; i++)
+    free(b[i]);
+  malloc_trim(0);
+  bad_free(end, "free of a small region's end from its owner");
+  CHECK(free_from_thread(end) == 1, "free of a small region's end from another thread: not one "
+                                    "invalid free");
+  free(b[0]);
+}
+
 /* (f) Debug build only: the owner's fast path checks too. */
 static void debug_owner_checks(void) {
   const size_t n = 70000; /* a small class in a multi-page span */
@@ -247,6 +268,7 @@ int main(int argc, char **argv) {
     realloc_aligned_zero(1u << 20);
     realloc_aligned_zero(4u << 20);
   }
+  RUN("end") region_end();
   RUN("abort") {
     static struct child c;
     const char *abort_env[] = {"HAKMEM_ABORT_ON_ERROR=1", NULL};
