@@ -157,7 +157,7 @@ static int run(int threads, int rounds) {
  * and waits. The live data is one array (about 17 MiB): the peak RSS stays
  * under what it was before plus twice that, where an allocator whose freer
  * cannot reuse such blocks holds one more array (hakmem before: +42-48
- * MiB, now +25; tcmalloc +1), and within 10% plus 4 MiB after twice the
+ * MiB, now +13; tcmalloc +1), and within 10% plus 4 MiB after twice the
  * generations. */
 #define LATE_BLOCKS 1000
 #define LATE_ROUNDS 4000
