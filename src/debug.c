@@ -66,9 +66,9 @@ static void check_queue(hak_heap_t *heap, hak_queue_t *q, int cls, bool blocks) 
   HAK_ASSERT(q->last == prev);
 }
 
-/* The mid cache: each block a block of a page of its class, counted as
- * used there; of a page the heap owns, a carved one on none of its free
- * lists (another heap's page is its owner's to read); the bytes add up. */
+/* The mid cache: each block a carved block of a page of its class the heap
+ * owns, counted as used there and on none of its free lists; the bytes
+ * add up. */
 static void check_midcache(hak_heap_t *heap) {
   size_t bytes = 0;
   for (unsigned i = 0; i < MIDCACHE_CLASSES; i++) {
@@ -76,18 +76,17 @@ static void check_midcache(hak_heap_t *heap) {
     for (unsigned k = 0; k < heap->mid_count[i]; k++) {
       char *b = heap->mid_slot[i][k];
       hak_page_t *page = page_of(region_of(b), b);
+      HAK_ASSERT(page_heap(page) == heap);
+      HAK_ASSERT(page_flags(page) & PAGE_MID);
       HAK_ASSERT(page->cls == MIDCACHE_FIRST + i);
       size_t off = (size_t)(b - page_start(page));
-      HAK_ASSERT(off % page->block_size == 0 && off / page->block_size < page->capacity);
-      bytes += page->block_size;
-      for (unsigned j = k + 1; j < heap->mid_count[i]; j++)
-        HAK_ASSERT(heap->mid_slot[i][j] != b);
-      if (page_heap(page) != heap) continue;
-      HAK_ASSERT(page_flags(page) & PAGE_MID);
-      HAK_ASSERT(off / page->block_size < page->reserved);
+      HAK_ASSERT(off % page->block_size == 0 && off / page->block_size < page->reserved);
       HAK_ASSERT(page->used > 0);
       HAK_ASSERT(!hak_debug_on_list(page->free, (hak_block_t *)b, page->reserved));
       HAK_ASSERT(!hak_debug_on_list(page->local_free, (hak_block_t *)b, page->reserved));
+      for (unsigned j = k + 1; j < heap->mid_count[i]; j++)
+        HAK_ASSERT(heap->mid_slot[i][j] != b);
+      bytes += page->block_size;
     }
   }
   HAK_ASSERT(bytes == heap->mid_bytes);

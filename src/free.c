@@ -228,27 +228,6 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
     return;
   }
   stat_inc(&heap->stats.remote_frees, 1);
-  /* A mid block stays with the freer for its next malloc, as its own do,
-   * while the freer has a page of the class (it allocates the class
-   * itself) and room in its cache: the block is still used on its page,
-   * so whoever allocates it next needs no block of the owner's. A thread
-   * that inherits a live thread's blocks reuses them instead of taking
-   * spans (larson_mid: an exiting thread runs its heap's teardown late,
-   * after its successor freed most of its blocks into pages it still owns,
-   * and the pair held two heaps' worth). A thread that only frees
-   * (prodcons, a cleanup before going idle) hands its blocks over as
-   * before: an idle thread's cache would pin the pages (stash_idle), and a
-   * full cache does not overflow for them. */
-  if (owner & PAGE_MID) {
-    unsigned i = cls - MIDCACHE_FIRST, n = heap->mid_count[i];
-    if (heap->direct[cls] != &hak_page_empty && n < hak_midcache_max[i] &&
-        heap->mid_bytes < MIDCACHE_HEAP_BYTES) {
-      heap->mid_slot[i][n] = q;
-      heap->mid_count[i] = (uint8_t)(n + 1);
-      heap->mid_bytes += bs;
-      return;
-    }
-  }
   hak_remote_stash_start(heap, page, (hak_block_t *)q);
 }
 

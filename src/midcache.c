@@ -6,9 +6,7 @@
  * their pages in batches: a refill counts fresh blocks out by address, an
  * overflow writes the links of the older half, and a malloc that finds the
  * array empty pops the page's free list as before. Cached blocks stay
- * `used` on their pages, so a page holding any is never retired. A heap
- * caches the mid blocks it frees into other heaps' pages too (free.c):
- * they are handed out again the same way, and given back by a free. */
+ * `used` on their pages, so a page holding any is never retired. */
 #include "internal.h"
 
 #include <string.h>
@@ -87,17 +85,11 @@ void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
   return hak_malloc_slow(heap, size, false);
 }
 
-/* Cached blocks back to their pages: ours onto their local lists (emptied
- * pages retired), another heap's as any free of them (hak_free_other cached
- * them, and their pages may have changed hands since). */
+/* Cached blocks back on their pages' local lists, emptied pages retired. */
 static void give_back(hak_heap_t *heap, void **blocks, unsigned n) {
   for (unsigned k = 0; k < n; k++) {
     hak_block_t *b = blocks[k];
-    hak_page_t *page = page_of(region_of(b), b);
-    if (page_heap(page) == heap)
-      hak_free_local_slow(heap, page, b);
-    else
-      hak_free_route(heap, page, b);
+    hak_free_local_slow(heap, page_of(region_of(b), b), b);
   }
   stat_inc(&heap->stats.midcache_flushed, n);
 }
@@ -118,13 +110,11 @@ void hak_midcache_overflow(hak_heap_t *heap, hak_page_t *page, void *p) {
     hak_free_local_slow(heap, page, p); /* other classes hold the bytes */
 }
 
-/* Thread exit, hakmem_flush and malloc_trim: the pages get every block
- * back, other heaps' too (their stash entries are handed over). */
+/* Thread exit, hakmem_flush and malloc_trim: the pages get every block back. */
 void hak_midcache_flush(hak_heap_t *heap) {
   for (unsigned i = 0; i < MIDCACHE_CLASSES; i++) {
     give_back(heap, heap->mid_slot[i], heap->mid_count[i]);
     heap->mid_count[i] = 0;
   }
   heap->mid_bytes = 0;
-  hak_remote_stash_flush(heap);
 }

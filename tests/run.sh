@@ -159,6 +159,9 @@ run_bin stash_idle
 run_one stash_idle_large "$bin/stash_idle" large
 # fork while another thread's stash holds blocks of the forking thread's page.
 run_one stash_fork "$bin/stash_steal" fork
+# the same with mid blocks of a class the freer allocates too (its mid cache)
+run_one stash_idle_mid "$bin/stash_steal" idle 3000
+run_one stash_fork_mid "$bin/stash_steal" fork 3000
 run_bin midcache_mt 8 20000
 run_one midcache_mt_nodes2 env HAKMEM_NODES=2 "$bin/midcache_mt" 8 20000
 # More threads than HAKMEM_MAX_HEAPS: heaps shared under locks, with

@@ -19,9 +19,14 @@
  *   forking thread, which owns the page) must get all the page's blocks
  *   back: the freer's stash lives in a heap of a thread the child does not
  *   have (without the fork child's take those 4 blocks stay used for good).
+ * idle and fork with a mid size (stash_steal idle 3000, fork 3000): the
+ *   freer allocated a block of that size itself, so it may keep the blocks
+ *   it frees for its own next mallocs; it sleeps, and they must still come
+ *   back to the page's owner (handed over, or taken by the fork's child).
  * Usage: stash_steal [threads [rounds]] (default 8 2000: idle and race)
- *        stash_steal fork */
+ *        stash_steal idle|fork [block size] (default 1024) */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -184,10 +189,15 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int freed, go_exit;
 
+static size_t block_size;
+
 static void *idle_freer(void *arg) {
   (void)arg;
   CHECK(hakmem_thread_set_node(node0) == 0, "hakmem_thread_set_node");
-  void *volatile own = T_MALLOC(3000); /* a heap of its own: its remote frees are stashed */
+  /* a heap of its own, its remote frees are stashed; a block of the class
+   * it frees too: a freer that allocates mid blocks itself keeps the mid
+   * blocks it frees for its next mallocs */
+  void *volatile own = T_MALLOC(block_size);
   T_FREE(own);
   for (int i = 0; i < 4; i++)
     T_FREE(page_blocks[i]);
@@ -219,9 +229,9 @@ static void idle_freer_stop(pthread_t t) {
   pthread_join(t, NULL);
 }
 
-static int idle(void) {
+static int idle(size_t bs) {
   for (int i = 0; i < 64; i++)
-    page_blocks[i] = T_MALLOC(1024);
+    page_blocks[i] = T_MALLOC(bs);
   uint64_t before = stats().remote_handoffs;
   pthread_t t = idle_freer_start();
   void *volatile big = T_MALLOC(4 << 20); /* a slow path: the background thread starts */
@@ -241,18 +251,18 @@ static int idle(void) {
   return 0;
 }
 
-static int fork_child_takes(void) {
-  enum { N = 64 * 3, BS = 1024 };
+static int fork_child_takes(size_t bs) {
+  enum { N = 64 * 3 };
   static void *b[N];
   for (int i = 0; i < N; i++)
-    b[i] = T_MALLOC(BS);
+    b[i] = T_MALLOC(bs);
   uintptr_t p = PAGE_OF(b[N / 2]); /* a page in the middle: full, not page 0 of a region */
   for (int i = 0; i < N; i++)
     if (PAGE_OF(b[i]) == p) {
       page_blocks[npage++] = b[i];
       b[i] = NULL;
     }
-  CHECK(npage >= 32, "only %d blocks of %d B on one page", npage, BS);
+  CHECK(npage >= 16, "only %d blocks of %zu B on one page", npage, bs);
   pthread_t t = idle_freer_start();
   for (int i = 4; i < npage; i++)
     T_FREE(page_blocks[i]);
@@ -262,7 +272,7 @@ static int fork_child_takes(void) {
     int back = 0;
     static void *again[4096];
     for (int i = 0; i < 4096; i++) {
-      again[i] = T_MALLOC(BS);
+      again[i] = T_MALLOC(bs);
       if (PAGE_OF(again[i]) == p) back++;
     }
     if (back < npage) {
@@ -286,6 +296,8 @@ static int fork_child_takes(void) {
 
 int main(int argc, char **argv) {
   node0 = hakmem_thread_node();
-  if (argc > 1 && strcmp(argv[1], "fork") == 0) return fork_child_takes();
-  return idle() || race(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 2000);
+  block_size = argc > 2 && !isdigit((unsigned char)argv[1][0]) ? (size_t)atol(argv[2]) : 1024;
+  if (argc > 1 && strcmp(argv[1], "fork") == 0) return fork_child_takes(block_size);
+  if (argc > 1 && strcmp(argv[1], "idle") == 0) return idle(block_size);
+  return idle(block_size) || race(argc > 1 ? atoi(argv[1]) : 8, argc > 2 ? atoi(argv[2]) : 2000);
 }
