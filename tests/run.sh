@@ -107,6 +107,18 @@ run_sanitized() {
   run_one "$name" "$out" "$@"
 }
 
+# run_debug NAME: NAME's copy built without hakmem (NAME_preload) under the
+# checked library preloaded, with the argument "debug", as NAME_debug.
+run_debug() {
+  local name=$1
+  if [ -x "$bin/${name}_preload" ] && [ -f "$repo/build/debug/libhakmem.so" ]; then
+    run_one "${name}_debug" env LD_PRELOAD="$repo/build/debug/libhakmem.so" \
+      "$bin/${name}_preload" debug
+  else
+    run_bin "${name}_preload" # reports it as not built
+  fi
+}
+
 run_bin api_sizes
 run_bin api_align
 run_bin api_bad_input
@@ -119,12 +131,7 @@ run_bin abort_on_error
 # and the owner's fast path (checked in debug builds only) under the debug
 # library, preloaded into a copy of the test that does not link hakmem.
 run_bin bad_pointers
-if [ -x "$bin/bad_pointers_preload" ] && [ -f "$repo/build/debug/libhakmem.so" ]; then
-  run_one bad_pointers_debug env LD_PRELOAD="$repo/build/debug/libhakmem.so" \
-    "$bin/bad_pointers_preload" debug
-else
-  run_bin bad_pointers_preload # reports it as not built
-fi
+run_debug bad_pointers
 # The remote-free protocol's windows, forced through the checked build's
 # hooks: a freer stopped in FREEING, a thread stopped mid-exit.
 run_bin debug_windows freeing
@@ -246,12 +253,7 @@ run_bin span_color
 # counted invalid; usable sizes, realloc in place, calloc zero, and aligned
 # allocation of every power of two to 64 KiB at every class size.
 run_bin span_bounds
-if [ -x "$bin/span_bounds_preload" ] && [ -f "$repo/build/debug/libhakmem.so" ]; then
-  run_one span_bounds_debug env LD_PRELOAD="$repo/build/debug/libhakmem.so" \
-    "$bin/span_bounds_preload" debug
-else
-  run_bin span_bounds_preload # reports it as not built
-fi
+run_debug span_bounds
 run_bin huge_reuse
 # NUMA on this machine's node as 2 and 4 virtual nodes (HAKMEM_NODES, in
 # children): cross-node frees batched through the mailboxes and drained,
