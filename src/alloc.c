@@ -128,7 +128,7 @@ static void *aligned_alloc_heap(size_t align, size_t size) {
       /* blocks of a size that is a multiple of align are aligned already,
        * past the colors of their spans for a size not a power of two */
       size_t bs = hak_class_size[cls];
-      if (bs % align == 0 && (align <= SPAN_COLOR_STEP || !(bs & (bs - 1))) &&
+      if (bs % align == 0 && (align <= SPAN_COLOR_STEP || !size_colored(bs)) &&
           align <= REGION_HEADER_SIZE)
         return hak_alloc_inline(size);
     }

@@ -181,6 +181,15 @@ void hak_free_slow(hak_region_t *r, void *p) {
   hak_free_route(heap, page, p);
 }
 
+/* Whether q starts one of the capacity blocks of bs bytes from first
+ * (inverse: their class's, an index without a divide). No q below first
+ * passes: whatever index the wrapped offset gives, its block is above q. */
+static inline bool is_block_start(const char *first, const char *q, size_t bs, size_t capacity,
+                                  uint64_t inverse) {
+  size_t off = (size_t)(q - first), idx = (size_t)((off * inverse) >> CLASS_INVERSE_SHIFT);
+  return idx < capacity && off == idx * bs;
+}
+
 /* The inline free's page of a small region of the heap's node, not the
  * heap's own without flags: its page, owner word and region r as the
  * inline free read them. The common case is a remote free of a small
@@ -200,14 +209,13 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
   /* The common case: more of the page its stash entry gathers. An entry
    * holds pages of its class only, whose blocks lie the same in every life
    * of the page (its color too: page.c derives it from the descriptor's
-   * address and the class), so p is checked against the blocks the entry noted (the
-   * test below without the descriptor's fields). */
+   * address and the class), so p is checked against the blocks the entry
+   * noted, without the descriptor's fields. */
   unsigned cls = page->cls;
   hak_stash_t *s = &heap->stash[cls];
   char *q = p;
   if (likely(s->page == page)) {
-    size_t off = (size_t)(q - s->first), idx = (size_t)((off * s->inverse) >> CLASS_INVERSE_SHIFT);
-    if (unlikely(idx >= s->capacity || off != idx * s->block_size)) {
+    if (unlikely(!is_block_start(s->first, q, s->block_size, s->capacity, s->inverse))) {
       hak_free_slow(r, p);
       return;
     }
@@ -216,14 +224,13 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
       hak_remote_stash_hand_over(heap, cls);
     return;
   }
-  /* hak_free_check's test for a page not ours, its start from r at hand:
-   * p a block start below the capacity. Anything else (an aligned block, no
-   * block at all) the general path checks in full. No p below the start
-   * passes: whatever index the wrapped offset gives, its block is above p. */
+  /* hak_free_check's test for a page not ours, its start (page_start) from
+   * r at hand: p a block start below the capacity. Anything else (an
+   * aligned block, no block at all) the general path checks in full. */
   uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
   char *start = (char *)r + (at ? at : REGION_HEADER_SIZE) + (size_t)page->color * SPAN_COLOR_STEP;
-  size_t bs = page->block_size, idx = class_block_index(cls, (size_t)(q - start));
-  if (unlikely(bs == 0 || idx >= page->capacity || q != start + idx * bs)) {
+  size_t bs = page->block_size;
+  if (unlikely(bs == 0 || !is_block_start(start, q, bs, page->capacity, hak_class_inverse[cls]))) {
     hak_free_slow(r, p);
     return;
   }

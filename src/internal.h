@@ -305,6 +305,12 @@ static inline hak_region_t *region_of_page(const hak_page_t *page) {
 #define SPAN_COLOR_STEP 64
 #define SPAN_COLORS 64
 
+/* Blocks of a power-of-two size are never colored: they stay aligned to
+ * their size, which aligned_alloc relies on. */
+static inline bool size_colored(size_t bs) {
+  return (bs & (bs - 1)) != 0;
+}
+
 /* First block of a span: its page's address, past the header on page 0,
  * and past its color. */
 static inline char *page_start(const hak_page_t *page) {

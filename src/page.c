@@ -17,7 +17,7 @@
 static unsigned span_color(const hak_page_t *page, size_t used, size_t spare, size_t bs) {
   size_t pad = -used & 4095; /* spans start on a 4 KiB boundary */
   size_t colors = (pad ? pad : spare) / SPAN_COLOR_STEP + 1;
-  if (!(bs & (bs - 1)) || colors == 1) return 0;
+  if (!size_colored(bs) || colors == 1) return 0;
   if (colors > SPAN_COLORS) colors = SPAN_COLORS;
   /* a multiplicative hash of the descriptor's index: spans of any length
    * in a row (every 4th page for 4-page spans) take colors all over */

@@ -40,7 +40,7 @@ static unsigned span_pages(size_t bs) {
    * 16 KiB phase left). Its tail is never touched while the block lives. */
   if (bs > PAGE_SIZE && bs % 4096 == 0) return (unsigned)((bs + PAGE_SIZE - 1) / PAGE_SIZE);
   unsigned first = (unsigned)((4 * bs + PAGE_SIZE - 1) / PAGE_SIZE), best = first;
-  bool colored = bs % 4096 == 0 && (bs & (bs - 1)) != 0;
+  bool colored = bs % 4096 == 0 && size_colored(bs);
   for (unsigned k = first; k <= 8; k++) {
     size_t tail = span_tail(bs, k);
     if (tail * 32 <= k * PAGE_SIZE && (!colored || tail >= 4096)) return k;
