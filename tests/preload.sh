@@ -3,12 +3,14 @@
 # same stderr as without the preload, and the preloaded run's JSON stats
 # (HAKMEM_STATS=json, HAKMEM_STATS_FILE) show pages_activated > 0, i.e.
 # hakmem really served the program's mallocs.
-# Usage: tests/preload.sh python|perl|git|gcc|sort
+# postgres: initdb, the server and psql all under the preload (as user
+# postgres: the server refuses root), one cluster per run.
+# Usage: tests/preload.sh python|perl|git|gcc|sort|postgres
 # Prints "FAIL: why" / "SKIP: why" on stderr and exits 1 / 77 like the C tests.
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 lib=$repo/build/libhakmem.so
-name=${1:?usage: preload.sh python|perl|git|gcc|sort}
+name=${1:?usage: preload.sh python|perl|git|gcc|sort|postgres}
 base=${HAK_TEST_BIN:-$repo/build/tests}
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -22,6 +24,17 @@ case_perl() { perl "$repo/tests/workload.pl" >"$1"; }
 case_git() { git -C "$repo" --no-pager log --no-color -p --stat -n 300 "$rev" >"$1"; }
 case_gcc() { (cd "$work/tree" && gcc -O2 -g -Iuapi -Isrc -Ikmem -c "$src" -o "$1"); }
 case_sort() { LC_ALL=C sort "$work/input" >"$1"; }
+case_postgres() {
+  local data=$pgroot/$(basename "$1" .out)
+  as_postgres "$pgbin/initdb" -D "$data" -A trust -U postgres --no-sync >"$data.log" 2>&1 &&
+    as_postgres "$pgbin/pg_ctl" -D "$data" -l "$data.server.log" -w start \
+      -o "-k $pgroot -c listen_addresses= -c fsync=off -p 54329" >>"$data.log" 2>&1 || return 1
+  psql -h "$pgroot" -p 54329 -U postgres -X -A -q -f "$repo/tests/workload.sql" postgres >"$1"
+  local rc=$?
+  as_postgres "$pgbin/pg_ctl" -D "$data" -m fast -w stop >>"$data.log" 2>&1 || rc=1
+  return $rc
+}
+as_postgres() { runuser -u postgres -- env ${LD_PRELOAD:+LD_PRELOAD=$LD_PRELOAD} "$@"; }
 
 prepare() {
   case $name in
@@ -46,6 +59,17 @@ prepare() {
     awk 'BEGIN { x = 1; for (i = 0; i < 1000000; i++) {
            x = (x * 16807) % 2147483647; printf "%d %x line %d\n", x % 100000, x, i } }' \
       >"$work/input" || fail "could not generate the input"
+    ;;
+  postgres)
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -x "$pgbin/postgres" ] || skip "postgresql is not installed"
+    need psql
+    [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1 || skip "needs root and the user postgres"
+    pgroot=$(mktemp -d /tmp/hakmem-pg.XXXXXX) || fail "mktemp failed"
+    trap 'for d in "$pgroot"/*/; do as_postgres "$pgbin/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1; done; rm -rf "$pgroot"' EXIT
+    chown postgres "$pgroot"
+    # The server's processes write the exit statistics too.
+    chmod 711 "$work" && install -m 666 -o postgres /dev/null "$work/stats.json"
     ;;
   *) fail "unknown case $name" ;;
   esac

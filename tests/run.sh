@@ -277,7 +277,7 @@ SAN_SRC=tests/midcache_mt.c run_sanitized midcache_mt_tsan tsan -fsanitize=threa
 SAN_SRC=tests/shared_heaps.c run_sanitized shared_heaps_tsan tsan -fsanitize=thread 600
 unset TSAN_OPTIONS UBSAN_OPTIONS
 
-for prog in python perl git gcc sort; do
+for prog in python perl git gcc sort postgres; do
   run_one "preload_$prog" bash tests/preload.sh "$prog"
 done
 
