@@ -157,6 +157,10 @@ run_bin stress_mt 8 40000
 run_one remote_stash env HAKMEM_BACKGROUND=0 "$bin/remote_stash"
 # the same where the scheduler may put the freer on another (virtual) node
 run_one remote_stash_nodes2 env HAKMEM_BACKGROUND=0 HAKMEM_NODES=2 "$bin/remote_stash"
+# The background thread backs off while a busy program gives it nothing to
+# do (yet comes when memory is freed), and collapses no region while the
+# program keeps its CPU busy.
+run_bin bg_backoff
 # Stashes taken by other threads while their freers push: malloc_trim and
 # hakmem_flush in a loop against pairs of freers, and an idle freer's stash
 # handed over by the background thread.
