@@ -16,9 +16,9 @@
  *   meanwhile (a collapse copies 2 MiB on the background thread, taken from
  *   the program's own CPU; while it keeps its CPUs busy collapses get 1% of
  *   its CPU time, a slow collapse's worth after 2 s). Once the program
- *   sleeps, they come. Where the main thread did not get the CPU (a loaded
+ *   sleeps, they come. Where the main thread had less than 70% of the CPU (a loaded
  *   machine), or the kernel collapses nothing, the check is skipped.
- * Usage: bg_backoff [quiet|collapse] (default: both) */
+ * Usage: bg_backoff [quiet|collapse] (default: both, quiet with HAKMEM_THP=0) */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <pthread.h>
@@ -180,7 +180,7 @@ static int collapse(void) {
           "it slept\n",
           (unsigned long long)busy, share * 100, (unsigned long long)idle);
   if (idle == 0 && busy == 0) SKIP("no region was collapsed even while the program slept");
-  if (share < 0.8) SKIP("the program had only %.0f%% of its CPU: cannot tell busy", share * 100);
+  if (share < 0.7) SKIP("the program had only %.0f%% of its CPU: cannot tell busy", share * 100);
   CHECK(busy == 0,
         "%llu regions collapsed while the program kept its only CPU busy for 1.5 s, expected none",
         (unsigned long long)busy);
