@@ -52,11 +52,13 @@ static uint64_t clock_ns(clockid_t clock) {
  * that time is taken from them (churn_mid, 2 threads on 2 CPUs: 3-4
  * collapses and 16 ms of the background thread's CPU in 0.4 s, 4% of its
  * throughput): then collapses get at most 1/COLLAPSE_SHARE of the CPU time
- * the program used, so a long-running busy program still gets its huge
- * pages, slowly. With half a CPU to spare they cost it nothing and go on as
- * they come (a server and its clients, a program between phases). */
-#define COLLAPSE_SHARE 100
-#define COLLAPSE_CREDIT_NS 20000000 /* a slow collapse's: what a busy program's must wait for */
+ * the program used, and only once it has used COLLAPSE_CREDIT_NS *
+ * COLLAPSE_SHARE (1.25 s: a run of 0.4 s on 2 CPUs gets none), so a
+ * long-running busy program still gets its huge pages, slowly. With half a
+ * CPU to spare they cost it nothing and go on as they come (a program
+ * between phases, a server waiting for requests). */
+#define COLLAPSE_SHARE 50
+#define COLLAPSE_CREDIT_NS 25000000 /* a slow collapse and then some */
 
 static struct {
   unsigned cpus;      /* the process may run on */

@@ -12,10 +12,10 @@
  *   some), not a second later.
  * collapse: the process on one CPU, a dense heap of 1-8 KiB blocks touched
  *   whole (what HAKMEM_THP=collapse collapses within a few periods), then
- *   the main thread keeps that CPU busy for 1.5 s: no region is collapsed
+ *   the main thread keeps that CPU busy for 0.8 s: no region is collapsed
  *   meanwhile (a collapse copies 2 MiB on the background thread, taken from
- *   the program's own CPU; while it keeps its CPUs busy collapses get 1% of
- *   its CPU time, a slow collapse's worth after 2 s). Once the program
+ *   the program's own CPU; while it keeps its CPUs busy collapses get 2% of
+ *   its CPU time, none before 1.25 s of it). Once the program
  *   sleeps, they come. Where the main thread had less than 70% of the CPU (a loaded
  *   machine), or the kernel collapses nothing, the check is skipped.
  * Usage: bg_backoff [quiet|collapse] (default: both, quiet with HAKMEM_THP=0) */
@@ -162,7 +162,7 @@ static int collapse(void) {
   uint64_t c0 = stats_now().thp_collapses, cpu0 = cpu_ns();
   long t0 = now_ms();
   void *set[64] = {0};
-  while (now_ms() - t0 < 1500) { /* busy: small blocks, no new region */
+  while (now_ms() - t0 < 800) { /* busy: small blocks, no new region */
     uint64_t x = rng_next(&r);
     free(set[x % 64]);
     set[x % 64] = malloc(16 + (x >> 40) % 256);
@@ -176,13 +176,13 @@ static int collapse(void) {
   }
   uint64_t idle = s.thp_collapses - c0 - busy;
   fprintf(stderr,
-          "collapse: %llu collapses in 1.5 s busy (the program had %.0f%% of its CPU), %llu once "
+          "collapse: %llu collapses in 0.8 s busy (the program had %.0f%% of its CPU), %llu once "
           "it slept\n",
           (unsigned long long)busy, share * 100, (unsigned long long)idle);
   if (idle == 0 && busy == 0) SKIP("no region was collapsed even while the program slept");
   if (share < 0.7) SKIP("the program had only %.0f%% of its CPU: cannot tell busy", share * 100);
   CHECK(busy == 0,
-        "%llu regions collapsed while the program kept its only CPU busy for 1.5 s, expected none",
+        "%llu regions collapsed while the program kept its only CPU busy for 0.8 s, expected none",
         (unsigned long long)busy);
   CHECK(idle > 0, "no region collapsed once the program slept");
   for (size_t i = 0; i < n; i++)
