@@ -160,7 +160,7 @@ run_one remote_stash_nodes2 env HAKMEM_BACKGROUND=0 HAKMEM_NODES=2 "$bin/remote_
 # The background thread backs off while a busy program gives it nothing to
 # do (yet comes when memory is freed), and collapses no region while the
 # program keeps its CPU busy.
-run_one bg_backoff_quiet env HAKMEM_THP=0 "$bin/bg_backoff" quiet
+run_one bg_backoff env HAKMEM_THP=0 "$bin/bg_backoff" quiet
 run_one bg_backoff_collapse "$bin/bg_backoff" collapse
 # Many threads wake the dozing background thread at once (also under TSan below).
 run_one bg_wake env HAKMEM_PURGE_DELAY_MS=10 "$bin/bg_wake" 8 30
