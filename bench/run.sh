@@ -17,7 +17,8 @@
 #   BENCH_ALLOCS=glibc,hakmem,...  allocators (default: glibc,hakmem,hakmem-batch1,mimalloc,
 #                                  jemalloc,tcmalloc); NAME=/path/to/lib.so adds any preloadable
 #                                  allocator; hakmem-batch1 is hakmem with HAKMEM_MAILBOX_BATCH=1,
-#                                  run on crossnode only
+#                                  run on crossnode only; hakmem-nobg (not by default) is hakmem
+#                                  with HAKMEM_BACKGROUND=0
 #   BENCH_THREADS=1,2              thread counts (default: 1,2)
 #   BENCH_RUNS=5                   runs per cell (default: 5)
 #   BENCH_FULL=1                   longer runs (3 s) and bigger working sets
@@ -101,6 +102,8 @@ for a in "${allocs[@]}"; do
     hakmem) lib=$root/build/libhakmem.so ;;
     # cross-node frees one by one instead of batched: only crossnode has any
     hakmem-batch1) lib=$root/build/libhakmem.so row_env=HAKMEM_MAILBOX_BATCH=1 only=crossnode ;;
+    # without the background thread: what it costs a busy program
+    hakmem-nobg) lib=$root/build/libhakmem.so row_env=HAKMEM_BACKGROUND=0 ;;
     mimalloc) lib=$(find_lib libmimalloc.so.2) ;;
     jemalloc) lib=$(find_lib libjemalloc.so.2) ;;
     tcmalloc) lib=$(find_lib libtcmalloc_minimal.so.4) ;;
@@ -110,7 +113,7 @@ for a in "${allocs[@]}"; do
   [ -n "$only" ] && [[ " ${workloads[*]} " != *" $only "* ]] && continue
   if [ "$a" != glibc ] && [ ! -e "$lib" ]; then
     case $a in
-      hakmem | hakmem-batch1) note "hakmem: build/libhakmem.so missing (make lib): skipped" ;;
+      hakmem | hakmem-batch1 | hakmem-nobg) note "hakmem: build/libhakmem.so missing (make lib): skipped" ;;
       *) note "$a: library not found: skipped" ;;
     esac
     continue

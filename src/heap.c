@@ -249,10 +249,12 @@ void hak_heaps_stats(hak_heap_stats_t *sum) {
 
 /* Takes the stashed chains of every heap but except (its thread hands its
  * own over). Without the lock: heaps are never freed, and a take is safe
- * whatever the heap's thread is doing. */
-void hak_heaps_stash_take(hak_heap_t *except, bool idle_only) {
+ * whatever the heap's thread is doing. Returns whether blocks were left. */
+bool hak_heaps_stash_take(hak_heap_t *except, bool idle_only) {
+  bool left = false;
   for (hak_heap_t *h = atomic_load_explicit(&heaps, memory_order_acquire); h; h = h->pool_next)
-    if (h != except) hak_remote_stash_take(h, idle_only);
+    if (h != except) left |= hak_remote_stash_take(h, idle_only);
+  return left;
 }
 
 void hak_heaps_fork_prepare(void) {

@@ -307,13 +307,15 @@ static bool cache_put(char *base, size_t len, size_t need, size_t res, int node,
   return kept;
 }
 
-void hak_huge_expire(void) {
+bool hak_huge_expire(void) {
   victims_t v;
   v.n = 0;
   pthread_mutex_lock(&cache_lock);
   cache_expire(hak_now_ms(), false, NULL, &v);
+  bool cached = cache_hi > 0;
   pthread_mutex_unlock(&cache_lock);
   victims_unmap(&v);
+  return cached;
 }
 
 size_t hak_huge_trim(void) {

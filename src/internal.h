@@ -416,8 +416,8 @@ void hak_heap_trim(hak_heap_t *heap);    /* returns its empty pages */
 void hak_heaps_fork_prepare(void);
 void hak_heaps_fork_release(void);
 void hak_heaps_fork_child(hak_heap_t *survivor);
-void hak_heaps_stats(hak_heap_stats_t *sum); /* adds every heap's counters */
-void hak_heaps_stash_take(hak_heap_t *except, bool idle_only);
+void hak_heaps_stats(hak_heap_stats_t *sum);                   /* adds every heap's counters */
+bool hak_heaps_stash_take(hak_heap_t *except, bool idle_only); /* true: blocks left */
 void hak_heap_register(hak_heap_t *heap); /* a heap no thread owns (shared.c) */
 bool hak_thread_heap_reserve(unsigned max);
 
@@ -436,7 +436,7 @@ static inline bool hak_heap_is_shared(const hak_heap_t *heap) {
 /* A free of block b into shared heap's page, done as the owner's under its
  * lock; false when the lock is busy. */
 bool hak_shared_free(hak_heap_t *heap, hak_page_t *page, void *b);
-void hak_shared_trim_idle(void); /* the background thread */
+bool hak_shared_trim_idle(void); /* the background thread; true: a shared heap is in use */
 void hak_shared_trim(void);      /* malloc_trim: every shared heap's empty pages back */
 void hak_shared_fork_prepare(void);
 void hak_shared_fork_release(void); /* parent and child */
@@ -447,7 +447,7 @@ typedef struct hak_global_stats {
   _Atomic uint64_t regions_reserved, committed_bytes, peak_committed_bytes, invalid_frees,
       remote_frees, huge_allocs, huge_cache_hits, heaps_created, pages_abandoned, pages_adopted,
       remote_blocks_collected, node_fallbacks, mailbox_bytes, mailbox_drains, blocks_drained,
-      remote_handoffs, shared_heap_threads;
+      remote_handoffs, shared_heap_threads, background_passes;
 } hak_global_stats_t;
 extern hak_global_stats_t hak_gstats;
 void hak_committed_add(int64_t delta);
@@ -458,10 +458,10 @@ uint64_t hak_now_ms(void); /* coarse monotonic clock */
 hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero);
 void hak_span_free(hak_page_t *span); /* a span already free counts as an invalid free */
 size_t hak_pool_trim(void);           /* purges every free page */
-size_t hak_pool_purge(bool force, bool wait);
+size_t hak_pool_purge(bool force, bool wait, bool *later);
 void hak_pool_purge_maybe(void);
 void hak_pool_populate_at(uintptr_t region, unsigned next); /* validated under the lock */
-size_t hak_pool_collapse(void); /* HAKMEM_THP=collapse: the background thread's pass */
+size_t hak_pool_collapse(bool *later); /* HAKMEM_THP=collapse: the background thread's pass */
 
 /* ---- the remote-free protocol (remote.c) --------------------------------- */
 
@@ -470,7 +470,7 @@ void hak_remote_free(hak_page_t *page, hak_block_t *b);
 void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls);
 void hak_remote_stash_flush(hak_heap_t *heap);
-void hak_remote_stash_take(hak_heap_t *heap, bool idle_only);
+bool hak_remote_stash_take(hak_heap_t *heap, bool idle_only); /* true: blocks left */
 size_t hak_page_collect_remote(hak_page_t *page);
 park_result_t hak_remote_park(hak_heap_t *heap, hak_page_t *page);
 void hak_remote_drain_delayed(hak_heap_t *heap);
@@ -565,7 +565,7 @@ void *hak_huge_grow(hak_region_t *r, size_t size);
 void *hak_huge_shrink(hak_region_t *r, size_t size); /* NULL: not done */
 void hak_huge_resized(hak_region_t *r, size_t size); /* realloc kept it in place */
 size_t hak_huge_trim(void);                          /* unmaps every cached huge mapping */
-void hak_huge_expire(void); /* unmaps cached mappings past the purge delay */
+bool hak_huge_expire(void); /* unmaps cached mappings past the purge delay; true: some left */
 void hak_huge_fork_prepare(void);
 void hak_huge_fork_release(void);
 size_t hak_usable_size(const void *p);

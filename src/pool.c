@@ -265,8 +265,10 @@ static void hugetlb_release(hak_pool_t *pool, hak_region_t *r) {
   kmem_region_free_hugetlb(r);
 }
 
-/* Takes the purgeable pages of one pool out of circulation, as runs. */
-static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purge_run_t *out) {
+/* Takes the purgeable pages of one pool out of circulation, as runs; notes
+ * in *waiting pages that will be once their delay has passed. */
+static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purge_run_t *out,
+                                bool *waiting) {
   size_t n = 0;
   uint64_t delay = pool_delay(pool, now);
   /* empty regions all sit in the bucket of 31-page runs */
@@ -274,13 +276,18 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
   for (unsigned nf = from; nf <= PAGES_PER_REGION; nf++) {
     for (hak_region_t *r = pool->buckets[nf], *next; r && n < PURGE_BATCH; r = next) {
       next = r->next;
-      if (r->hugetlb && r->nfree == PAGES_PER_REGION &&
-          (force || now - r->empty_since_ms >= delay)) {
-        hugetlb_release(pool, r);
+      if (r->hugetlb && r->nfree == PAGES_PER_REGION) {
+        if (force || now - r->empty_since_ms >= delay)
+          hugetlb_release(pool, r);
+        else
+          *waiting = true;
         continue;
       }
       uint32_t mask = purgeable(r, now, delay, force);
-      if (!mask) continue;
+      if (!mask) {
+        *waiting |= purgeable(r, now, 0, false) != 0;
+        continue;
+      }
       bucket_remove(pool, r);
       r->free_mask &= ~mask;
       r->purging_mask |= mask;
@@ -344,9 +351,14 @@ static void purge_submit(const purge_run_t *run) {
     kmem_purge_reap(purge_done, false);
 }
 
-size_t hak_pool_purge(bool force, bool wait) {
+/* Returns the runs sent. *later (may be NULL): whether work is left for a
+ * later look, pages to purge once their delay has passed, or purges sent or
+ * completed (more may be under way). */
+size_t hak_pool_purge(bool force, bool wait, bool *later) {
   uint64_t now = hak_now_ms();
   size_t total = 0;
+  bool waiting = false;
+  if (later) *later = false;
   if (hak_opt.purge == PURGE_OFF && !force) return 0;
   for (int node = 0; node < kmem_node_count(); node++) {
     hak_pool_t *pool = &pools[node];
@@ -354,7 +366,7 @@ size_t hak_pool_purge(bool force, bool wait) {
     size_t n;
     do {
       pthread_mutex_lock(&pool->lock);
-      n = collect_purgeable(pool, now, force, runs);
+      n = collect_purgeable(pool, now, force, runs, &waiting);
       atomic_store_explicit(&pool->last_purge_scan_ms, now, memory_order_relaxed);
       pthread_mutex_unlock(&pool->lock);
       for (size_t i = 0; i < n; i++)
@@ -362,7 +374,8 @@ size_t hak_pool_purge(bool force, bool wait) {
       total += n;
     } while (n == PURGE_BATCH);
   }
-  kmem_purge_reap(purge_done, wait);
+  size_t reaped = kmem_purge_reap(purge_done, wait);
+  if (later) *later = waiting || total || reaped;
   return total;
 }
 
@@ -373,7 +386,7 @@ void hak_pool_purge_maybe(void) {
   hak_pool_t *pool = &pools[0];
   uint64_t last = atomic_load_explicit(&pool->last_purge_scan_ms, memory_order_relaxed);
   if (now - last >= hak_opt.purge_delay_ms / 2 + 1 || hak_opt.purge_delay_ms == 0)
-    hak_pool_purge(false, false);
+    hak_pool_purge(false, false, NULL);
 }
 
 /* ---- HAKMEM_THP=collapse: huge pages only where they pay --------------------
@@ -410,9 +423,12 @@ static bool collapse_due(hak_region_t *r, uint32_t pass, uint64_t now) {
   return !r->collapse_ms || now - r->collapse_ms >= COLLAPSE_RETRY_MS;
 }
 
-/* One pass of the background thread; returns the regions collapsed. */
-size_t hak_pool_collapse(void) {
+/* One pass of the background thread; returns the regions collapsed. *later:
+ * whether dense regions wait for a next pass (due past this pass's picks,
+ * or dense for less than COLLAPSE_DENSE_MS). */
+size_t hak_pool_collapse(bool *later) {
   static uint32_t pass = 1; /* the background thread's only */
+  *later = false;
   if (hak_opt.uffd || !kmem_collapse_usable()) return 0;
   pass++;
   uint64_t now = hak_now_ms();
@@ -425,9 +441,13 @@ size_t hak_pool_collapse(void) {
     /* a region with at most k pages free has no free run longer than k */
     for (unsigned k = 0; k <= COLLAPSE_MAX_FREE; k++)
       for (hak_region_t *r = pool->buckets[k]; r; r = r->next)
-        if (collapse_due(r, pass, now) && tried + n < COLLAPSE_PER_PASS) {
+        if (!collapse_due(r, pass, now)) {
+          *later |= r->dense_pass == pass && now - r->dense_since_ms < COLLAPSE_DENSE_MS;
+        } else if (tried + n < COLLAPSE_PER_PASS) {
           r->collapse_ms = now;
           pick[n++] = r;
+        } else {
+          *later = true;
         }
     pthread_mutex_unlock(&pool->lock);
     /* regions of ordinary pages are never unmapped: safe unlocked */
@@ -523,7 +543,7 @@ void hak_span_free(hak_page_t *span) {
 
 /* Gives back every free page. Returns the number of purged runs. */
 size_t hak_pool_trim(void) {
-  return hak_pool_purge(true, true);
+  return hak_pool_purge(true, true, NULL);
 }
 
 void hak_pool_fork_prepare(void) {

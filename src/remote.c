@@ -239,13 +239,16 @@ void hak_remote_stash_flush(hak_heap_t *heap) {
  * CAS on the cut makes the blocks between the taker's, and fails when the
  * freer (or another taker) moved it first: they are handed over then. All
  * pushes past a cut are of one page: the freer moves the cut before it
- * pushes a block of another page. */
-void hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
+ * pushes a block of another page. Returns whether blocks were left (a busy
+ * freer's, idle_only). */
+bool hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
+  bool left = false;
   for (unsigned c = 0; c < NUM_CLASSES; c++) {
     uint64_t cut = atomic_load_explicit(&heap->stash_cut[c], memory_order_acquire);
     uintptr_t top = atomic_load_explicit(&heap->stash[c].top, memory_order_acquire);
     if (idle_only && top != heap->stash_seen[c]) {
       heap->stash_seen[c] = top; /* changed: its freer is busy, look again next pass */
+      left |= stash_pending(top, cut) != 0;
       continue;
     }
     size_t n = stash_pending(top, cut);
@@ -256,6 +259,7 @@ void hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
     remote_push(page_of(region_of(first), first), first, chain_at(first, n), n);
     atomic_fetch_add_explicit(&hak_gstats.remote_handoffs, 1, memory_order_relaxed);
   }
+  return left;
 }
 
 /* Takes the remote list, leaving the state bits, and puts it on `free`:

@@ -107,15 +107,22 @@ static void shared_trim(unsigned i) {
 /* The background thread's pass: a shared heap no malloc entered since the
  * last pass is trimmed. Its threads may be gone, and nobody else collects
  * the blocks freed into it: after a program freed everything, they kept
- * regions from being purged. */
-void hak_shared_trim_idle(void) {
+ * regions from being purged. True while any shared heap is in use: frees
+ * into it may come from threads that never wake the background thread. */
+bool hak_shared_trim_idle(void) {
   static uint64_t seen[SHARED_MAX]; /* entries at the last pass */
+  bool in_use = false;
   for (unsigned i = 0; i < nshared; i++) {
-    if (pthread_mutex_trylock(&locks[i]) != 0) continue; /* in use: not idle */
+    if (pthread_mutex_trylock(&locks[i]) != 0) { /* in use: not idle */
+      in_use = true;
+      continue;
+    }
     if (entries[i] == seen[i]) shared_trim(i);
     seen[i] = entries[i];
+    in_use |= hak_shared_heaps[i].in_use;
     pthread_mutex_unlock(&locks[i]);
   }
+  return in_use;
 }
 
 void hak_shared_trim(void) {

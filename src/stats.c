@@ -61,6 +61,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .midcache_flushed = H(midcache_flushed),
       .heaps_created = G(heaps_created),
       .shared_heap_threads = G(shared_heap_threads),
+      .background_passes = G(background_passes),
       .thp_collapses = k.thp_collapses,
   };
 #undef G
@@ -99,7 +100,8 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   X(remote_handoffs)                                                                               \
   X(midcache_filled)                                                                               \
   X(midcache_flushed)                                                                              \
-  X(shared_heap_threads)
+  X(shared_heap_threads)                                                                           \
+  X(background_passes)
 
 static void format_json(hak_buf_t *b, const hak_stats_t *s) {
   buf_str(b, "{\"version\":\"" HAKMEM_VERSION "\"");

@@ -157,6 +157,13 @@ run_bin stress_mt 8 40000
 run_one remote_stash env HAKMEM_BACKGROUND=0 "$bin/remote_stash"
 # the same where the scheduler may put the freer on another (virtual) node
 run_one remote_stash_nodes2 env HAKMEM_BACKGROUND=0 HAKMEM_NODES=2 "$bin/remote_stash"
+# The background thread backs off while a busy program gives it nothing to
+# do (yet comes when memory is freed), and collapses no region while the
+# program keeps its CPU busy.
+run_one bg_backoff env HAKMEM_THP=0 "$bin/bg_backoff" quiet
+run_one bg_backoff_collapse "$bin/bg_backoff" collapse
+# Many threads wake the dozing background thread at once (also under TSan below).
+run_one bg_wake env HAKMEM_PURGE_DELAY_MS=10 "$bin/bg_wake" 8 30
 # Stashes taken by other threads while their freers push: malloc_trim and
 # hakmem_flush in a loop against pairs of freers, and an idle freer's stash
 # handed over by the background thread.
@@ -274,6 +281,7 @@ SAN_SRC=tests/numa_stress.c run_sanitized numa_stress_tsan tsan -fsanitize=threa
 HAKMEM_BACKGROUND=0 SAN_SRC=tests/remote_stash.c run_sanitized remote_stash_tsan tsan -fsanitize=thread 8 1000
 SAN_SRC=tests/stash_steal.c run_sanitized stash_steal_tsan tsan -fsanitize=thread 4 300
 SAN_SRC=tests/midcache_mt.c run_sanitized midcache_mt_tsan tsan -fsanitize=thread 8 3000
+HAKMEM_PURGE_DELAY_MS=10 SAN_SRC=tests/bg_wake.c run_sanitized bg_wake_tsan tsan -fsanitize=thread 8 20
 SAN_SRC=tests/shared_heaps.c run_sanitized shared_heaps_tsan tsan -fsanitize=thread 600
 unset TSAN_OPTIONS UBSAN_OPTIONS
 

@@ -43,7 +43,8 @@ static const char *const stats_keys[] = {"regions_reserved",
                                          "remote_handoffs",
                                          "midcache_filled",
                                          "midcache_flushed",
-                                         "shared_heap_threads"};
+                                         "shared_heap_threads",
+                                         "background_passes"};
 #define NKEYS (sizeof stats_keys / sizeof stats_keys[0])
 _Static_assert(NKEYS * sizeof(uint64_t) == sizeof(hak_stats_t),
                "tests/stats_keys.h does not list every field of hak_stats_t");

@@ -66,6 +66,7 @@ typedef struct hak_stats {
   uint64_t midcache_filled;     /* mid blocks (1-32 KiB) taken from pages into heaps' caches */
   uint64_t midcache_flushed;    /* mid blocks given back from heaps' caches to their pages */
   uint64_t shared_heap_threads; /* threads past HAKMEM_MAX_HEAPS that shared a heap */
+  uint64_t background_passes;   /* times the background thread woke and looked for work */
 } hak_stats_t;
 
 /* Per node (HAKMEM_NODES virtual nodes, or the machine's). */
