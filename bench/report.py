@@ -165,7 +165,8 @@ def append_sections(md, failures, notes):
 
 
 # --- servers (bench/servers.sh) ---
-SRV_FIELDS = ["server", "alloc", "run", "test", "size", "status", "value", "peak_kb", "detail"]
+SRV_FIELDS = ["server", "alloc", "run", "test", "size", "status", "value", "peak_kb", "detail",
+              "cpu"]
 SRV_ABOUT = {
     "redis": "redis-server (Debian's, linked with jemalloc 5.3) with --save '' --appendonly no, "
              "pinned to one CPU; redis-benchmark -P 16 -c 50 -t set,get,lpush,lpop -d SIZE on the "
@@ -221,7 +222,10 @@ def srv_cell(srv, s, al, t, z):
     bad += [r for r in srv["cells"].get((s, al, "start", "-"), [])]
     vals = [float(r["value"]) for r in good]
     peaks = [float(r["peak_kb"]) for r in good if r["peak_kb"]]
+    cpus = [float(r["cpu"]) for r in good if r["cpu"]]
     return {"runs": len(good), "failed": len(bad), "bad": bad,
+            "cpu": statistics.median(cpus) if cpus else None,
+            "cpu_min": min(cpus) if cpus else None, "cpu_max": max(cpus) if cpus else None,
             "median": statistics.median(vals) if vals else None,
             "min": min(vals) if vals else None, "max": max(vals) if vals else None,
             "peak": statistics.median(peaks) if peaks else None,
@@ -233,11 +237,31 @@ def srv_base(srv, s):
     return "hakmem" if "hakmem" in order else (order[0] if order else None), order
 
 
+def srv_sizes(tests):
+    """The value sizes of tests, each with its first test (a size's tests share one CPU figure)."""
+    first = {}
+    for t, z in tests:
+        first.setdefault(z, t)
+    return list(first.items())
+
+
+def srv_cpu_ratio(srv, s, al, base):
+    """Geomean over value sizes of al's server CPU per request over base's."""
+    rs = []
+    for z, t in srv_sizes(srv_tests(srv, s)):
+        c, b = srv_cell(srv, s, al, t, z), srv_cell(srv, s, base, t, z)
+        if c["failed"] or b["failed"] or not c["cpu"] or not b["cpu"]:
+            return None, 0
+        rs.append(c["cpu"] / b["cpu"])
+    return geomean(rs), len(rs)
+
+
 def servers_geomean(srv, al):
-    """Throughput and peak RSS geomeans of allocator al vs hakmem over all server cells."""
+    """Throughput, peak RSS and CPU per request geomeans of allocator al vs hakmem over all
+    server cells (CPU: over each server's value sizes)."""
     if not srv:
-        return None, None, 0
-    tp, rss = [], []
+        return None, None, None, 0
+    tp, rss, cpu = [], [], []
     for s in srv["servers"]:
         base, order = srv_base(srv, s)
         if al not in order:
@@ -249,7 +273,11 @@ def servers_geomean(srv, al):
             tp.append(c["median"] / b["median"])
             if c["peak"] and b["peak"]:
                 rss.append(c["peak"] / b["peak"])
-    return geomean(tp), geomean(rss), len(tp)
+        for z, t in srv_sizes(srv_tests(srv, s)):
+            c, b = srv_cell(srv, s, al, t, z), srv_cell(srv, s, base, t, z)
+            if not c["failed"] and not b["failed"] and c["cpu"] and b["cpu"]:
+                cpu.append(c["cpu"] / b["cpu"])
+    return geomean(tp), geomean(rss), geomean(cpu), len(tp)
 
 
 def srv_workload(s, t, z):
@@ -271,6 +299,13 @@ def servers_json(srv):
                             "failed": c["failed"], "status": "crash" if c["failed"] else "ok",
                             "metric": "throughput", "unit": unit, "median": c["median"],
                             "min": c["min"], "max": c["max"], "value_size": z})
+            for z, t in srv_sizes(srv_tests(srv, s)):
+                c = srv_cell(srv, s, al, t, z)
+                out.append({"workload": s, "allocator": al, "threads": 1, "peak_rss_kb": c["peak"],
+                            "minor_faults": None, "runs": c["runs"], "failed": c["failed"],
+                            "status": "crash" if c["failed"] else "ok",
+                            "metric": "cpu_ms_per_1k_requests", "unit": "ms", "median": c["cpu"],
+                            "min": c["cpu_min"], "max": c["cpu_max"], "value_size": z})
             idle = srv_cell(srv, s, al, "idle", "-")
             common = {"workload": s, "allocator": al, "threads": 1, "peak_rss_kb": idle["peak"],
                       "minor_faults": None, "runs": idle["runs"], "failed": idle["failed"],
@@ -302,12 +337,18 @@ def servers_md(srv, failures):
                "value size; peak RSS = the server's VmHWM (per value size where there are "
                "several, reset between sizes; `all` = the whole run); RSS after idle = VmRSS "
                "after FLUSHALL / flush_all and %s; vs %s = geometric mean of the throughput "
-               "ratios." % ("the idle wait", base), ""]
+               "ratios; CPU ms/1k = ms of CPU the server (all its threads) used per 1000 "
+               "requests of that value size (schedstat; the other load of a shared machine "
+               "moves it far less than requests/s), CPU vs %s = geometric mean of its ratios "
+               "over the sizes (above 1: more CPU per request)." % ("the idle wait", base, base),
+               ""]
         head = ["allocator"] + ["%s %s" % (t.upper(), z) if z not in ("-", "") else t.upper()
                                 for t, z in tests]
         if len(sizes) > 1:
             head += ["peak RSS MiB %s" % z for z in sizes]
         head += ["peak RSS MiB all", "RSS after idle MiB", "vs %s" % base]
+        head += ["CPU ms/1k %s" % z if len(sizes) > 1 else "CPU ms/1k" for z in sizes]
+        head += ["CPU vs %s" % base]
         md.append("| " + " | ".join(head) + " |")
         md.append("|" + "---|" * len(head))
         for al in order:
@@ -333,6 +374,10 @@ def servers_md(srv, failures):
             line += [fmt(idle["peak"] / 1024 if idle["peak"] else None, "%.1f"),
                      fmt(idle["median"] / 1024 if idle["median"] is not None else None, "%.1f"),
                      fmt(geomean(ratios) if len(ratios) == len(tests) else None, "%.2f")]
+            for z, t in srv_sizes(tests):
+                c = srv_cell(srv, s, al, t, z)
+                line.append(fmt(c["cpu"] if not c["failed"] else None, "%.2f"))
+            line.append(fmt(srv_cpu_ratio(srv, s, al, base)[0], "%.2f"))
             md.append("| " + " | ".join(line) + " |")
         md.append("")
     return md
@@ -459,12 +504,13 @@ def main():
     md.append("Geometric mean over all workloads and thread counts where both ran cleanly, "
               "relative to %s: throughput above 1 is faster, peak RSS above 1 uses more "
               "memory. The servers (redis, memcached: every test and value size a cell) are "
-              "their own columns, not in the first ones." % base)
+              "their own columns, not in the first ones; their CPU is the server's per "
+              "request (above 1: more CPU)." % base)
     md.append("")
     md.append("| allocator | throughput vs %s | peak RSS vs %s | cells | crashed cells "
-              "| servers: throughput vs %s | servers: peak RSS vs %s | server cells |" %
-              (base, base, base, base))
-    md.append("|---|---|---|---|---|---|---|---|")
+              "| servers: throughput vs %s | servers: peak RSS vs %s | server cells "
+              "| servers: CPU vs %s |" % (base, base, base, base, base))
+    md.append("|---|---|---|---|---|---|---|---|---|")
     srv_allocs = [x for x in srv_alloc_order(srv) if x not in allocs]
     for al in allocs + srv_allocs:
         tp, rss, n = [], [], 0
@@ -477,10 +523,10 @@ def main():
                 n += 1
                 tp.append(r)
                 rss.append(ratio(med(w, al, t, "rss"), med(w, base, t, "rss")))
-        stp, srss, sn = servers_geomean(srv, al)
-        md.append("| %s | %s | %s | %d | %d | %s | %s | %d |" % (
+        stp, srss, scpu, sn = servers_geomean(srv, al)
+        md.append("| %s | %s | %s | %d | %d | %s | %s | %d | %s |" % (
             al, fmt(geomean(tp), "%.2f") if n else "-", fmt(geomean(rss), "%.2f") if n else "-",
-            n, crashed, fmt(stp, "%.2f"), fmt(srss, "%.2f"), sn))
+            n, crashed, fmt(stp, "%.2f"), fmt(srss, "%.2f"), sn, fmt(scpu, "%.2f")))
     md.append("")
 
     if a.chart == "yes":

@@ -12,7 +12,7 @@
 #   BENCH_ONLY=larson,fragment     workloads (default: all); redis and memcached are the real
 #                                  servers (bench/servers.sh): BENCH_ONLY=redis,memcached runs just them
 #   BENCH_SERVERS=0                skip the servers (default: 1, run them)
-#   BENCH_SERVER_RUNS=3            runs per server and allocator (default: 3)
+#   BENCH_SERVER_RUNS=5            runs per server and allocator (default: 5)
 #   BENCH_IDLE=5                   seconds a server idles after FLUSHALL before its RSS is read
 #   BENCH_ALLOCS=glibc,hakmem,...  allocators (default: glibc,hakmem,hakmem-batch1,mimalloc,
 #                                  jemalloc,tcmalloc); NAME=/path/to/lib.so adds any preloadable

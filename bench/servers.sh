@@ -2,10 +2,14 @@
 # memcached driven by memaslap (Debian's memcaslap). Sourced by bench/run.sh,
 # which provides names/libs/envs/only_for, find_lib, note, pin, cpus, tmp and
 # out; servers() appends to $srv_raw one record per measurement:
-#   server alloc run test size status value peak_kb detail
+#   server alloc run test size status value peak_kb detail cpu
 # test is set/get/lpush/lpop (redis) or mixed (memcached): value = requests/s,
 # peak_kb = the server's VmHWM over that value size's tests (reset with
-# /proc/PID/clear_refs before each size); test "idle": value = VmRSS after
+# /proc/PID/clear_refs before each size), cpu = ms of CPU the server (all its
+# threads, the allocator's too) used per 1000 requests of that value size's
+# client run: on this shared 2-CPU machine requests/s of one run swing 2x with
+# the other load (memcached 11k-29k under every allocator, the server's CPU
+# within 10%), its CPU per request far less; test "idle": value = VmRSS after
 # FLUSHALL / flush_all and BENCH_IDLE seconds idle, peak_kb = VmHWM of the run.
 #
 # Each run starts a fresh server on its own loopback port, pinned to the first
@@ -15,9 +19,9 @@
 # start 10 s, a client 60 s, stop 5 s then SIGKILL.
 #
 # Environment (see bench/README.md): BENCH_SERVERS=0 skips them,
-# BENCH_SERVER_RUNS=3, BENCH_IDLE=5, BENCH_PORT=23000 (first port used).
+# BENCH_SERVER_RUNS=5, BENCH_IDLE=5, BENCH_PORT=23000 (first port used).
 
-srv_runs=${BENCH_SERVER_RUNS:-3}
+srv_runs=${BENCH_SERVER_RUNS:-5}
 srv_idle=${BENCH_IDLE:-5}
 srv_port=${BENCH_PORT:-23000}
 # redis value sizes and requests per test (a few seconds per run in all)
@@ -70,7 +74,23 @@ bound_lib() { # $1 binary, $2 preload
     sed -n "s|.*binding file $1 \[0\] to \([^ ]*\) .*normal symbol \`malloc'.*|\1|p" | head -n 1
 }
 
-srv_rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$srv_raw"; }
+srv_rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$srv_raw"; }
+
+# CPU time of process $1's threads so far, in ns (schedstat; empty where the
+# kernel has none).
+srv_cpu_ns() {
+  local t ns sum=0
+  for t in /proc/"$1"/task/*/schedstat; do
+    read -r ns _ <"$t" 2>/dev/null || return
+    sum=$((sum + ns))
+  done
+  echo "$sum"
+}
+
+# ms of CPU per 1000 requests: $1 ns before, $2 after, $3 requests.
+cpu_per_k() {
+  [ -n "$1" ] && [ -n "$2" ] && awk -v d=$(($2 - $1)) -v n="$3" 'BEGIN { printf "%.3f", d / 1e3 / n }'
+}
 
 # Servers waiting for their idle reading: "pid port server alloc run" per line.
 pending=()
@@ -138,17 +158,20 @@ server_run() {
         size=${redis_sizes[$k]}
         lab=$(size_label "$size")
         echo 5 >"/proc/$pid/clear_refs" 2>/dev/null
+        local cpu0 cpu
+        cpu0=$(srv_cpu_ns "$pid")
         # shellcheck disable=SC2046
         timeout -k 2 60 $(cli_pin) redis-benchmark -p "$port" -P 16 -c 50 -n "${redis_reqs[$k]}" \
           -d "$size" -t set,get,lpush,lpop --csv >"$tmp/cli.out" 2>"$tmp/cli.err" </dev/null
         local rc=$?
+        cpu=$(cpu_per_k "$cpu0" "$(srv_cpu_ns "$pid")" $((4 * ${redis_reqs[$k]})))
         hwm=$(status_kb "$pid" VmHWM)
         [ -n "$hwm" ] && [ "$hwm" -gt "$peak" ] && peak=$hwm
         for t in set get lpush lpop; do
           local T=${t^^} v
           v=$(sed -n "s/^\"$T\",\"\([0-9.]*\)\".*/\1/p" "$tmp/cli.out" | head -n 1)
           if [ -n "$v" ]; then
-            srv_rec "$s" "$a" "$r" "$t" "$lab" ok "$v" "$hwm" ""
+            srv_rec "$s" "$a" "$r" "$t" "$lab" ok "$v" "$hwm" "" "$cpu"
           elif [ $rc = 124 ] || [ $rc = 137 ]; then
             srv_rec "$s" "$a" "$r" "$t" "$lab" timeout "" "" "redis-benchmark timed out after 60 s"
           else
@@ -159,15 +182,18 @@ server_run() {
       timeout 10 redis-cli -p "$port" flushall >/dev/null 2>&1 ;;
     memcached)
       echo 5 >"/proc/$pid/clear_refs" 2>/dev/null
+      local cpu0 cpu
+      cpu0=$(srv_cpu_ns "$pid")
       # shellcheck disable=SC2046
       timeout -k 2 60 $(cli_pin) memcaslap -s "127.0.0.1:$port" -F "$tmp/memaslap.cfg" \
         -x "$mc_ops" -T 1 -c 16 >"$tmp/cli.out" 2>"$tmp/cli.err" </dev/null
       local rc=$? v
+      cpu=$(cpu_per_k "$cpu0" "$(srv_cpu_ns "$pid")" "$mc_ops")
       hwm=$(status_kb "$pid" VmHWM)
       peak=${hwm:-0}
       v=$(sed -n 's/.*Ops: [0-9]* TPS: \([0-9.]*\) .*/\1/p' "$tmp/cli.out" | tail -n 1)
       if [ -n "$v" ]; then
-        srv_rec "$s" "$a" "$r" mixed 64-128k ok "$v" "$hwm" ""
+        srv_rec "$s" "$a" "$r" mixed 64-128k ok "$v" "$hwm" "" "$cpu"
       else
         srv_rec "$s" "$a" "$r" mixed 64-128k "$([ $rc = 124 ] && echo timeout || echo error)" "" "" \
           "no result (rc $rc$(alive "$pid" || echo ', server died')): $(tail -n 1 "$tmp/cli.err" | tr '\t' ' ')"
