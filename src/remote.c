@@ -196,8 +196,7 @@ static inline void stash_begin(hak_heap_t *heap, hak_page_t *page, hak_block_t *
   hak_stash_t *s = &heap->stash[cls];
   s->page = page;
   s->last = b;
-  s->capacity = page->capacity;
-  s->block_size = block_size;
+  s->span = (uint32_t)page->capacity * block_size;
   s->inverse = hak_class_inverse[cls];
   s->first = page_start(page);
   /* once pushed, a taker may hand b over and the page may be freed and
