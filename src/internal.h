@@ -469,7 +469,7 @@ size_t hak_pool_collapse(void); /* HAKMEM_THP=collapse: the background thread's 
 typedef enum { PARK_DONE, PARK_RETRY, PARK_LATER } park_result_t;
 void hak_remote_free(hak_page_t *page, hak_block_t *b);
 void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
-void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls);
+void hak_remote_stash_rotate(hak_heap_t *heap, unsigned cls);
 void hak_remote_stash_flush(hak_heap_t *heap);
 void hak_remote_stash_take(hak_heap_t *heap, bool idle_only);
 size_t hak_page_collect_remote(hak_page_t *page);
@@ -514,7 +514,7 @@ static inline void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, unsigned
     hak_remote_stash_start(heap, page, b);
     return;
   }
-  if (unlikely(hak_stash_push(s, b) == s->limit)) hak_remote_stash_hand_over(heap, cls);
+  if (unlikely(hak_stash_push(s, b) == s->limit)) hak_remote_stash_rotate(heap, cls);
 }
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */
