@@ -492,8 +492,9 @@ void hak_abandoned_fork_release(void);
 static inline uint16_t hak_stash_push(hak_stash_t *s, hak_block_t *b) {
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
   hak_block_t *next = remote_list(top);
-  /* the count bits, one more: top less its block (its low bits are clear) */
-  uintptr_t count = top - (uintptr_t)next + STASH_PUSH_ONE;
+  /* the count bits, one more: the list bits all set, and 16 carries into
+   * the count (a block's low 4 bits are clear); no 64-bit constant more */
+  uintptr_t count = (top | REMOTE_LIST_MASK) + 16;
   b->next = next;
   atomic_store_explicit(&s->top, count | (uintptr_t)b, memory_order_release);
   return (uint16_t)(count / STASH_PUSH_ONE);
