@@ -205,6 +205,7 @@ HAK_NOINLINE void hak_remote_stash_rotate(hak_heap_t *heap, unsigned cls) {
   if (mine == 1) { /* the first push after the hand-over */
     s->last = remote_list(top);
     s->limit = (uint16_t)(s->start + stash_chain_blocks(cls));
+    hak_background_want(); /* as a start: a chain the freer may leave behind */
     return;
   }
   uint64_t cut = atomic_load_explicit(&heap->stash_cut[cls], memory_order_relaxed);
