@@ -181,13 +181,18 @@ void hak_free_slow(hak_region_t *r, void *p) {
   hak_free_route(heap, page, p);
 }
 
-/* Whether q starts one of the capacity blocks of bs bytes from first
- * (inverse: their class's, an index without a divide). No q below first
- * passes: whatever index the wrapped offset gives, its block is above q. */
-static inline bool is_block_start(const char *first, const char *q, size_t bs, size_t capacity,
-                                  uint64_t inverse) {
-  size_t off = (size_t)(q - first), idx = (size_t)((off * inverse) >> CLASS_INVERSE_SHIFT);
-  return idx < capacity && off == idx * bs;
+/* Whether q starts one of the blocks in the bytes span past first, blocks
+ * of their class's inverse (ceil(2^40 / size), an index without a
+ * divide). With off = idx * size + rem, off * inverse is idx * 2^40 +
+ * idx * e + rem * inverse (e = inverse * size - 2^40 < size <= 2^17): its
+ * low 40 bits are idx * e < off < 2^22 (a span lies in a 2 MiB region)
+ * when rem is 0, and at least inverse >= 2^23 otherwise: one multiply, no
+ * second one to compare idx * size with off. No q below first passes: its
+ * offset wraps past span. */
+static inline bool is_block_start(const char *first, const char *q, size_t span, uint64_t inverse) {
+  size_t off = (size_t)(q - first);
+  uint64_t fraction = (off * inverse) & (((uint64_t)1 << CLASS_INVERSE_SHIFT) - 1);
+  return off < span && fraction < ((uint64_t)1 << 22);
 }
 
 /* The inline free's page of a small region of the heap's node, not the
@@ -202,7 +207,7 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
     hak_free_block(heap, r, p);
     return;
   }
-  if (unlikely(!other || (owner & PAGE_LARGE))) {
+  if (unlikely(!other)) { /* no owner: abandoned, a large span (never owned) or free */
     hak_free_slow(r, p);
     return;
   }
@@ -215,13 +220,13 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
   hak_stash_t *s = &heap->stash[cls];
   char *q = p;
   if (likely(s->page == page)) {
-    if (unlikely(!is_block_start(s->first, q, s->block_size, s->capacity, s->inverse))) {
+    if (unlikely(!is_block_start(s->first, q, s->span, s->inverse))) {
       hak_free_slow(r, p);
       return;
     }
     stat_inc(&heap->stats.remote_frees, 1);
     if (unlikely(hak_stash_push(s, (hak_block_t *)q) == s->limit))
-      hak_remote_stash_hand_over(heap, cls);
+      hak_remote_stash_rotate(heap, cls);
     return;
   }
   /* hak_free_check's test for a page not ours, its start (page_start) from
@@ -229,8 +234,8 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
    * aligned block, no block at all) the general path checks in full. */
   uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
   char *start = (char *)r + (at ? at : REGION_HEADER_SIZE) + (size_t)page->color * SPAN_COLOR_STEP;
-  size_t bs = page->block_size;
-  if (unlikely(bs == 0 || !is_block_start(start, q, bs, page->capacity, hak_class_inverse[cls]))) {
+  size_t span = (size_t)page->capacity * page->block_size; /* 0 for a freed span */
+  if (unlikely(!is_block_start(start, q, span, hak_class_inverse[cls]))) {
     hak_free_slow(r, p);
     return;
   }

@@ -203,8 +203,7 @@ typedef struct __attribute__((aligned(64))) hak_stash {
   /* the page's blocks, for the remote free's check of a pointer without
    * its descriptor: the same in every life the page has in this class, the
    * only one in which the free finds the page in this entry */
-  uint16_t capacity;
-  uint32_t block_size;
+  uint32_t span;    /* bytes its blocks cover */
   uint64_t inverse; /* hak_class_inverse of the class */
   char *first;      /* the first block */
 } hak_stash_t;
@@ -214,6 +213,9 @@ _Static_assert(NUM_CLASSES <= 64, "stash_mask has a bit per class");
 struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
 
 typedef struct __attribute__((aligned(64))) hak_heap {
+  /* first: the remote free addresses an entry's top by the heap and the
+   * class alone, no offset (one instruction less per remote free) */
+  hak_stash_t stash[NUM_CLASSES];      /* per class: one page's foreign frees */
   hak_page_t *direct[NUM_CLASSES];     /* first page of each queue, or the empty page */
   uint8_t mid_count[MIDCACHE_CLASSES]; /* blocks in mid_slot per mid class */
   size_t mid_bytes;                    /* bytes of all of them */
@@ -230,7 +232,6 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   struct hak_heap *pool_next; /* all heaps ever made */
   hak_heap_stats_t stats;
   uint64_t stash_mask;                     /* bit c: stash[c] was pushed to, not flushed since */
-  hak_stash_t stash[NUM_CLASSES];          /* per class: one page's foreign frees */
   _Atomic uint64_t stash_cut[NUM_CLASSES]; /* per class: pushes handed over, by anyone */
   uintptr_t stash_seen[NUM_CLASSES];       /* the background thread's: top at its previous pass */
   /* cached mid blocks, the most recently freed last; still `used` on their pages */
@@ -468,7 +469,7 @@ size_t hak_pool_collapse(bool *later); /* HAKMEM_THP=collapse: the background th
 typedef enum { PARK_DONE, PARK_RETRY, PARK_LATER } park_result_t;
 void hak_remote_free(hak_page_t *page, hak_block_t *b);
 void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
-void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls);
+void hak_remote_stash_rotate(hak_heap_t *heap, unsigned cls);
 void hak_remote_stash_flush(hak_heap_t *heap);
 bool hak_remote_stash_take(hak_heap_t *heap, bool idle_only); /* true: blocks left */
 size_t hak_page_collect_remote(hak_page_t *page);
@@ -490,10 +491,13 @@ void hak_abandoned_fork_release(void);
 /* Returns the pushes so far, mod 2^16. */
 static inline uint16_t hak_stash_push(hak_stash_t *s, hak_block_t *b) {
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
-  uintptr_t pushes = top / STASH_PUSH_ONE + 1;
-  b->next = remote_list(top);
-  atomic_store_explicit(&s->top, (uintptr_t)b | pushes * STASH_PUSH_ONE, memory_order_release);
-  return (uint16_t)pushes;
+  hak_block_t *next = remote_list(top);
+  /* the count bits, one more: the list bits all set, and 16 carries into
+   * the count (a block's low 4 bits are clear); no 64-bit constant more */
+  uintptr_t count = (top | REMOTE_LIST_MASK) + 16;
+  b->next = next;
+  atomic_store_explicit(&s->top, count | (uintptr_t)b, memory_order_release);
+  return (uint16_t)(count / STASH_PUSH_ONE);
 }
 
 /* stash (remote.c's protocol): b, freed by heap into another heap's page,
@@ -511,7 +515,7 @@ static inline void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, unsigned
     hak_remote_stash_start(heap, page, b);
     return;
   }
-  if (unlikely(hak_stash_push(s, b) == s->limit)) hak_remote_stash_hand_over(heap, cls);
+  if (unlikely(hak_stash_push(s, b) == s->limit)) hak_remote_stash_rotate(heap, cls);
 }
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */

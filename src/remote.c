@@ -162,10 +162,11 @@ static hak_block_t *chain_at(hak_block_t *first, size_t n) {
   return first;
 }
 
-/* Out of line: the stashing free stays a leaf without saved registers.
- * One CAS moves the cut past the freer's pushes; when another thread took
- * the older ones meanwhile, the rest is walked for its end. */
-HAK_NOINLINE void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls) {
+/* The entry's chain, all of it, to its page, and the entry empty: when the
+ * freer frees into another page of the class, or flushes. One CAS moves
+ * the cut past the freer's pushes; when another thread took the older ones
+ * meanwhile, the rest is walked for its end. */
+static void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
   heap->stash_mask &= ~((uint64_t)1 << cls);
   hak_page_t *page = s->page;
@@ -183,6 +184,44 @@ HAK_NOINLINE void hak_remote_stash_hand_over(hak_heap_t *heap, unsigned cls) {
   stat_inc(&heap->stats.remote_handoffs, 1);
 }
 
+/* Blocks of class cls a chain holds: ceil(STASH_BYTES / size), by the
+ * class's inverse (no divide); at least 2, as sizes of STASH_BYTES and
+ * more are not stashed. */
+static size_t stash_chain_blocks(unsigned cls) {
+  return class_block_index(cls, STASH_BYTES + hak_class_size[cls] - 1);
+}
+
+/* The push that filled the entry's chain hands the chain over, and the
+ * entry keeps its page and its copy of the page's blocks: the next free
+ * into the page is a push again, not a new start (a start costs more than
+ * the rest of a chain's pushes together), and comes here once more only to
+ * note where its chain ends. Out of line: the stashing free stays a leaf
+ * without saved registers. */
+HAK_NOINLINE void hak_remote_stash_rotate(hak_heap_t *heap, unsigned cls) {
+  hak_stash_t *s = &heap->stash[cls];
+  uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
+  uint16_t pushes = (uint16_t)(top / STASH_PUSH_ONE);
+  size_t mine = (uint16_t)(pushes - s->start), n;
+  if (mine == 1) { /* the first push after the hand-over */
+    s->last = remote_list(top);
+    s->limit = (uint16_t)(s->start + stash_chain_blocks(cls));
+    hak_background_want(); /* as a start: a chain the freer may leave behind */
+    return;
+  }
+  uint64_t cut = atomic_load_explicit(&heap->stash_cut[cls], memory_order_relaxed);
+  s->start = pushes;
+  s->limit = (uint16_t)(pushes + 1);
+  HAK_HOOK(HAK_HOOK_ROTATE);
+  do {
+    n = stash_pending(top, cut);
+    if (!n) return; /* taken whole */
+  } while (!atomic_compare_exchange_weak_explicit(&heap->stash_cut[cls], &cut, cut + n,
+                                                  memory_order_release, memory_order_relaxed));
+  hak_block_t *first = remote_list(top);
+  remote_push(s->page, first, n == mine ? s->last : chain_at(first, n), n);
+  stat_inc(&heap->stats.remote_handoffs, 1);
+}
+
 /* stash, first block: of page in its class's empty entry (the push, the
  * rest of the time, is hak_remote_stash in internal.h). */
 static inline void stash_begin(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
@@ -196,16 +235,14 @@ static inline void stash_begin(hak_heap_t *heap, hak_page_t *page, hak_block_t *
   hak_stash_t *s = &heap->stash[cls];
   s->page = page;
   s->last = b;
-  s->capacity = page->capacity;
-  s->block_size = block_size;
+  s->span = (uint32_t)page->capacity * block_size;
   s->inverse = hak_class_inverse[cls];
   s->first = page_start(page);
   /* once pushed, a taker may hand b over and the page may be freed and
    * reused: its descriptor is not read after the push */
   uint16_t pushes = hak_stash_push(s, b);
   s->start = (uint16_t)(pushes - 1);
-  /* ceil(STASH_BYTES / block_size), by the class's inverse: no divide */
-  s->limit = (uint16_t)(s->start + class_block_index(cls, STASH_BYTES + block_size - 1));
+  s->limit = (uint16_t)(s->start + stash_chain_blocks(cls));
   heap->stash_mask |= (uint64_t)1 << cls;
   hak_background_want(); /* it takes the stashes of threads that stopped freeing */
 }
@@ -213,7 +250,7 @@ static inline void stash_begin(hak_heap_t *heap, hak_page_t *page, hak_block_t *
 /* A block of another page of the class hands the entry over first; out of
  * line, so that the common start, into an empty entry, saves no registers. */
 static HAK_NOINLINE void stash_switch(hak_heap_t *heap, hak_page_t *page, hak_block_t *b) {
-  hak_remote_stash_hand_over(heap, page->cls);
+  stash_hand_over(heap, page->cls);
   stash_begin(heap, page, b);
 }
 
@@ -228,7 +265,7 @@ HAK_NOINLINE void hak_remote_stash_start(hak_heap_t *heap, hak_page_t *page, hak
  * hakmem_flush, malloc_trim and thread exit. */
 void hak_remote_stash_flush(hak_heap_t *heap) {
   while (heap->stash_mask)
-    hak_remote_stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
+    stash_hand_over(heap, (unsigned)__builtin_ctzll(heap->stash_mask));
 }
 
 /* take: another thread hands over the blocks heap pushed past the cut, so

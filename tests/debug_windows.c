@@ -12,6 +12,13 @@
  * freeing_chain: the same with a freer that has a heap, so its frees wait
  *   in its stash: the eighth 1 KiB block hands the page's chain over, and
  *   the whole chain is what waits on the delayed list in the window.
+ * rotate: a freer's eighth 1 KiB block into one page fills its stash
+ *   entry's chain, which goes over while the entry keeps the page for the
+ *   next frees. Stopped after it read the cut, before it moves it, while
+ *   another thread takes the chain (hakmem_flush takes every stash): the
+ *   freer must not hand it over a second time, and its next chain of the
+ *   same entry must end where it starts. The owner gets every block of the
+ *   page back exactly once.
  * exit: a thread exiting is stopped in the middle of taking its heap apart
  *   (an empty page just went back); there it allocates and frees, as a
  *   background thread's start or another TLS destructor would. That must
@@ -118,6 +125,71 @@ static int freeing(int blocks_first) {
   return 0;
 }
 
+/* ---- rotate ---- */
+
+static _Atomic int rotate_stage; /* 1 in the window, 2 let go */
+
+static void rotate_hook(int point) {
+  if (point != HAK_HOOK_ROTATE || !in_freer) return;
+  int zero = 0;
+  if (!atomic_compare_exchange_strong(&rotate_stage, &zero, 1)) return; /* only the first time */
+  while (atomic_load(&rotate_stage) == 1)
+    sched_yield();
+}
+
+static void *rotate_freer(void *arg) {
+  (void)arg;
+  void *volatile own = malloc(3000); /* a heap of its own: its frees are stashed */
+  free(own);
+  in_freer = true;
+  for (int i = 0; i < npage_blocks; i++)
+    free(page_blocks[i]); /* the eighth stops in the window */
+  hakmem_flush();
+  return NULL;
+}
+
+static int cmp_ptr(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int rotate_window(void) {
+  enum { N = 64 * 4 };
+  static void *b[N];
+  for (int i = 0; i < N; i++)
+    b[i] = malloc(BS);
+  uintptr_t p = PAGE_OF(b[0]);
+  for (int i = 0; i < N; i++)
+    if (PAGE_OF(b[i]) == p) page_blocks[npage_blocks++] = b[i];
+  CHECK(npage_blocks >= 32, "only %d blocks of %d B on the first page", npage_blocks, BS);
+  hak_debug_set_hook(rotate_hook);
+  CHECK(pthread_create(&freer_thread, NULL, rotate_freer, NULL) == 0, "pthread_create");
+  while (atomic_load(&rotate_stage) != 1)
+    sched_yield();
+  hakmem_flush(); /* takes the full chain under the freer */
+  atomic_store(&rotate_stage, 2);
+  pthread_join(freer_thread, NULL);
+  hak_debug_set_hook(NULL);
+  static void *again[8192];
+  int from_p = 0;
+  for (int i = 0; i < 8192; i++) {
+    void *q = malloc(BS);
+    if (PAGE_OF(q) == p) again[from_p++] = q;
+  }
+  hak_debug_check();
+  qsort(again, (size_t)from_p, sizeof *again, cmp_ptr);
+  int twice = 0;
+  for (int i = 1; i < from_p; i++)
+    twice += again[i] == again[i - 1];
+  printf("rotate: %d blocks of the page freed, %d came back, %d of them twice\n", npage_blocks,
+         from_p, twice);
+  CHECK(from_p == npage_blocks && twice == 0,
+        "a full chain taken while its freer handed it over: %d of %d blocks came back, %d "
+        "twice",
+        from_p, npage_blocks, twice);
+  return 0;
+}
+
 /* ---- exit ---- */
 
 #define KEEP 512
@@ -181,5 +253,6 @@ int main(int argc, char **argv) {
   if (argc > 1 && !strcmp(argv[1], "freeing")) return freeing(1);
   if (argc > 1 && !strcmp(argv[1], "freeing_chain")) return freeing(8192 / BS);
   if (argc > 1 && !strcmp(argv[1], "exit")) return exit_window();
-  FAIL("usage: debug_windows freeing|freeing_chain|exit");
+  if (argc > 1 && !strcmp(argv[1], "rotate")) return rotate_window();
+  FAIL("usage: debug_windows freeing|freeing_chain|exit|rotate");
 }

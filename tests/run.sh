@@ -137,6 +137,7 @@ run_debug bad_pointers
 run_bin debug_windows freeing
 run_one debug_windows_chain "$bin/debug_windows" freeing_chain
 run_one debug_windows_exit "$bin/debug_windows" exit
+run_one debug_windows_rotate "$bin/debug_windows" rotate
 # Its promises between threads: pages listed by their region's node (no two
 # owners), mailboxes drained when their node has no allocating thread, no
 # thread started by an exiting one.

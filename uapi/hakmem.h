@@ -107,6 +107,7 @@ void hak_thread_done(void);
 enum hak_debug_point {
   HAK_HOOK_FREEING = 1, /* a freer delivered to the owner's delayed list, state not reset */
   HAK_HOOK_ABANDON = 2, /* thread exit: an empty page went back, mid-dismantle */
+  HAK_HOOK_ROTATE = 3,  /* a freer's full stash chain, its cut read, before it is moved */
 };
 void hak_debug_set_hook(void (*hook)(int point));
 void hak_debug_check(void);
