@@ -483,24 +483,48 @@ void hak_abandoned_trim(void);
 void hak_abandoned_fork_prepare(void);
 void hak_abandoned_fork_release(void);
 
+/* ---- background thread --------------------------------------------------- */
+
+void hak_background_want(void);
+void hak_background_start_if_wanted(void);
+uint64_t hak_background_period_ms(void);
+void hak_background_ahead(hak_page_t *span);
+void hak_background_fork_child(void);
+
 /* A stash's top counts its pushes in the bits above the block address, as
  * the remote word counts its list; a chain holds far fewer than 2^16. */
 #define STASH_PUSH_ONE REMOTE_COUNT_ONE
+/* In top's low bits (blocks are 16-byte aligned): a take found the chain
+ * there and took it whole; the freer's next push clears it. */
+#define STASH_TAKEN ((uintptr_t)1)
 
-/* Returns the pushes so far, mod 2^16. */
-static inline uint16_t hak_stash_push(hak_stash_t *s, hak_block_t *b) {
+/* Returns the top the push found: pushes so far (mod 2^16) = its count + 1. */
+static inline uintptr_t hak_stash_push(hak_stash_t *s, hak_block_t *b) {
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
-  uintptr_t pushes = top / STASH_PUSH_ONE + 1;
   b->next = remote_list(top);
-  atomic_store_explicit(&s->top, (uintptr_t)b | pushes * STASH_PUSH_ONE, memory_order_release);
-  return (uint16_t)pushes;
+  atomic_store_explicit(&s->top, (uintptr_t)b | (top / STASH_PUSH_ONE + 1) * STASH_PUSH_ONE,
+                        memory_order_release);
+  return top;
+}
+
+/* After a push onto heap's entry for cls that found top: at its limit the
+ * chain goes over. A push onto a chain another thread took (the background
+ * thread takes an idle freer's) starts one only a take hands over while
+ * this thread stays idle: it wants the background thread, as the entry's
+ * first push did, or a dozing one would leave it there for a second. */
+static inline void hak_stash_pushed(hak_heap_t *heap, unsigned cls, uintptr_t top) {
+  if (unlikely((uint16_t)(top / STASH_PUSH_ONE + 1) == heap->stash[cls].limit))
+    hak_remote_stash_hand_over(heap, cls);
+  else if (unlikely(top & STASH_TAKEN))
+    hak_background_want();
 }
 
 /* stash (remote.c's protocol): b, freed by heap into another heap's page,
  * waits in heap's entry for the page's class. It stays counted in the
  * page's used blocks, so the page is neither retired nor reclaimed
  * meanwhile and its descriptor stays this page's. The push is two plain
- * stores, no CAS: a taker never writes top, it moves the cut. Inline, so
+ * stores, no CAS: a taker moves the cut, and writes top only to mark it
+ * taken (a CAS; a push under way may store over the mark). Inline, so
  * that the remote free is one function (hak_free_other). cls is the page's,
  * read before the push: once pushed, a taker may hand b over and the page
  * be freed. */
@@ -511,7 +535,7 @@ static inline void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, unsigned
     hak_remote_stash_start(heap, page, b);
     return;
   }
-  if (unlikely(hak_stash_push(s, b) == s->limit)) hak_remote_stash_hand_over(heap, cls);
+  hak_stash_pushed(heap, cls, hak_stash_push(s, b));
 }
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */
@@ -529,13 +553,6 @@ void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p);
 void hak_heap_set_node(hak_heap_t *heap, int node);
 
-/* ---- background thread --------------------------------------------------- */
-
-void hak_background_want(void);
-void hak_background_start_if_wanted(void);
-uint64_t hak_background_period_ms(void);
-void hak_background_ahead(hak_page_t *span);
-void hak_background_fork_child(void);
 void hak_pool_fork_prepare(void);
 void hak_pool_fork_release(void);
 void hak_pool_fork_child(void); /* purges whose completion cannot come */
