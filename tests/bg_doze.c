@@ -9,7 +9,19 @@
  * the sleeping thread wakes, frees a second block of the same page (a
  * push onto the entry it still has) and sleeps again: that block must be
  * handed over within a few periods (remote_handoffs), as the first was.
- * Usage: bg_doze (HAKMEM_PURGE_DELAY_MS=100, the default: a 50 ms period) */
+ * shared (HAKMEM_MAX_HEAPS=1 HAKMEM_PURGE=page): once it dozes, a thread
+ * past the limit of heaps allocates and frees a page's worth of small
+ * blocks in a shared heap and exits. The heap keeps the page (a class's
+ * only page stays): no span is freed, nothing wants the thread. The page
+ * must still go back within a few periods and the purge delay (the
+ * background thread trims a shared heap no malloc entered since its
+ * previous pass). Once it dozes again, such a thread's blocks, freed by
+ * another sharing thread (into the shared heap, which it does not enter),
+ * empty that page: it must go back as fast. Then, with nothing left in
+ * sight, the thread must back off again (at most SHARED_PASSES passes in
+ * a second): a shared heap once used is no work for good.
+ * Usage: bg_doze [shared] (HAKMEM_PURGE_DELAY_MS=100, the default: a 50 ms
+ * period) */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include "kmem_util.h"
@@ -17,6 +29,8 @@
 #define PERIOD_MS 50 /* HAKMEM_PURGE_DELAY_MS=100 */
 #define DOZE_MS 900  /* a sleep this long between passes: backed off */
 #define TAKE_MS (4 * PERIOD_MS + 100)
+#define RETURN_MS 600 /* a few periods and twice the purge delay */
+#define SHARED_PASSES 5
 
 static int node0;
 static void *page_blocks[64];
@@ -112,7 +126,78 @@ static int stash(void) {
   return 0;
 }
 
-int main(void) {
+static void *shared_blocks[100];
+
+static void *sharer_malloc(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 100; i++) {
+    shared_blocks[i] = malloc(200);
+    CHECK(shared_blocks[i], "malloc failed");
+    touch(shared_blocks[i], 200);
+  }
+  return NULL;
+}
+
+static void *sharer_free(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 100; i++)
+    free(shared_blocks[i]);
+  return NULL;
+}
+
+/* Runs fn on a thread of its own, then waits until committed_bytes drops by
+ * a 64 KiB page (its page back): fails past RETURN_MS. */
+static void page_back(void *(*fn)(void *), const char *what) {
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, fn, NULL) == 0, "pthread_create");
+  pthread_join(t, NULL);
+  uint64_t before = stats_now().committed_bytes, now = before;
+  long t0 = now_ms();
+  while (before - now < 64 * KIB && now_ms() - t0 < 3000) {
+    sleep_ms(2);
+    now = stats_now().committed_bytes;
+  }
+  long took = now_ms() - t0;
+  fprintf(stderr, "shared: %s: committed %llu -> %llu KiB after %ld ms\n", what,
+          (unsigned long long)(before / KIB), (unsigned long long)(now / KIB), took);
+  CHECK(before - now >= 64 * KIB && took <= RETURN_MS,
+        "%s while the background thread dozed: committed %llu -> %llu KiB after %ld ms, "
+        "expected its page back within %d ms",
+        what, (unsigned long long)(before / KIB), (unsigned long long)(now / KIB), took, RETURN_MS);
+}
+
+static void *sharer(void *arg) {
+  sharer_malloc(arg);
+  return sharer_free(arg);
+}
+
+static int shared(void) {
+  void *volatile big = malloc(4 << 20); /* wants the background thread */
+  free(big);
+  void *volatile first = malloc(100); /* a slow path: it starts */
+  free(first);
+  after_doze();
+  page_back(sharer, "a thread used a shared heap");
+  CHECK(stats_now().shared_heap_threads >= 1, "HAKMEM_MAX_HEAPS=1: no thread shared a heap");
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, sharer_malloc, NULL) == 0, "pthread_create");
+  pthread_join(t, NULL);
+  after_doze();
+  page_back(sharer_free, "another thread freed a shared heap's blocks");
+  sleep_ms(2000);
+  uint64_t p0 = stats_now().background_passes;
+  sleep_ms(1000);
+  uint64_t passes = stats_now().background_passes - p0;
+  fprintf(stderr, "shared: %llu background passes in a second, idle\n", (unsigned long long)passes);
+  CHECK(passes <= SHARED_PASSES,
+        "idle after a shared heap was used: %llu background passes in a second, expected at "
+        "most %d",
+        (unsigned long long)passes, SHARED_PASSES);
+  return 0;
+}
+
+int main(int argc, char **argv) {
   node0 = hakmem_thread_node();
+  if (argc > 1 && strcmp(argv[1], "shared") == 0) return shared();
   return stash();
 }
