@@ -225,8 +225,7 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
       return;
     }
     stat_inc(&heap->stats.remote_frees, 1);
-    if (unlikely(hak_stash_push(s, (hak_block_t *)q) == s->limit))
-      hak_remote_stash_rotate(heap, cls);
+    hak_stash_pushed(heap, cls, hak_stash_push(s, (hak_block_t *)q));
     return;
   }
   /* hak_free_check's test for a page not ours, its start (page_start) from

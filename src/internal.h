@@ -484,27 +484,53 @@ void hak_abandoned_trim(void);
 void hak_abandoned_fork_prepare(void);
 void hak_abandoned_fork_release(void);
 
+/* ---- background thread --------------------------------------------------- */
+
+void hak_background_want(void);
+void hak_background_start_if_wanted(void);
+uint64_t hak_background_period_ms(void);
+void hak_background_ahead(hak_page_t *span);
+void hak_background_fork_child(void);
+
 /* A stash's top counts its pushes in the bits above the block address, as
  * the remote word counts its list; a chain holds far fewer than 2^16. */
 #define STASH_PUSH_ONE REMOTE_COUNT_ONE
+/* In top's low bits (blocks are 16-byte aligned): a take found the chain
+ * there and took it whole; the freer's next push clears it. */
+#define STASH_TAKEN ((uintptr_t)1)
 
-/* Returns the pushes so far, mod 2^16. */
-static inline uint16_t hak_stash_push(hak_stash_t *s, hak_block_t *b) {
+/* Returns the pushes so far (mod 2^16) times STASH_PUSH_ONE, with the low
+ * bits of the top the push found. */
+static inline uintptr_t hak_stash_push(hak_stash_t *s, hak_block_t *b) {
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
   hak_block_t *next = remote_list(top);
   /* the count bits, one more: the list bits all set, and 16 carries into
-   * the count (a block's low 4 bits are clear); no 64-bit constant more */
+   * the count (a block's low 4 bits are clear); no 64-bit constant more.
+   * top's low bits (STASH_TAKEN) stay in what is returned, not in the store */
   uintptr_t count = (top | REMOTE_LIST_MASK) + 16;
   b->next = next;
-  atomic_store_explicit(&s->top, count | (uintptr_t)b, memory_order_release);
-  return (uint16_t)(count / STASH_PUSH_ONE);
+  atomic_store_explicit(&s->top, (count & ~(uintptr_t)15) | (uintptr_t)b, memory_order_release);
+  return count;
+}
+
+/* After a push onto heap's entry for cls that returned count: at its limit
+ * the chain goes over. A push onto a chain another thread took (the
+ * background thread takes an idle freer's) starts one only a take hands
+ * over while this thread stays idle: it wants the background thread, as the
+ * entry's first push did, or a dozing one would leave it there for a second. */
+static inline void hak_stash_pushed(hak_heap_t *heap, unsigned cls, uintptr_t count) {
+  if (unlikely((uint16_t)(count / STASH_PUSH_ONE) == heap->stash[cls].limit))
+    hak_remote_stash_rotate(heap, cls);
+  else if (unlikely(count & STASH_TAKEN))
+    hak_background_want();
 }
 
 /* stash (remote.c's protocol): b, freed by heap into another heap's page,
  * waits in heap's entry for the page's class. It stays counted in the
  * page's used blocks, so the page is neither retired nor reclaimed
  * meanwhile and its descriptor stays this page's. The push is two plain
- * stores, no CAS: a taker never writes top, it moves the cut. Inline, so
+ * stores, no CAS: a taker moves the cut, and writes top only to mark it
+ * taken (a CAS; a push under way may store over the mark). Inline, so
  * that the remote free is one function (hak_free_other). cls is the page's,
  * read before the push: once pushed, a taker may hand b over and the page
  * be freed. */
@@ -515,7 +541,7 @@ static inline void hak_remote_stash(hak_heap_t *heap, hak_page_t *page, unsigned
     hak_remote_stash_start(heap, page, b);
     return;
   }
-  if (unlikely(hak_stash_push(s, b) == s->limit)) hak_remote_stash_rotate(heap, cls);
+  hak_stash_pushed(heap, cls, hak_stash_push(s, b));
 }
 
 /* ---- node mailboxes (mailbox.c) ------------------------------------------ */
@@ -533,13 +559,6 @@ void hak_free_route(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_free_block(hak_heap_t *heap, hak_region_t *r, void *p);
 void hak_heap_set_node(hak_heap_t *heap, int node);
 
-/* ---- background thread --------------------------------------------------- */
-
-void hak_background_want(void);
-void hak_background_start_if_wanted(void);
-uint64_t hak_background_period_ms(void);
-void hak_background_ahead(hak_page_t *span);
-void hak_background_fork_child(void);
 void hak_pool_fork_prepare(void);
 void hak_pool_fork_release(void);
 void hak_pool_fork_child(void); /* purges whose completion cannot come */

@@ -240,7 +240,7 @@ static inline void stash_begin(hak_heap_t *heap, hak_page_t *page, hak_block_t *
   s->first = page_start(page);
   /* once pushed, a taker may hand b over and the page may be freed and
    * reused: its descriptor is not read after the push */
-  uint16_t pushes = hak_stash_push(s, b);
+  uint16_t pushes = (uint16_t)(hak_stash_push(s, b) / STASH_PUSH_ONE);
   s->start = (uint16_t)(pushes - 1);
   s->limit = (uint16_t)(s->start + stash_chain_blocks(cls));
   heap->stash_mask |= (uint64_t)1 << cls;
@@ -295,6 +295,12 @@ bool hak_remote_stash_take(hak_heap_t *heap, bool idle_only) {
     hak_block_t *first = remote_list(top);
     remote_push(page_of(region_of(first), first), first, chain_at(first, n), n);
     atomic_fetch_add_explicit(&hak_gstats.remote_handoffs, 1, memory_order_relaxed);
+    /* marked: the freer's next push wants the background thread
+     * (hak_stash_pushed). A push under way, which read top before the
+     * mark, wants nothing: the background thread comes to look again. */
+    atomic_compare_exchange_strong_explicit(&heap->stash[c].top, &top, top | STASH_TAKEN,
+                                            memory_order_relaxed, memory_order_relaxed);
+    hak_background_want();
   }
   return left;
 }

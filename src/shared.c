@@ -45,6 +45,9 @@ void hak_shared_init(void) {
 static hak_heap_t *shared_held(unsigned i) {
   last = i;
   entries[i]++;
+  /* what its threads leave (a class's last page, blocks freed into it
+   * remotely, batches) only the background thread's trim gives back */
+  hak_background_want();
   if (!hak_shared_heaps[i].in_use) hak_heap_register(&hak_shared_heaps[i]);
   hak_tls_heap = &hak_shared_heaps[i];
   return &hak_shared_heaps[i];
@@ -88,6 +91,7 @@ bool hak_shared_free(hak_heap_t *heap, hak_page_t *page, void *b) {
     hak_free_route(heap, page, b);
   hak_tls_heap = caller;
   pthread_mutex_unlock(&locks[heap - hak_shared_heaps]);
+  hak_background_want(); /* it may have emptied a page the heap keeps */
   return true;
 }
 
@@ -107,8 +111,9 @@ static void shared_trim(unsigned i) {
 /* The background thread's pass: a shared heap no malloc entered since the
  * last pass is trimmed. Its threads may be gone, and nobody else collects
  * the blocks freed into it: after a program freed everything, they kept
- * regions from being purged. True while any shared heap is in use: frees
- * into it may come from threads that never wake the background thread. */
+ * regions from being purged. True while a shared heap is in use (held,
+ * or entered since the last pass): it is trimmed at a later one. An idle
+ * one is no work: entering it or freeing into it wants the thread. */
 bool hak_shared_trim_idle(void) {
   static uint64_t seen[SHARED_MAX]; /* entries at the last pass */
   bool in_use = false;
@@ -117,9 +122,11 @@ bool hak_shared_trim_idle(void) {
       in_use = true;
       continue;
     }
-    if (entries[i] == seen[i]) shared_trim(i);
+    if (entries[i] == seen[i])
+      shared_trim(i);
+    else
+      in_use = true;
     seen[i] = entries[i];
-    in_use |= hak_shared_heaps[i].in_use;
     pthread_mutex_unlock(&locks[i]);
   }
   return in_use;

@@ -165,6 +165,12 @@ run_one bg_backoff env HAKMEM_THP=0 "$bin/bg_backoff" quiet
 run_one bg_backoff_collapse "$bin/bg_backoff" collapse
 # Many threads wake the dozing background thread at once (also under TSan below).
 run_one bg_wake env HAKMEM_PURGE_DELAY_MS=10 "$bin/bg_wake" 8 30
+# Work made while the background thread dozes wakes it: a block stashed
+# onto an entry it took whole is handed over within a few periods, ...
+run_one bg_doze env HAKMEM_PURGE_DELAY_MS=100 "$bin/bg_doze"
+# ... and a shared heap used while it dozes: its page goes back, then it
+# backs off again.
+run_one bg_doze_shared env HAKMEM_MAX_HEAPS=1 HAKMEM_PURGE=page "$bin/bg_doze" shared
 # Stashes taken by other threads while their freers push: malloc_trim and
 # hakmem_flush in a loop against pairs of freers, and an idle freer's stash
 # handed over by the background thread.
