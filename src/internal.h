@@ -124,7 +124,6 @@ typedef struct hak_page {
   uint8_t span_pages : 6;
   uint8_t free_is_zero : 1;     /* blocks on `free` are zero but for their first word */
   uint8_t fresh_zero : 1;       /* not yet carved blocks are zero */
-  uint8_t back;                 /* descriptors back to the span's head */
   _Atomic uintptr_t remote;     /* other threads' frees | state */
   struct hak_page *next, *prev; /* heap queue or abandoned list */
 } hak_page_t;
@@ -138,6 +137,11 @@ typedef struct hak_region {
    * such a free takes the checked path instead of reading the fields below
    * as a descriptor (a class past NUM_CLASSES, a garbage owner) */
   hak_page_t past_end;
+  /* per page, and 0 for past_end: descriptors back to its span's head. One
+   * line for the region, read by every free (page_of), where a byte in each
+   * descriptor cost a line per page: churn_mid's frees missed D1 on the
+   * descriptor of their block's page, not the span's head, 0.33 times each */
+  _Alignas(64) uint8_t back[PAGES_PER_REGION + 1];
   uint32_t free_mask;  /* pages not in any span (pool lock) */
   uint32_t dirty_mask; /* pages touched since last purge (pool lock) */
   uint16_t nfree;
@@ -288,10 +292,9 @@ static inline uint32_t region_page_bit(const hak_region_t *r, const void *p) {
 }
 
 static inline hak_page_t *page_of(hak_region_t *r, const void *p) {
-  /* &r->pages[off >> PAGE_SHIFT] as one shift and mask: descriptors are 64 bytes */
-  uintptr_t at = (((uintptr_t)p - (uintptr_t)r) >> (PAGE_SHIFT - 6)) & ~(uintptr_t)63;
-  hak_page_t *d = (hak_page_t *)((char *)r + at);
-  return d - d->back;
+  /* &r->pages[idx - back], by bytes: idx 32 (p at the region's end) is past_end */
+  uintptr_t idx = ((uintptr_t)p - (uintptr_t)r) >> PAGE_SHIFT;
+  return (hak_page_t *)((char *)r + ((idx - r->back[idx]) << 6));
 }
 
 static inline hak_region_t *region_of_page(const hak_page_t *page) {

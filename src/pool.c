@@ -168,7 +168,7 @@ static hak_region_t *pool_find(hak_pool_t *pool, int node, unsigned npages, uint
 /* A descriptor as new. The words a thread of the span's previous life may
  * still load (a freer checking whether it freed an abandoned page's last
  * block reads `abandoned`) are stored atomically, not by a memset. */
-static void page_clear(hak_page_t *d, unsigned back) {
+static void page_clear(hak_page_t *d) {
   d->free = d->local_free = NULL;
   atomic_store_explicit(&d->owner, 0, memory_order_relaxed);
   d->used = 0;
@@ -180,7 +180,6 @@ static void page_clear(hak_page_t *d, unsigned back) {
   d->free_is_zero = d->fresh_zero = 0;
   atomic_store_explicit(&d->abandoned, 0, memory_order_relaxed);
   d->span_pages = 0;
-  d->back = (uint8_t)back;
   atomic_store_explicit(&d->remote, 0, memory_order_relaxed);
   d->next = d->prev = NULL;
 }
@@ -219,8 +218,10 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   if (newly) node_committed_add(r->node, (int64_t)__builtin_popcount(newly) * (int64_t)PAGE_SIZE);
 
   hak_page_t *head = &r->pages[first];
-  for (unsigned i = 0; i < npages; i++)
-    page_clear(&r->pages[first + i], i);
+  for (unsigned i = 0; i < npages; i++) {
+    page_clear(&r->pages[first + i]);
+    r->back[first + i] = (uint8_t)i;
+  }
   head->span_pages = (uint8_t)npages;
   return head;
 }
