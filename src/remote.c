@@ -162,10 +162,25 @@ static hak_block_t *chain_at(hak_block_t *first, size_t n) {
   return first;
 }
 
+/* The blocks pushed past cut, up to top, onto page's remote list: the CAS
+ * moves the cut past them (it fails when a taker moved it first); mine:
+ * the freer's pushes since its entry's last start, whose chain ends at
+ * s->last, else the rest is walked for its end. */
+static void stash_give(hak_heap_t *heap, unsigned cls, hak_page_t *page, uintptr_t top,
+                       uint64_t cut, size_t mine) {
+  size_t n;
+  do {
+    n = stash_pending(top, cut);
+    if (!n) return; /* taken whole */
+  } while (!atomic_compare_exchange_weak_explicit(&heap->stash_cut[cls], &cut, cut + n,
+                                                  memory_order_release, memory_order_relaxed));
+  hak_block_t *first = remote_list(top);
+  remote_push(page, first, n == mine ? heap->stash[cls].last : chain_at(first, n), n);
+  stat_inc(&heap->stats.remote_handoffs, 1);
+}
+
 /* The entry's chain, all of it, to its page, and the entry empty: when the
- * freer frees into another page of the class, or flushes. One CAS moves
- * the cut past the freer's pushes; when another thread took the older ones
- * meanwhile, the rest is walked for its end. */
+ * freer frees into another page of the class, or flushes. */
 static void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
   heap->stash_mask &= ~((uint64_t)1 << cls);
@@ -173,15 +188,7 @@ static void stash_hand_over(hak_heap_t *heap, unsigned cls) {
   s->page = NULL;
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
   uint64_t cut = atomic_load_explicit(&heap->stash_cut[cls], memory_order_relaxed);
-  size_t mine = (uint16_t)(top / STASH_PUSH_ONE - s->start), n;
-  do {
-    n = stash_pending(top, cut);
-    if (!n) return; /* taken whole */
-  } while (!atomic_compare_exchange_weak_explicit(&heap->stash_cut[cls], &cut, cut + n,
-                                                  memory_order_release, memory_order_relaxed));
-  hak_block_t *first = remote_list(top);
-  remote_push(page, first, n == mine ? s->last : chain_at(first, n), n);
-  stat_inc(&heap->stats.remote_handoffs, 1);
+  stash_give(heap, cls, page, top, cut, (uint16_t)(top / STASH_PUSH_ONE - s->start));
 }
 
 /* Blocks of class cls a chain holds: ceil(STASH_BYTES / size), by the
@@ -201,7 +208,7 @@ HAK_NOINLINE void hak_remote_stash_rotate(hak_heap_t *heap, unsigned cls) {
   hak_stash_t *s = &heap->stash[cls];
   uintptr_t top = atomic_load_explicit(&s->top, memory_order_relaxed);
   uint16_t pushes = (uint16_t)(top / STASH_PUSH_ONE);
-  size_t mine = (uint16_t)(pushes - s->start), n;
+  size_t mine = (uint16_t)(pushes - s->start);
   if (mine == 1) { /* the first push after the hand-over */
     s->last = remote_list(top);
     s->limit = (uint16_t)(s->start + stash_chain_blocks(cls));
@@ -212,14 +219,7 @@ HAK_NOINLINE void hak_remote_stash_rotate(hak_heap_t *heap, unsigned cls) {
   s->start = pushes;
   s->limit = (uint16_t)(pushes + 1);
   HAK_HOOK(HAK_HOOK_ROTATE);
-  do {
-    n = stash_pending(top, cut);
-    if (!n) return; /* taken whole */
-  } while (!atomic_compare_exchange_weak_explicit(&heap->stash_cut[cls], &cut, cut + n,
-                                                  memory_order_release, memory_order_relaxed));
-  hak_block_t *first = remote_list(top);
-  remote_push(s->page, first, n == mine ? s->last : chain_at(first, n), n);
-  stat_inc(&heap->stats.remote_handoffs, 1);
+  stash_give(heap, cls, s->page, top, cut, mine);
 }
 
 /* stash, first block: of page in its class's empty entry (the push, the
