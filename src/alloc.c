@@ -53,6 +53,8 @@ size_t hak_usable_size(const void *p) {
   if (bs == 0 || (const char *)p < start) return 0;
   /* past its block's start: redis asks after every malloc and free */
   size_t off = (size_t)((const char *)p - start);
+  /* one block, no class: the class index would size off in 16 B blocks */
+  if (page_flags(page) & PAGE_LARGE) return off < bs ? bs - off : 0;
   return bs - (off - class_block_index(page->cls, off) * bs);
 }
 

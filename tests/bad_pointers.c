@@ -54,11 +54,22 @@ static void good_free(void *p, const char *what) {
 }
 
 /* (a) An interior pointer of a large block (a run of 64 KiB pages). */
+static bool checked_lib; /* "debug": the checked library, which sizes interior pointers */
+
 static void large_interior(void) {
   const size_t n = 300000;
   char *p = malloc(opaque_size(n));
   CHECK(p, "malloc(%zu) failed", n);
   fill_pattern(p, n);
+  if (checked_lib) { /* the block's bytes from the pointer on, as for small blocks */
+    size_t bs = malloc_usable_size(p);
+    CHECK(bs >= n && bs < n + 65536, "malloc_usable_size of a %zu B block: %zu", n, bs);
+    for (size_t k = 16; k < bs; k += 32752) {
+      size_t got = malloc_usable_size(opaque_ptr(p + k));
+      CHECK(got == bs - k, "malloc_usable_size(p + %zu) of a %zu B large block: %zu, not %zu", k,
+            bs, got, bs - k);
+    }
+  }
   bad_free(p + 70000, "free(p + 70000) of a 300000 B block");
   CHECK(check_pattern(p, n) == SIZE_MAX, "the block changed after an interior free");
   char *q = malloc(opaque_size(n));
@@ -257,6 +268,7 @@ int main(int argc, char **argv) {
   }
 #define RUN(name) if (!only || !strcmp(only, name))
   free(malloc(opaque_size(32))); /* initialised, like any program */
+  checked_lib = argc > 1 && !strcmp(argv[1], "debug");
 
   RUN("large") large_interior();
   RUN("small") small_interior_remote();
