@@ -41,16 +41,34 @@ static _Atomic int stage; /* freeing: 1 in the window, 2 let go, 3 free the rest
 static pthread_t freer_thread;
 static __thread bool in_freer, in_exiting; /* which thread a hook runs in */
 
-static void freeing_hook(int point) {
-  if (point != HAK_HOOK_FREEING || !in_freer) return;
-  int one = 0;
-  if (!atomic_compare_exchange_strong(&stage, &one, 1)) return; /* only the first time */
-  while (atomic_load(&stage) == 1)
+/* A hook's stop: the first time only, until the test moves *s past 1. */
+static void stop_once(_Atomic int *s) {
+  int zero = 0;
+  if (!atomic_compare_exchange_strong(s, &zero, 1)) return;
+  while (atomic_load(s) == 1)
     sched_yield();
+}
+
+static void freeing_hook(int point) {
+  if (point == HAK_HOOK_FREEING && in_freer) stop_once(&stage);
 }
 
 static void *page_blocks[64];
 static int npage_blocks;
+
+/* Four pages' worth of BS blocks, so that the first is full (and parked):
+ * its blocks into page_blocks. Returns that page. */
+static uintptr_t fill_first_page(void) {
+  enum { N = 64 * 4 };
+  static void *b[N];
+  for (int i = 0; i < N; i++)
+    b[i] = malloc(BS);
+  uintptr_t p = PAGE_OF(b[0]);
+  for (int i = 0; i < N; i++)
+    if (PAGE_OF(b[i]) == p) page_blocks[npage_blocks++] = b[i];
+  CHECK(npage_blocks >= 32, "only %d blocks of %d B on the first page", npage_blocks, BS);
+  return p;
+}
 static int chain; /* blocks the freer frees before the window: 8 KiB (remote.c's STASH_BYTES) */
 
 static void *freer(void *arg) {
@@ -72,15 +90,7 @@ static void *freer(void *arg) {
 
 static int freeing(int blocks_first) {
   chain = blocks_first;
-  /* Fill page P and more, so that P is parked as full. */
-  enum { N = 64 * 4 };
-  static void *b[N];
-  for (int i = 0; i < N; i++)
-    b[i] = malloc(BS);
-  uintptr_t p = PAGE_OF(b[0]);
-  for (int i = 0; i < N; i++)
-    if (PAGE_OF(b[i]) == p) page_blocks[npage_blocks++] = b[i];
-  CHECK(npage_blocks >= 32, "only %d blocks of %d B on the first page", npage_blocks, BS);
+  uintptr_t p = fill_first_page(); /* P, parked as full */
   hak_debug_set_hook(freeing_hook);
   CHECK(pthread_create(&freer_thread, NULL, freer, NULL) == 0, "pthread_create");
   while (atomic_load(&stage) != 1)
@@ -130,11 +140,7 @@ static int freeing(int blocks_first) {
 static _Atomic int rotate_stage; /* 1 in the window, 2 let go */
 
 static void rotate_hook(int point) {
-  if (point != HAK_HOOK_ROTATE || !in_freer) return;
-  int zero = 0;
-  if (!atomic_compare_exchange_strong(&rotate_stage, &zero, 1)) return; /* only the first time */
-  while (atomic_load(&rotate_stage) == 1)
-    sched_yield();
+  if (point == HAK_HOOK_ROTATE && in_freer) stop_once(&rotate_stage);
 }
 
 static void *rotate_freer(void *arg) {
@@ -154,14 +160,7 @@ static int cmp_ptr(const void *a, const void *b) {
 }
 
 static int rotate_window(void) {
-  enum { N = 64 * 4 };
-  static void *b[N];
-  for (int i = 0; i < N; i++)
-    b[i] = malloc(BS);
-  uintptr_t p = PAGE_OF(b[0]);
-  for (int i = 0; i < N; i++)
-    if (PAGE_OF(b[i]) == p) page_blocks[npage_blocks++] = b[i];
-  CHECK(npage_blocks >= 32, "only %d blocks of %d B on the first page", npage_blocks, BS);
+  uintptr_t p = fill_first_page();
   hak_debug_set_hook(rotate_hook);
   CHECK(pthread_create(&freer_thread, NULL, rotate_freer, NULL) == 0, "pthread_create");
   while (atomic_load(&rotate_stage) != 1)
