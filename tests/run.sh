@@ -313,6 +313,8 @@ fuzz_modes=(
   "fuzz_uffd:HAKMEM_UFFD=1"
   "fuzz_prefault:HAKMEM_PREFAULT=ahead"
   "fuzz_shared:HAKMEM_MAX_HEAPS=1"
+  "fuzz_nobg:HAKMEM_BACKGROUND=0"
+  "fuzz_thp1:HAKMEM_THP=1"
 )
 for mode in "${fuzz_modes[@]}"; do
   name=${mode%%:*} vars=${mode#*:}
