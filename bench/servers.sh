@@ -98,7 +98,7 @@ pg_cpu_ns() {
   hz=$(getconf CLK_TCK)
   for p in "$1" $(pgrep -P "$1"); do
     # the fields after the command's ")": utime, the 14th of stat, is f[11]
-    f=($(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null))
+    read -r -a f < <(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null)
     [ ${#f[@]} -gt 15 ] || continue
     sum=$((sum + f[11] + f[12]))
     [ "$p" = "$1" ] && sum=$((sum + f[13] + f[14]))
