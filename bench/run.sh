@@ -9,8 +9,9 @@
 # A crash, corruption or timeout is recorded as a result (CRASH), never aborts.
 #
 # Environment:
-#   BENCH_ONLY=larson,fragment     workloads (default: all); redis and memcached are the real
-#                                  servers (bench/servers.sh): BENCH_ONLY=redis,memcached runs just them
+#   BENCH_ONLY=larson,fragment     workloads (default: all); redis, memcached and postgres are the
+#                                  real servers (bench/servers.sh): BENCH_ONLY=redis,memcached runs
+#                                  just them; postgres runs only when named or with BENCH_FULL=1
 #   BENCH_SERVERS=0                skip the servers (default: 1, run them)
 #   BENCH_SERVER_RUNS=5            runs per server and allocator (default: 5)
 #   BENCH_IDLE=5                   seconds a server idles after FLUSHALL before its RSS is read
@@ -36,9 +37,10 @@ root=$PWD
 
 all_workloads=(larson larson_mid prodcons crossnode churn_small churn_mid pingpong falseshare realloc_grow fragment largeheap
   largelive hugereplace manythreads)
-all_servers=(redis memcached)
+all_servers=(redis memcached postgres)
 workloads=("${all_workloads[@]}")
-servers_list=("${all_servers[@]}")
+servers_list=(redis memcached)
+[ "${BENCH_FULL:-0}" = 1 ] && servers_list=("${all_servers[@]}")
 modes_mode=${BENCH_MODES:-0}
 case $modes_mode in 0 | 1 | only) ;; *) echo "run.sh: BENCH_MODES must be 0, 1 or only" >&2; exit 64 ;; esac
 if [ -n "${BENCH_ONLY:-}" ]; then

@@ -1,9 +1,12 @@
 # Real servers under each allocator: redis-server driven by redis-benchmark,
-# memcached driven by memaslap (Debian's memcaslap). Sourced by bench/run.sh,
+# memcached driven by memaslap (Debian's memcaslap), postgres driven by
+# pgbench (only with BENCH_FULL=1 or when named in BENCH_ONLY: its runs take
+# about 3 minutes). Sourced by bench/run.sh,
 # which provides names/libs/envs/only_for, find_lib, note, pin, cpus, tmp and
 # out; servers() appends to $srv_raw one record per measurement:
 #   server alloc run test size status value peak_kb detail cpu
-# test is set/get/lpush/lpop (redis) or mixed (memcached): value = requests/s,
+# test is set/get/lpush/lpop (redis), mixed (memcached) or tps (postgres, size
+# = select or sort, its two scripts): value = requests per second,
 # peak_kb = the server's VmHWM over that value size's tests (reset with
 # /proc/PID/clear_refs before each size), cpu = ms of CPU the server (all its
 # threads, the allocator's too) used per 1000 requests of that value size's
@@ -11,6 +14,9 @@
 # the other load (memcached 11k-29k under every allocator, the server's CPU
 # within 10%), its CPU per request far less; test "idle": value = VmRSS after
 # FLUSHALL / flush_all and BENCH_IDLE seconds idle, peak_kb = VmHWM of the run.
+# postgres is a process per connection: its memory is the sum of the
+# processes' anonymous PSS (shared buffers are shared memory, and a forked
+# backend's copy-on-write pages count once), sampled every 0.1 s for the peak.
 #
 # Each run starts a fresh server on its own loopback port, pinned to the first
 # CPU, the client pinned to the second. The idle wait of a run overlaps the
@@ -32,6 +38,9 @@ redis_reqs=(100000 10000 2000)
 # RSS compares (a fixed time would let a slower allocator store less)
 mc_ops=40000
 [ "$full" = 1 ] && mc_ops=200000
+# pgbench: seconds per test, 4 connections; scale 5 (500,000 accounts, 80 MB)
+pg_secs=3
+[ "$full" = 1 ] && pg_secs=10
 
 size_label() { # 256 -> 256, 16384 -> 16k, 100000 -> 100k
   case $1 in 16384) echo 16k ;; 100000) echo 100k ;; *) echo "$1" ;; esac
@@ -59,7 +68,8 @@ alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/n
 # Stops server $1 listening on port $2: TERM, 5 s, KILL; then waits for the port.
 stop_server() {
   local pid=$1 port=$2 i
-  kill -TERM "$pid" 2>/dev/null
+  # postgres's TERM waits for its sessions; INT is its fast shutdown
+  kill -"${4:-TERM}" "$pid" 2>/dev/null
   for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
   alive "$pid" && { kill -KILL "$pid" 2>/dev/null; note "$3: server did not stop in 5 s: killed"; }
   wait "$pid" 2>/dev/null
@@ -67,6 +77,34 @@ stop_server() {
 }
 
 status_kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status" 2>/dev/null; }
+
+# kB of anonymous memory of postgres $1 and its processes (PSS: shared pages split).
+pg_anon_kb() {
+  local p sum=0 kb
+  for p in "$1" $(pgrep -P "$1"); do
+    kb=$(sed -n 's/^Pss_Anon:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$p/smaps_rollup" 2>/dev/null)
+    sum=$((sum + ${kb:-0}))
+  done
+  echo "$sum"
+}
+
+# The server's memory now: VmRSS, or postgres's sum of anonymous PSS.
+srv_rss_kb() { [ "$1" = postgres ] && pg_anon_kb "$2" || status_kb "$2" VmRSS; }
+
+# CPU of postgres $1 in ns: its own, its live processes' and the exited
+# backends' it waited for (cutime, cstime), in clock ticks.
+pg_cpu_ns() {
+  local p sum=0 f hz
+  hz=$(getconf CLK_TCK)
+  for p in "$1" $(pgrep -P "$1"); do
+    # the fields after the command's ")": utime, the 14th of stat, is f[11]
+    read -r -a f < <(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null)
+    [ ${#f[@]} -gt 15 ] || continue
+    sum=$((sum + f[11] + f[12]))
+    [ "$p" = "$1" ] && sum=$((sum + f[13] + f[14]))
+  done
+  echo $((sum * 1000000000 / hz))
+}
 
 # Which library the server binary's malloc binds to under LD_PRELOAD=$2 (ld.so's view).
 bound_lib() { # $1 binary, $2 preload
@@ -110,7 +148,12 @@ reap_pending() { # $1 = all: wait for every one
       else
         srv_rec "$s" "$a" "$r" idle - error "" "" "server gone before the idle reading"
       fi
-      stop_server "$pid" "$port" "$s $a"
+      if [ "$s" = postgres ]; then
+        stop_server "$pid" "$port" "$s $a" INT
+        rm -rf "$pgroot/run.$port"
+      else
+        stop_server "$pid" "$port" "$s $a"
+      fi
     else
       keep+=("$p")
     fi
@@ -127,6 +170,13 @@ start_server() {
       --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$tmp/srv.log" 2>&1 </dev/null & ;;
     memcached) $(srv_pin) env ${srv_envs[$i]} ${lib:+LD_PRELOAD=$lib} memcached -m 1024 -t 2 \
       -p "$port" -U 0 -l 127.0.0.1 -u root >"$tmp/srv.log" 2>&1 </dev/null & ;;
+    # a copy of the cluster per server (one may still idle while the next
+    # runs); setpriv execs (no child of its own): $! is the postmaster
+    postgres) cp -a "$pgroot/cluster" "$pgroot/run.$port" || return 1
+      $(srv_pin) setpriv --reuid=postgres --regid=postgres --init-groups env ${srv_envs[$i]} \
+      ${lib:+LD_PRELOAD=$lib} "$pgbin/postgres" -D "$pgroot/run.$port" -k "$pgroot/run.$port" \
+      -p "$port" -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+      >"$tmp/srv.log" 2>&1 </dev/null & ;;
   esac
   pid=$!
   for ((k = 0; k < 100; k++)); do
@@ -199,6 +249,42 @@ server_run() {
           "no result (rc $rc$(alive "$pid" || echo ', server died')): $(tail -n 1 "$tmp/cli.err" | tr '\t' ' ')"
       fi
       timeout 10 memcflush --servers="127.0.0.1:$port" >/dev/null 2>&1 ;;
+    postgres)
+      local t cpu0 cpu v n k0
+      k0=$(pgrep -c -P "$pid")
+      for t in select sort; do
+        cpu0=$(pg_cpu_ns "$pid")
+        # the peak of the sum over processes, sampled while pgbench runs
+        (
+          m=0
+          while sleep 0.1; do
+            kb=$(pg_anon_kb "$pid")
+            [ "$kb" -gt "$m" ] && m=$kb && echo "$m" >"$tmp/pgpeak"
+          done
+        ) &
+        local sampler=$!
+        # shellcheck disable=SC2046
+        timeout -k 2 60 $(cli_pin) pgbench -h 127.0.0.1 -p "$port" -U postgres -n -c 4 -j 1 \
+          -T "$pg_secs" $([ $t = select ] && echo -S || echo -f "$tmp/pg_sort.sql") postgres \
+          >"$tmp/cli.out" 2>"$tmp/cli.err" </dev/null
+        local rc=$?
+        # the backends' CPU is the postmaster's once it has waited for them
+        for ((k = 0; k < 50; k++)); do [ "$(pgrep -c -P "$pid")" -le "$k0" ] && break; sleep 0.1; done
+        kill "$sampler" 2>/dev/null
+        wait "$sampler" 2>/dev/null
+        hwm=$(cat "$tmp/pgpeak" 2>/dev/null)
+        rm -f "$tmp/pgpeak"
+        [ -n "$hwm" ] && [ "$hwm" -gt "$peak" ] && peak=$hwm
+        v=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$tmp/cli.out" | head -n 1)
+        n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$tmp/cli.out")
+        if [ -n "$v" ] && [ -n "$n" ] && [ "$n" -gt 0 ]; then
+          cpu=$(cpu_per_k "$cpu0" "$(pg_cpu_ns "$pid")" "$n")
+          srv_rec "$s" "$a" "$r" tps "$t" ok "$v" "$hwm" "" "$cpu"
+        else
+          srv_rec "$s" "$a" "$r" tps "$t" "$([ $rc = 124 ] && echo timeout || echo error)" "" "" \
+            "no result (rc $rc$(alive "$pid" || echo ', server died')): $(tail -n 1 "$tmp/cli.err" | tr '\t' ' ')"
+        fi
+      done ;;
   esac
   if ! alive "$pid"; then
     srv_rec "$s" "$a" "$r" idle - error "" "" "server died: $(tail -n 1 "$tmp/srv.log" | tr '\t' ' ')"
@@ -208,9 +294,31 @@ server_run() {
   # idle reading in the background; the next run goes on meanwhile
   (
     sleep "$srv_idle"
-    echo "$(status_kb "$pid" VmRSS) $peak" >"$tmp/idle.$pid.tmp" && mv "$tmp/idle.$pid.tmp" "$tmp/idle.$pid"
+    echo "$(srv_rss_kb "$s" "$pid") $peak" >"$tmp/idle.$pid.tmp" && mv "$tmp/idle.$pid.tmp" "$tmp/idle.$pid"
   ) &
   pending+=("$pid $port $s $a $r")
+}
+
+# One cluster for every run (the tests only read it; each run starts a fresh
+# server on it): initdb and pgbench's tables at scale 5, as user postgres
+# (the server refuses root), under glibc.
+pg_setup() {
+  id postgres >/dev/null 2>&1 || { echo "no user postgres" >"$tmp/pg_setup.log"; return 1; }
+  pgroot=$(mktemp -d /tmp/hakmem-bench-pg.XXXXXX) && chown postgres "$pgroot" || return 1
+  printf '\\set a random(1, 480000)\n%s\n' \
+    "SELECT count(*) FROM (SELECT aid FROM pgbench_accounts WHERE aid BETWEEN :a AND :a + 20000 ORDER BY filler DESC, aid) s;" \
+    >"$tmp/pg_sort.sql"
+  local port
+  port=$(next_port) || return 1
+  setpriv --reuid=postgres --regid=postgres --init-groups "$pgbin/initdb" -D "$pgroot/cluster" \
+    -A trust -U postgres --no-sync >"$tmp/pg_setup.log" 2>&1 || return 1
+  srv_libs=("") srv_envs=("")
+  start_server postgres 0 "$port" || return 1
+  timeout 120 pgbench -h 127.0.0.1 -p "$port" -U postgres -i -s 5 -q postgres >>"$tmp/pg_setup.log" 2>&1
+  local rc=$?
+  stop_server "$srv_pid" "$port" "postgres setup" INT
+  rm -rf "$pgroot/cluster" && mv "$pgroot/run.$port" "$pgroot/cluster" || rc=1
+  return $rc
 }
 
 servers() {
@@ -223,10 +331,18 @@ servers() {
     case $s in
       redis) bins=(redis-server redis-benchmark redis-cli) ;;
       memcached) bins=(memcached memcaslap memcflush) ;;
+      postgres)
+        pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+        bins=("${pgbin:-/nonexistent}/postgres" "${pgbin:-/nonexistent}/initdb" pgbench setpriv) ;;
     esac
     local miss=
     for b in "${bins[@]}"; do command -v "$b" >/dev/null || miss+=" $b"; done
     [ -n "$miss" ] && { note "$s: missing$miss (bash .ci/deps installs them): skipped"; continue; }
+    if [ "$s" = postgres ] && ! pg_setup; then
+      note "postgres: could not create the cluster: $(tail -n 1 "$tmp/pg_setup.log")"
+      rm -rf "$pgroot"
+      continue
+    fi
     # the allocator rows: every preloadable one of run.sh's, glibc preloaded
     # too (Debian's redis links jemalloc), and for redis its own jemalloc
     srv_names=() srv_libs=() srv_envs=()
@@ -261,6 +377,7 @@ servers() {
       done
     done
     reap_pending all
+    [ "$s" = postgres ] && rm -rf "$pgroot"
     ran_servers+=("$s")
   done
 }

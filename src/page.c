@@ -4,7 +4,11 @@
 
 #include <string.h>
 
-#define EXTEND_BYTES 16384 /* carve at most this much at a time: RSS follows use */
+/* Carve at most this much at a time: RSS follows use. A page's first carve
+ * is one 4 KiB page: a class a process uses a few blocks of (a forked
+ * server's backend, a short-lived thread) costs 4 KiB, not 16. */
+#define EXTEND_FIRST_BYTES 4096
+#define EXTEND_BYTES 16384
 
 /* The span's color: an offset within the bytes its blocks leave over, from
  * its address, so spans of a class taken one after another differ. Within
@@ -49,7 +53,8 @@ void hak_page_init(hak_page_t *page, unsigned cls, hak_heap_t *heap, bool zero) 
 void hak_page_extend(hak_page_t *page) {
   size_t bs = page->block_size;
   unsigned n = page->capacity - page->reserved;
-  unsigned max = bs >= EXTEND_BYTES ? 1 : (unsigned)(EXTEND_BYTES / bs);
+  size_t most = page->reserved ? EXTEND_BYTES : EXTEND_FIRST_BYTES;
+  unsigned max = bs >= most ? 1 : (unsigned)(most / bs);
   if (n > max) n = max;
   char *first = page_start(page) + (size_t)page->reserved * bs, *p = first;
   for (unsigned i = 0; i + 1 < n; i++, p += bs)

@@ -254,6 +254,7 @@ run_bin span_fit
 # Power-of-two buffers plus a small header (4-64 KiB): usable size at most
 # 1/32 past the power of two, RSS / live bytes at most 1.05.
 run_bin header_rss
+run_bin small_rss
 # Spans of the 4-64 KiB classes: at most 5% of their pages covered by no
 # block (committed bytes over live bytes, every class).
 run_bin span_tail
