@@ -14,7 +14,16 @@
  * so a thread can wait for "room to send or something to free" (polled
  * briefly before sleeping, as in queue.h).
  * One op = one block allocated by one thread and freed by the other.
- * Prints "pingpong: N ops/s". */
+ * Prints "pingpong: N ops/s".
+ *
+ * PINGPONG_PIN=pair|split pins the threads to CPUs 0 and 1 (at 2 pairs on
+ * 2 CPUs the scheduler's placement decides the result, measured 2026-12):
+ * pair puts both threads of pair i on CPU i mod 2 (they take turns on it,
+ * every block stays in that CPU's cache: hakmem as fast as tcmalloc),
+ * split puts side s of every pair on CPU s (both sides run at once, every
+ * block crosses CPUs twice per round trip: hakmem's owner misses on each
+ * block freed back to it, tcmalloc's freer reuses it, about 2x). */
+#define _GNU_SOURCE /* pthread_setaffinity_np */
 #define QUEUE 4
 #define RINGS 2 /* ring[s] carries side s's blocks to the other side */
 #include "queue.h"
@@ -27,6 +36,27 @@ struct worker {
 };
 
 static struct queue_args args;
+static struct pair *pairs_base;
+
+/* PINGPONG_PIN (above): the calling thread, side `side` of pair `pair`. */
+static void pin_placement(long pair, int side) {
+  const char *how = getenv("PINGPONG_PIN");
+  if (!how) return;
+  int cpu;
+  if (!strcmp(how, "pair"))
+    cpu = (int)(pair % 2);
+  else if (!strcmp(how, "split"))
+    cpu = side;
+  else
+    cpu = -1;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= 0) CPU_SET(cpu, &set);
+  if (cpu < 0 || pthread_setaffinity_np(pthread_self(), sizeof set, &set)) {
+    fprintf(stderr, "pingpong: PINGPONG_PIN=%s: pair or split, on CPUs 0 and 1\n", how);
+    _exit(64);
+  }
+}
 
 static void *side_main(void *arg) {
   struct worker *w = arg;
@@ -35,6 +65,7 @@ static void *side_main(void *arg) {
   struct item mine[MAX_BATCH], theirs[MAX_BATCH];
   uint64_t rng = w->rng, ops = 0;
   int have = 0;
+  pin_placement(q - pairs_base, w->side);
   bench_go();
   while (!bench_stopped()) {
     if (!have) {
@@ -80,6 +111,7 @@ int main(int argc, char **argv) {
   int pairs = args.pairs;
 
   struct pair *q = pairs_new((size_t)pairs);
+  pairs_base = q;
   struct worker *w = bench_workers(2 * (size_t)pairs, sizeof *w);
   for (int i = 0; i < pairs; i++)
     for (int s = 0; s < 2; s++)
