@@ -100,7 +100,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     if (size > MAP_MIN) {
       p = hak_huge_alloc(size, 0, &fresh);
     } else {
-      p = hak_large_alloc(heap, size);
+      p = hak_large_alloc(heap, size, zero);
       fresh = p && page_of(region_of(p), p)->fresh_zero;
     }
     if (p && zero && !fresh) memset(p, 0, size);
@@ -128,7 +128,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
 
 /* One block spanning whole pages. It belongs to no heap: whichever thread
  * frees it gives the pages straight back, so it never waits for an owner. */
-void *hak_large_alloc(hak_heap_t *heap, size_t size) {
+void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared) {
   unsigned npages = (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
   bool zero;
   hak_page_t *span = hak_span_alloc(heap->node, npages, false, &zero);
@@ -145,6 +145,12 @@ void *hak_large_alloc(hak_heap_t *heap, size_t size) {
                            memory_order_relaxed);
   span->fresh_zero = zero;
   hak_prefault(span, zero);
+  /* Its caller writes what it asked for (memcached memsets every 1 MiB slab
+   * page it takes): one MADV_POPULATE_WRITE does the work of its 256 faults
+   * for 0.65x their CPU. Only those bytes, not the span's tail; and not for
+   * calloc, whose caller may leave zero pages untouched. */
+  if (hak_opt.prefault == PREFAULT_LARGE && zero && !cleared)
+    kmem_populate(page_start(span), (size + 4095) & ~(size_t)4095);
   stat_inc(&heap->stats.pages_activated, npages);
   stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
   return page_start(span);
