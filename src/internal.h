@@ -226,6 +226,12 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   hak_queue_t queues[NUM_CLASSES];
   hak_queue_t full; /* full pages and large spans */
   uint64_t slow_calls;
+  /* HAKMEM_PREFAULT=large: a fresh large block left unpopulated, to see
+   * whether its caller wrote it whole (slow.c large_populate) */
+  void *large_probe;
+  size_t large_probe_bytes;
+  uint32_t large_fresh;                  /* fresh large blocks taken */
+  bool large_written;                    /* the last probe was written whole */
   uint64_t out_pending;                  /* bit n: out[n] holds a partial batch */
   struct hak_batch *out[KMEM_MAX_NODES]; /* the batch being filled per node */
   struct hak_batch *spare;               /* empty batches for the next sends */
