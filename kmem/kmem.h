@@ -57,6 +57,9 @@ void kmem_region_free_hugetlb(void *r); /* an empty hugetlbfs region, whole */
  * (EINVAL: no MADV_COLLAPSE before Linux 6.1, or THP unusable; EPERM) is
  * said once under HAKMEM_VERBOSE=1 and kmem_collapse_usable() turns false. */
 unsigned kmem_region_resident_pages(void *r);
+/* Whether every 4 KiB page of [p, p + len) is resident (mincore); len at
+ * most a region. */
+bool kmem_resident_all(void *p, size_t len);
 int kmem_region_collapse(void *r);
 bool kmem_collapse_usable(void);
 

@@ -165,6 +165,15 @@ unsigned kmem_region_resident_pages(void *r) {
   return n;
 }
 
+bool kmem_resident_all(void *p, size_t len) {
+  unsigned char vec[KMEM_REGION_SIZE / 4096];
+  size_t n = (len + 4095) / 4096;
+  if (n > sizeof vec || mincore(p, len, vec) != 0) return false;
+  for (size_t i = 0; i < n; i++)
+    if (!(vec[i] & 1)) return false;
+  return true;
+}
+
 static _Atomic bool collapse_refused;
 
 /* "never" in /sys/kernel/mm/transparent_hugepage/enabled: MADV_COLLAPSE

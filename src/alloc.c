@@ -162,7 +162,7 @@ static void *aligned_alloc_heap(size_t align, size_t size) {
   if (align <= PAGE_SIZE && size <= MAP_MIN) {
     hak_heap_t *heap = hak_tls_heap;
     if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
-    return hak_large_alloc(heap, size); /* spans start on a 64 KiB boundary */
+    return hak_large_alloc(heap, size, false); /* spans start on a 64 KiB boundary */
   }
   /* a mapping's block starts 64 KiB past a 2 MiB boundary, or at align */
   bool zero;

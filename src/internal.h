@@ -226,6 +226,12 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   hak_queue_t queues[NUM_CLASSES];
   hak_queue_t full; /* full pages and large spans */
   uint64_t slow_calls;
+  /* HAKMEM_PREFAULT=large: a fresh large block left unpopulated, to see
+   * whether its caller wrote it whole (slow.c large_populate) */
+  void *large_probe;
+  size_t large_probe_bytes;
+  uint32_t large_fresh;                  /* fresh large blocks taken */
+  bool large_written;                    /* the last probe was written whole */
   uint64_t out_pending;                  /* bit n: out[n] holds a partial batch */
   struct hak_batch *out[KMEM_MAX_NODES]; /* the batch being filled per node */
   struct hak_batch *spare;               /* empty batches for the next sends */
@@ -383,7 +389,7 @@ static inline unsigned class_of(size_t size) {
 
 enum { STATS_OFF, STATS_TEXT, STATS_JSON, STATS_TEXT_ALIAS };
 enum { PURGE_REGION, PURGE_PAGE, PURGE_OFF };
-enum { PREFAULT_OFF, PREFAULT_PAGE, PREFAULT_AHEAD };
+enum { PREFAULT_OFF, PREFAULT_PAGE, PREFAULT_AHEAD, PREFAULT_LARGE };
 
 typedef struct hak_options {
   int stats;
@@ -584,7 +590,8 @@ void hak_free_slow(hak_region_t *r, void *p);
 void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
-void *hak_large_alloc(hak_heap_t *heap, size_t size); /* 64 KiB aligned; when no mapping */
+/* 64 KiB aligned; when no mapping. cleared: for calloc, which reads fresh pages as zero */
+void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared);
 void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);

@@ -100,7 +100,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     if (size > MAP_MIN) {
       p = hak_huge_alloc(size, 0, &fresh);
     } else {
-      p = hak_large_alloc(heap, size);
+      p = hak_large_alloc(heap, size, zero);
       fresh = p && page_of(region_of(p), p)->fresh_zero;
     }
     if (p && zero && !fresh) memset(p, 0, size);
@@ -126,9 +126,30 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   return b;
 }
 
+/* HAKMEM_PREFAULT=large: whether to populate a fresh large block of bytes.
+ * A caller that writes what it asks for (memcached memsets every 1 MiB slab
+ * page it takes) gets one MADV_POPULATE_WRITE instead of a fault per 4 KiB,
+ * 0.65x their CPU; one that leaves its block mostly untouched (a buffer
+ * sized for the worst case) must not pay its RSS. So one fresh block in
+ * LARGE_PROBE_EVERY is left to fault: the blocks after it are populated
+ * while the latest such probe is found resident whole. */
+#define LARGE_PROBE_EVERY 8
+static bool large_populate(hak_heap_t *heap, void *p, size_t bytes) {
+  if (heap->large_probe) {
+    heap->large_written = kmem_resident_all(heap->large_probe, heap->large_probe_bytes);
+    heap->large_probe = NULL;
+  }
+  if (heap->large_fresh++ % LARGE_PROBE_EVERY == 0) {
+    heap->large_probe = p;
+    heap->large_probe_bytes = bytes;
+    return false;
+  }
+  return heap->large_written;
+}
+
 /* One block spanning whole pages. It belongs to no heap: whichever thread
  * frees it gives the pages straight back, so it never waits for an owner. */
-void *hak_large_alloc(hak_heap_t *heap, size_t size) {
+void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared) {
   unsigned npages = (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
   bool zero;
   hak_page_t *span = hak_span_alloc(heap->node, npages, false, &zero);
@@ -145,6 +166,12 @@ void *hak_large_alloc(hak_heap_t *heap, size_t size) {
                            memory_order_relaxed);
   span->fresh_zero = zero;
   hak_prefault(span, zero);
+  /* only the bytes asked for, not the span's tail; never for calloc, whose
+   * caller may leave zero pages untouched */
+  size_t bytes = (size + 4095) & ~(size_t)4095;
+  if (hak_opt.prefault == PREFAULT_LARGE && zero && !cleared &&
+      large_populate(heap, page_start(span), bytes))
+    kmem_populate(page_start(span), bytes);
   stat_inc(&heap->stats.pages_activated, npages);
   stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
   return page_start(span);

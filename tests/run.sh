@@ -228,9 +228,9 @@ for t in faults threads read fork refused closefds; do run_bin "uffd_$t"; done
 # Lazy zero, purge and huge pages through the allocator, each in children
 # with HAKMEM_* set: calloc zero on fresh/dirty/purged memory, RSS given back
 # (background, on activity, never with off), per-page purge, prefault fault
-# counts, THP and hugetlbfs (as root kmem_hugetlb changes the 2 MiB pool for
+# counts, fresh large blocks populated for malloc (not calloc), THP and hugetlbfs (as root kmem_hugetlb changes the 2 MiB pool for
 # a moment and restores it), bad values of every variable.
-for t in calloc_zero rss_return purge_page prefault thp hugetlb bad_env; do run_bin "kmem_$t"; done
+for t in calloc_zero rss_return purge_page prefault populate_large thp hugetlb bad_env; do run_bin "kmem_$t"; done
 # HAKMEM_PREFAULT=ahead aimed at a hugetlbfs region unmapped before the
 # background thread looks (as root, raises the 2 MiB pool for a moment).
 run_bin kmem_hugetlb_ahead
