@@ -72,9 +72,15 @@ static void check_queue(hak_heap_t *heap, hak_queue_t *q, int cls, bool blocks) 
 static void check_midcache(hak_heap_t *heap) {
   size_t bytes = 0;
   for (unsigned i = 0; i < MIDCACHE_CLASSES; i++) {
-    HAK_ASSERT(heap->mid_count[i] <= hak_midcache_max[i]);
-    for (unsigned k = 0; k < heap->mid_count[i]; k++) {
-      char *b = heap->mid_slot[i][k];
+    void **base = midcache_base(heap, i);
+    unsigned n = midcache_count(heap, i);
+    HAK_ASSERT(base[-1] == NULL);
+    HAK_ASSERT(midcache_slot(heap, heap->mid_top[i]) >= base);
+    HAK_ASSERT(midcache_slot(heap, heap->mid_end[i]) == base + hak_midcache_max[i]);
+    HAK_ASSERT(n <= hak_midcache_max[i]);
+    for (unsigned k = 0; k < n; k++) {
+      char *b = base[k];
+      HAK_ASSERT(b != NULL);
       hak_page_t *page = page_of(region_of(b), b);
       HAK_ASSERT(page_heap(page) == heap);
       HAK_ASSERT(page_flags(page) & PAGE_MID);
@@ -84,12 +90,13 @@ static void check_midcache(hak_heap_t *heap) {
       HAK_ASSERT(page->used > 0);
       HAK_ASSERT(!hak_debug_on_list(page->free, (hak_block_t *)b, page->reserved));
       HAK_ASSERT(!hak_debug_on_list(page->local_free, (hak_block_t *)b, page->reserved));
-      for (unsigned j = k + 1; j < heap->mid_count[i]; j++)
-        HAK_ASSERT(heap->mid_slot[i][j] != b);
+      for (unsigned j = k + 1; j < n; j++)
+        HAK_ASSERT(base[j] != b);
       bytes += page->block_size;
     }
   }
-  HAK_ASSERT(bytes == heap->mid_bytes);
+  HAK_ASSERT(heap->mid_room > -(ptrdiff_t)MIDCACHE_MAX);
+  HAK_ASSERT((ptrdiff_t)bytes == (ptrdiff_t)MIDCACHE_HEAP_BYTES - heap->mid_room);
 }
 
 /* cls: the class whose pages get their blocks counted too; -1 all. */

@@ -62,11 +62,11 @@ bool hak_debug_on_list(const hak_block_t *x, const hak_block_t *b, size_t max) {
   return false;
 }
 
-static bool in_midcache(const hak_heap_t *heap, const hak_page_t *page, const hak_block_t *b) {
+static bool in_midcache(hak_heap_t *heap, const hak_page_t *page, const hak_block_t *b) {
   if (!(page_flags(page) & PAGE_MID)) return false;
-  unsigned i = page->cls - MIDCACHE_FIRST;
-  for (unsigned k = 0; k < heap->mid_count[i]; k++)
-    if (heap->mid_slot[i][k] == b) return true;
+  for (void **slot = midcache_slot(heap, heap->mid_top[page->cls - MIDCACHE_FIRST]); slot[-1];
+       slot--)
+    if (slot[-1] == b) return true;
   return false;
 }
 

@@ -6,9 +6,13 @@
 #include <string.h>
 
 hak_page_t hak_page_empty;
-/* Every direct entry points at the empty page, so a thread's first malloc
- * takes the slow path without a separate "initialised?" test. */
+/* Every direct entry points at the empty page, and every mid class's top
+ * past a NULL slot, so a thread's first malloc takes the slow path without
+ * a separate "initialised?" test. */
+#define EMPTY_MID_TOP offsetof(hak_heap_t, mid_slot[0][1])
 hak_heap_t hak_heap_empty = {.direct = {[0 ... NUM_CLASSES - 1] = &hak_page_empty},
+                             .mid_top = {[0 ... MIDCACHE_CLASSES - 1] = EMPTY_MID_TOP},
+                             .mid_end = {[0 ... MIDCACHE_CLASSES - 1] = EMPTY_MID_TOP},
                              .region_tag = REGION_TAG_NONE};
 #ifdef HAK_TLS_DLOPEN
 __thread hak_heap_t *hak_tls_heap = &hak_heap_empty;
@@ -34,6 +38,7 @@ static void heap_reset(hak_heap_t *heap) {
   heap->full = (hak_queue_t){0};
   heap->slow_calls = 0;
   heap->foreign = false;
+  hak_midcache_reset(heap);
 }
 
 /* A heap struct for a new owner: one a thread left, or a new one. */

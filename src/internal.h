@@ -219,10 +219,20 @@ struct hak_batch; /* cross-node frees bound for one node (mailbox.c) */
 typedef struct __attribute__((aligned(64))) hak_heap {
   /* first: the remote free addresses an entry's top by the heap and the
    * class alone, no offset (one instruction less per remote free) */
-  hak_stash_t stash[NUM_CLASSES];      /* per class: one page's foreign frees */
-  hak_page_t *direct[NUM_CLASSES];     /* first page of each queue, or the empty page */
-  uint8_t mid_count[MIDCACHE_CLASSES]; /* blocks in mid_slot per mid class */
-  size_t mid_bytes;                    /* bytes of all of them */
+  hak_stash_t stash[NUM_CLASSES];  /* per class: one page's foreign frees */
+  hak_page_t *direct[NUM_CLASSES]; /* first page of each queue, or the empty page */
+  /* The mid cache's bookkeeping, in two lines: per class, byte offsets
+   * from the heap of its slot the next freed block goes to (its cached
+   * blocks lie below, down to the second slot of mid_slot[class]: the
+   * first stays NULL, so malloc's pop tests the block it reads, with no
+   * bound to load) and of the slot past its last (hak_midcache_max). */
+  _Alignas(64) uint16_t mid_top[MIDCACHE_CLASSES];
+  /* MIDCACHE_HEAP_BYTES less the bytes the mid cache holds: a free caches
+   * its block while this is positive (a test of the cap that does not
+   * depend on the block's size: one that did would turn the large blocks
+   * away first, churn_mid: 5 instructions more per malloc/free pair) */
+  ptrdiff_t mid_room;
+  uint16_t mid_end[MIDCACHE_CLASSES];
   hak_queue_t queues[NUM_CLASSES];
   hak_queue_t full; /* full pages and large spans */
   uint64_t slow_calls;
@@ -244,12 +254,15 @@ typedef struct __attribute__((aligned(64))) hak_heap {
   uint64_t stash_mask;                     /* bit c: stash[c] was pushed to, not flushed since */
   _Atomic uint64_t stash_cut[NUM_CLASSES]; /* per class: pushes handed over, by anyone */
   uintptr_t stash_seen[NUM_CLASSES];       /* the background thread's: top at its previous pass */
-  /* cached mid blocks, the most recently freed last; still `used` on their pages */
-  void *mid_slot[MIDCACHE_CLASSES][MIDCACHE_SLOTS];
+  /* cached mid blocks from [1], the most recently freed last; still `used`
+   * on their pages. [0] is NULL, the pop's end. */
+  void *mid_slot[MIDCACHE_CLASSES][MIDCACHE_SLOTS + 1];
   /* written by other threads: a line of their own */
   _Alignas(64) _Atomic(hak_block_t *) delayed; /* blocks of NOTIFY pages freed remotely */
   _Atomic(struct hak_batch *) returned;        /* batches drainers are done with */
 } hak_heap_t;
+
+_Static_assert(sizeof(hak_heap_t) <= UINT16_MAX, "mid slots at 16-bit offsets");
 
 extern hak_heap_t hak_heap_empty;
 extern hak_page_t hak_page_empty;
@@ -584,7 +597,7 @@ void *hak_free_check(hak_page_t *page, void *p);
 /* ---- allocation paths ---------------------------------------------------- */
 
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero);
-void *hak_malloc_mid(hak_heap_t *heap, size_t size);
+void *hak_malloc_big(hak_heap_t *heap, size_t size); /* MIDCACHE_MAX < size */
 void hak_free_slow(hak_region_t *r, void *p);
 /* Arguments in the order of hak_remote_stash's, where the common case goes on. */
 void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r);
@@ -666,24 +679,45 @@ static inline void *page_pop(hak_page_t *page) {
 
 extern uint8_t hak_midcache_max[MIDCACHE_CLASSES]; /* blocks per class */
 void hak_midcache_init(void);
+void hak_midcache_reset(hak_heap_t *heap); /* an empty cache, for a heap's new owner */
 void hak_midcache_overflow(hak_heap_t *heap, hak_page_t *page, void *p);
+void *hak_midcache_miss(hak_heap_t *heap, unsigned cls, size_t size); /* class cls's array empty */
 void hak_midcache_flush(hak_heap_t *heap); /* every cached block back to its page */
+
+/* A heap's mid slot at byte offset off, and back. */
+static inline void **midcache_slot(hak_heap_t *heap, size_t off) {
+  return (void **)((char *)heap + off);
+}
+static inline uint16_t midcache_off(hak_heap_t *heap, void **slot) {
+  return (uint16_t)((char *)slot - (char *)heap);
+}
+
+/* The first of class i's slots that holds a block when any does. */
+static inline void **midcache_base(hak_heap_t *heap, unsigned i) {
+  return &heap->mid_slot[i][1];
+}
+
+/* The blocks class i caches. */
+static inline unsigned midcache_count(hak_heap_t *heap, unsigned i) {
+  return (unsigned)(midcache_slot(heap, heap->mid_top[i]) - midcache_base(heap, i));
+}
 
 /* The owner's free of a block of a PAGE_MID page: kept for the next malloc
  * of its class without writing into it. */
 static inline void midcache_push(hak_heap_t *heap, hak_page_t *page, void *p) {
-  size_t i = (size_t)page->cls - MIDCACHE_FIRST, n = heap->mid_count[i];
-  if (likely(n < hak_midcache_max[i] && heap->mid_bytes < MIDCACHE_HEAP_BYTES)) {
-    heap->mid_slot[i][n] = p;
-    heap->mid_count[i] = (uint8_t)(n + 1);
-    heap->mid_bytes += page->block_size;
+  size_t i = (size_t)page->cls - MIDCACHE_FIRST, top = heap->mid_top[i];
+  ptrdiff_t room = heap->mid_room; /* the last block in may pass the cap */
+  if (likely(top != heap->mid_end[i] && room > 0)) {
+    *midcache_slot(heap, top) = p;
+    heap->mid_top[i] = (uint16_t)(top + sizeof p);
+    heap->mid_room = room - (ptrdiff_t)page->block_size;
     return;
   }
   hak_midcache_overflow(heap, page, p);
 }
 
-/* The fast path: pop from the current page of the size class. Sizes past
- * the direct table take one tail call more (hak_malloc_mid). */
+/* The fast path: pop from the current page of the size class, or for mid
+ * sizes from the heap's array of the class. */
 static inline void *hak_alloc_inline(size_t size) {
   hak_heap_t *heap = hak_tls_heap;
   if (likely(size <= DIRECT_MAX)) {
@@ -691,7 +725,18 @@ static inline void *hak_alloc_inline(size_t size) {
     if (likely(b != NULL)) return b;
     return hak_malloc_slow(heap, size, false);
   }
-  return hak_malloc_mid(heap, size);
+  if (likely(size <= MIDCACHE_MAX)) {
+    /* wide: the class's offset folds into the loads */
+    size_t cls = hak_class_of_large(size), i = cls - MIDCACHE_FIRST, top = heap->mid_top[i];
+    void *b = midcache_slot(heap, top)[-1];
+    if (likely(b != NULL)) {
+      heap->mid_top[i] = (uint16_t)(top - sizeof b);
+      heap->mid_room += hak_class_size[cls];
+      return b;
+    }
+    return hak_midcache_miss(heap, (unsigned)cls, size);
+  }
+  return hak_malloc_big(heap, size);
 }
 
 /* The fast path of free: a block of a page this thread owns, no flags set. */

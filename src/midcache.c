@@ -20,6 +20,14 @@ void hak_midcache_init(void) {
   }
 }
 
+void hak_midcache_reset(hak_heap_t *heap) {
+  for (unsigned i = 0; i < MIDCACHE_CLASSES; i++) {
+    heap->mid_top[i] = midcache_off(heap, midcache_base(heap, i));
+    heap->mid_end[i] = midcache_off(heap, midcache_base(heap, i) + hak_midcache_max[i]);
+  }
+  heap->mid_room = (ptrdiff_t)MIDCACHE_HEAP_BYTES;
+}
+
 /* Up to want blocks of page not carved yet, counted out by address: none
  * is touched. */
 static unsigned page_carve(hak_page_t *page, void **out, unsigned want) {
@@ -50,39 +58,27 @@ static HAK_NOINLINE void *midcache_refill(hak_heap_t *heap, unsigned cls, size_t
   }
   /* once its pages are carved whole, a class's refills stop here */
   hak_page_t *page = heap->direct[cls];
-  unsigned i = cls - MIDCACHE_FIRST, have = heap->mid_count[i], n = hak_midcache_max[i] / 2u;
+  unsigned i = cls - MIDCACHE_FIRST, n = hak_midcache_max[i] / 2u;
+  unsigned have = midcache_count(heap, i);
   if (page->reserved == page->capacity || n <= have) return b;
   n -= have;
   size_t bs = hak_class_size[cls];
-  if (heap->mid_bytes + n * bs > MIDCACHE_HEAP_BYTES) return b;
-  n = page_carve(page, heap->mid_slot[i] + have, n);
-  heap->mid_count[i] = (uint8_t)(have + n);
-  heap->mid_bytes += n * bs;
+  if ((ptrdiff_t)(n * bs) > heap->mid_room) return b;
+  n = page_carve(page, midcache_slot(heap, heap->mid_top[i]), n);
+  heap->mid_top[i] = (uint16_t)(heap->mid_top[i] + n * sizeof b);
+  heap->mid_room -= (ptrdiff_t)(n * bs);
   stat_inc(&heap->stats.midcache_filled, n);
   return b;
 }
 
-void *hak_malloc_mid(hak_heap_t *heap, size_t size) {
-  if (likely(size <= MIDCACHE_MAX)) {
-    unsigned cls = hak_class_of_large(size), i = cls - MIDCACHE_FIRST, n = heap->mid_count[i];
-    if (likely(n)) {
-      heap->mid_count[i] = (uint8_t)(n - 1);
-      heap->mid_bytes -= hak_class_size[cls];
-      return heap->mid_slot[i][n - 1];
-    }
-    /* nothing to carve: the page's free list, as for the other sizes */
-    hak_page_t *page = heap->direct[cls];
-    if (page->reserved == page->capacity) {
-      void *b = page_pop(page);
-      if (likely(b != NULL)) return b;
-    }
-    return midcache_refill(heap, cls, size);
-  }
-  if (likely(size <= SMALL_MAX)) {
-    void *b = page_pop(heap->direct[hak_class_of_large(size)]);
+void *hak_midcache_miss(hak_heap_t *heap, unsigned cls, size_t size) {
+  /* nothing to carve: the page's free list, as for the other sizes */
+  hak_page_t *page = heap->direct[cls];
+  if (page->reserved == page->capacity) {
+    void *b = page_pop(page);
     if (likely(b != NULL)) return b;
   }
-  return hak_malloc_slow(heap, size, false);
+  return midcache_refill(heap, cls, size);
 }
 
 /* Cached blocks back on their pages' local lists, emptied pages retired. */
@@ -98,13 +94,14 @@ static void give_back(hak_heap_t *heap, void **blocks, unsigned n) {
  * goes back to the pages; the recently freed blocks, warm in the CPU's
  * cache, stay for the next mallocs. */
 void hak_midcache_overflow(hak_heap_t *heap, hak_page_t *page, void *p) {
-  unsigned i = page->cls - MIDCACHE_FIRST, n = heap->mid_count[i], out = (n + 1) / 2;
-  void **slot = heap->mid_slot[i];
+  unsigned i = page->cls - MIDCACHE_FIRST;
+  void **slot = midcache_base(heap, i);
+  unsigned n = midcache_count(heap, i), out = (n + 1) / 2;
   give_back(heap, slot, out); /* p's page keeps p: it is not retired here */
   memmove(slot, slot + out, (n - out) * sizeof *slot);
-  heap->mid_count[i] = (uint8_t)(n - out);
-  heap->mid_bytes -= out * page->block_size;
-  if (heap->mid_bytes < MIDCACHE_HEAP_BYTES)
+  heap->mid_top[i] = midcache_off(heap, slot + (n - out));
+  heap->mid_room += (ptrdiff_t)(out * page->block_size);
+  if (heap->mid_room > 0)
     midcache_push(heap, page, p);
   else
     hak_free_local_slow(heap, page, p); /* other classes hold the bytes */
@@ -112,9 +109,7 @@ void hak_midcache_overflow(hak_heap_t *heap, hak_page_t *page, void *p) {
 
 /* Thread exit, hakmem_flush and malloc_trim: the pages get every block back. */
 void hak_midcache_flush(hak_heap_t *heap) {
-  for (unsigned i = 0; i < MIDCACHE_CLASSES; i++) {
-    give_back(heap, heap->mid_slot[i], heap->mid_count[i]);
-    heap->mid_count[i] = 0;
-  }
-  heap->mid_bytes = 0;
+  for (unsigned i = 0; i < MIDCACHE_CLASSES; i++)
+    give_back(heap, midcache_base(heap, i), midcache_count(heap, i));
+  hak_midcache_reset(heap);
 }

@@ -71,6 +71,16 @@ static hak_page_t *page_find(hak_heap_t *heap, unsigned cls) {
   return page;
 }
 
+/* Past the mid cache: a pop from the class's page, as the small sizes;
+ * past the classes, or no block there, the slow path. */
+void *hak_malloc_big(hak_heap_t *heap, size_t size) {
+  if (likely(size <= SMALL_MAX)) {
+    void *b = page_pop(heap->direct[hak_class_of_large(size)]);
+    if (likely(b != NULL)) return b;
+  }
+  return hak_malloc_slow(heap, size, false);
+}
+
 void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
   if (heap == &hak_heap_empty) {
     hak_heap_t *shared = hak_shared_enter();

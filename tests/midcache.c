@@ -7,7 +7,9 @@
  *    back (midcache_flushed);
  *  - a thread that exits gives back every block it cached, and after
  *    malloc_trim the memory its pages took is no longer committed;
- *  - an overflowing class gives back half and keeps working. */
+ *  - an overflowing class gives back half and keeps working;
+ *  - the heap caches up to 1 MiB (and one block past it) whatever the
+ *    classes, and its mallocs give the room back. */
 #define _GNU_SOURCE
 #include <malloc.h>
 #include <pthread.h>
@@ -153,12 +155,50 @@ static void overflow_gives_half(void) {
   }
 }
 
+/* The four largest classes filled to their limits (256 KiB each at most):
+ * 988 KiB, all cached, twice (the mallocs in between take them back out
+ * of the cache, which must count their bytes free again). Then 16 KiB
+ * blocks: the cache holds 1 MiB and one block past it, so at most 3 of 16
+ * stay; the rest go back to pages. */
+static void heap_cap(void) {
+  static const size_t size[] = {20480, 24576, 28672, 32768, 16384};
+  static const int count[] = {12, 10, 9, 8, 16};
+  enum { CLASSES = 5, BIG = 4, MAX = 16 };
+  void *blk[CLASSES][MAX];
+  for (int c = 0; c < CLASSES; c++)
+    for (int k = 0; k < count[c]; k++)
+      CHECK((blk[c][k] = malloc(opaque_size(size[c]))), "malloc(%zu) failed", size[c]);
+  hakmem_flush(); /* what the mallocs' refills cached ahead */
+  for (int round = 0; round < 2; round++) {
+    if (round)
+      for (int c = 0; c < BIG; c++)
+        for (int k = 0; k < count[c]; k++)
+          blk[c][k] = malloc(opaque_size(size[c]));
+    hak_stats_t s0 = stats();
+    for (int c = 0; c < BIG; c++)
+      for (int k = 0; k < count[c]; k++)
+        free(blk[c][k]);
+    hak_stats_t s1 = stats();
+    CHECK(s1.midcache_flushed == s0.midcache_flushed,
+          "round %d: 988 KiB of 20-32 KiB blocks overflowed the cache (%llu given back)", round,
+          (unsigned long long)(s1.midcache_flushed - s0.midcache_flushed));
+  }
+  hak_stats_t s1 = stats();
+  for (int k = 0; k < count[BIG]; k++)
+    free(blk[BIG][k]);
+  uint64_t flushed = stats().midcache_flushed - s1.midcache_flushed;
+  CHECK(flushed >= 13 && flushed <= 16,
+        "16 frees of 16 KiB past 988 KiB cached gave %llu back, not 13-16",
+        (unsigned long long)flushed);
+}
+
 int main(void) {
   served_from_cache();
   free_writes_nothing();
   flush_gives_back("hakmem_flush", do_hakmem_flush);
   flush_gives_back("malloc_trim", do_malloc_trim);
   overflow_gives_half();
+  heap_cap();
   thread_exit_gives_back();
   printf("midcache: ok\n");
   return 0;
