@@ -3,7 +3,12 @@
 #include "internal.h"
 
 #define MAX_NODES KMEM_MAX_NODES
-#define BACKGROUND_AFTER_REGIONS 1 /* the background thread is wanted from the 2nd region on */
+/* The background thread is wanted once a node's regions hold more than a
+ * region's worth: past a tiny heap, an idle process should give back what
+ * it frees, and the frees that make the memory free may be the last thing
+ * it does. Bytes, not regions: each thread's spans come from regions of
+ * its own (pool_find), so two tiny threads hold two regions. */
+#define BACKGROUND_AFTER_BYTES REGION_SIZE
 
 typedef struct hak_pool {
   pthread_mutex_t lock;
@@ -62,10 +67,11 @@ void hak_committed_add(int64_t delta) {
   }
 }
 
-/* Bytes of a node's regions in use or not yet purged, globally and per node. */
-static void node_committed_add(int node, int64_t delta) {
-  atomic_fetch_add_explicit(&pools[node].committed, (uint64_t)delta, memory_order_relaxed);
+/* Bytes of a node's regions in use or not yet purged, globally and per node;
+ * returns the node's before the change. */
+static uint64_t node_committed_add(int node, int64_t delta) {
   hak_committed_add(delta);
+  return atomic_fetch_add_explicit(&pools[node].committed, (uint64_t)delta, memory_order_relaxed);
 }
 
 static hak_region_t *region_new(int node) {
@@ -80,11 +86,7 @@ static hak_region_t *region_new(int node) {
   r->node = (uint16_t)node;
   r->kind = REGION_SMALL;
   r->heap = NULL;
-  /* past a tiny heap, an idle process should give back what it frees, and
-   * the frees that make the memory free may be the last thing it does */
-  if (atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed) >=
-      BACKGROUND_AFTER_REGIONS)
-    hak_background_want();
+  atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&pools[node].regions, 1, memory_order_relaxed);
   node_committed_add(node, (int64_t)REGION_HEADER_SIZE);
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], region_small_tag(node),
@@ -236,7 +238,11 @@ hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, bo
   bucket_insert(pool, r);
   pool->busy_ms = hak_now_ms();
   pthread_mutex_unlock(&pool->lock);
-  if (newly) node_committed_add(r->node, (int64_t)__builtin_popcount(newly) * (int64_t)PAGE_SIZE);
+  if (newly) {
+    uint64_t add = (uint64_t)__builtin_popcount(newly) * PAGE_SIZE;
+    uint64_t was = node_committed_add(r->node, (int64_t)add);
+    if (was < BACKGROUND_AFTER_BYTES && was + add >= BACKGROUND_AFTER_BYTES) hak_background_want();
+  }
 
   hak_page_t *head = &r->pages[first];
   for (unsigned i = 0; i < npages; i++) {
