@@ -171,12 +171,13 @@ static hak_region_t *find_run(hak_pool_t *pool, const hak_heap_t *heap, unsigned
  * descriptor in the shared header (descriptors 128 B apart did not help;
  * HAKMEM_NODES=2, a region set per thread, did). Touched pages of any heap
  * still go before untouched ones (RSS), and a new region before another
- * heap's untouched pages. */
+ * heap's untouched pages. heap NULL: a span of no heap's, from any region. */
 static hak_region_t *pool_find(hak_pool_t *pool, const hak_heap_t *heap, int node, unsigned npages,
                                uint32_t skip, bool create, uint32_t *starts) {
-  hak_region_t *r = find_run(pool, heap, npages, skip, RUN_TOUCHED | RUN_OWN, starts);
+  unsigned own = heap ? RUN_OWN : 0;
+  hak_region_t *r = heap ? find_run(pool, heap, npages, skip, RUN_TOUCHED | own, starts) : NULL;
   if (!r) r = find_run(pool, heap, npages, skip, RUN_TOUCHED, starts);
-  if (!r) r = find_run(pool, heap, npages, skip, RUN_OWN, starts);
+  if (!r) r = find_run(pool, heap, npages, skip, own, starts);
   if (!r && create && (r = region_new(node)) != NULL) {
     *starts = run_starts(r->free_mask & ~skip, npages);
     return r;

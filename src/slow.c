@@ -131,7 +131,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
 void *hak_large_alloc(hak_heap_t *heap, size_t size) {
   unsigned npages = (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
   bool zero;
-  hak_page_t *span = hak_span_alloc(heap, heap->node, npages, false, &zero);
+  hak_page_t *span = hak_span_alloc(NULL, heap->node, npages, false, &zero); /* no heap's */
   if (!span) {
     errno = ENOMEM;
     return NULL;
