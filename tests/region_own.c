@@ -5,7 +5,11 @@
  *            both filled the same region, page by page)
  *   touched  (argument touched) a thread's freed pages, touched and still in its region, go
  *            to another thread before any untouched page does: keeping
- *            regions apart costs no memory */
+ *            regions apart costs no memory
+ *   huge     (argument huge, under HAKMEM_HUGETLB=1) the free pages of a hugetlbfs region are
+ *            resident, touched or not: threads' first spans come from the first
+ *            thread's region, not from a 2 MiB huge page each (in regions of their
+ *            own, four threads held five huge pages for 5 KiB) */
 #include "check.h"
 #include "hakmem.h"
 
@@ -136,10 +140,59 @@ static void test_touched(void) {
   CHECK(reused >= TAKEN_PAGES, "only %llu pages reused", (unsigned long long)reused);
 }
 
+/* ---- huge ---------------------------------------------------------------- */
+
+#define HUGE_THREADS 4
+
+static char *huge_blocks[HUGE_THREADS];
+
+static void *huge_thread(void *arg) {
+  int me = (int)(intptr_t)arg;
+  wait_turn(me);
+  huge_blocks[me] = malloc(opaque_size(BLOCK));
+  CHECK(huge_blocks[me], "malloc(%d) failed", BLOCK);
+  fill_pattern(huge_blocks[me], BLOCK);
+  set_turn(me + 1);
+  pthread_barrier_wait(&done); /* alive, its heap its own, until all have taken theirs */
+  return NULL;
+}
+
+static void test_huge(void) {
+  char *mine = malloc(opaque_size(BLOCK));
+  CHECK(mine, "malloc(%d) failed", BLOCK);
+  hak_stats_t s;
+  hak_stats_get(&s);
+  if (s.hugetlb_bytes == 0) SKIP("no hugetlbfs region (HAKMEM_HUGETLB=1 and a free 2 MiB page)");
+  uint64_t huge = s.hugetlb_bytes;
+  turn = 0;
+  pthread_barrier_init(&done, NULL, HUGE_THREADS);
+  pthread_t t[HUGE_THREADS];
+  for (intptr_t i = 0; i < HUGE_THREADS; i++)
+    CHECK(pthread_create(&t[i], NULL, huge_thread, (void *)i) == 0, "pthread_create failed");
+  for (int i = 0; i < HUGE_THREADS; i++)
+    pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&done);
+  hak_stats_get(&s);
+  printf("huge: %d threads' first spans, hugetlb_bytes %llu KiB (was %llu KiB)\n", HUGE_THREADS,
+         (unsigned long long)(s.hugetlb_bytes >> 10), (unsigned long long)(huge >> 10));
+  CHECK(s.hugetlb_bytes == huge, "hugetlb_bytes grew from %llu to %llu for %d small blocks",
+        (unsigned long long)huge, (unsigned long long)s.hugetlb_bytes, HUGE_THREADS);
+  for (int i = 0; i < HUGE_THREADS; i++) {
+    CHECK(region(huge_blocks[i]) == region(mine),
+          "thread %d's block %p not in the first region %p, whose free pages are resident", i,
+          (void *)huge_blocks[i], (void *)(region(mine) << REGION_SHIFT));
+    expect_pattern(huge_blocks[i], BLOCK);
+    free(huge_blocks[i]);
+  }
+  free(mine);
+}
+
 int main(int argc, char **argv) {
   /* each in a process of its own: a region the other left empty is free for any heap */
   if (argc > 1 && !strcmp(argv[1], "touched"))
     test_touched();
+  else if (argc > 1 && !strcmp(argv[1], "huge"))
+    test_huge();
   else
     test_own();
   printf("region_own: ok\n");
