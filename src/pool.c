@@ -141,10 +141,16 @@ static void pool_note_reuse(hak_pool_t *pool, const hak_region_t *r) {
   if (delay < hak_opt.purge_delay_ms << PURGE_DELAY_MAX_SHIFT) pool->delay_ms = delay * 2;
 }
 
-/* How find_run looks: RUN_TOUCHED only at runs of touched pages (they cost
+/* How find_run looks: RUN_TOUCHED only at runs of resident pages (they cost
  * no new memory) in the first DIRTY_SEARCH regions; RUN_OWN only in regions
  * of the heap's own or of none. */
 enum { RUN_TOUCHED = 1, RUN_OWN = 2 };
+
+/* Pages resident: touched, or all but the purged of a huge-page region,
+ * whose first touch brought in the whole 2 MiB. */
+static uint32_t resident_mask(const hak_region_t *r) {
+  return r->hugetlb || r->thp ? ~r->clean_mask : r->dirty_mask;
+}
 
 /* A region with a run of npages free pages: the one with the shortest run
  * that fits, which keeps long runs (and empty regions) for later. */
@@ -156,7 +162,7 @@ static hak_region_t *find_run(hak_pool_t *pool, const hak_heap_t *heap, unsigned
       if ((how & RUN_TOUCHED) && seen++ == DIRTY_SEARCH) return NULL;
       if ((how & RUN_OWN) && c->heap && c->heap != heap) continue;
       uint32_t free = c->free_mask & ~skip;
-      if ((*starts = run_starts(how & RUN_TOUCHED ? free & c->dirty_mask : free, npages)) != 0)
+      if ((*starts = run_starts(how & RUN_TOUCHED ? free & resident_mask(c) : free, npages)) != 0)
         return c;
     }
   }
