@@ -153,6 +153,9 @@ typedef struct hak_region {
   uint32_t purging_mask; /* pages out for purging (pool lock) */
   uint32_t clean_mask;   /* purged and not handed out since: not resident */
   uint64_t purged_ms;    /* last purge of any of its pages (pool lock) */
+  /* the heap that took its first span since it was empty, whose spans come
+   * from it first (pool lock); NULL while empty */
+  const struct hak_heap *heap;
   uint64_t empty_since_ms;
   uint64_t page_freed_ms[PAGES_PER_REGION]; /* HAKMEM_PURGE=page */
   /* HAKMEM_THP=collapse (pool lock): thp is set once collapsed, and cleared
@@ -478,7 +481,8 @@ uint64_t hak_now_ms(void); /* coarse monotonic clock */
 
 /* ---- node pools: regions, free spans, abandoned pages --------------------- */
 
-hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero);
+hak_page_t *hak_span_alloc(const struct hak_heap *heap, int node, unsigned npages, bool allow_page0,
+                           bool *zero);
 void hak_span_free(hak_page_t *span); /* a span already free counts as an invalid free */
 size_t hak_pool_trim(void);           /* purges every free page */
 size_t hak_pool_purge(bool force, bool wait, bool *later);

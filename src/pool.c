@@ -3,7 +3,12 @@
 #include "internal.h"
 
 #define MAX_NODES KMEM_MAX_NODES
-#define BACKGROUND_AFTER_REGIONS 1 /* the background thread is wanted from the 2nd region on */
+/* The background thread is wanted once a node's regions hold more than a
+ * region's worth: past a tiny heap, an idle process should give back what
+ * it frees, and the frees that make the memory free may be the last thing
+ * it does. Bytes, not regions: each thread's spans come from regions of
+ * its own (pool_find), so two tiny threads hold two regions. */
+#define BACKGROUND_AFTER_BYTES REGION_SIZE
 
 typedef struct hak_pool {
   pthread_mutex_t lock;
@@ -62,10 +67,11 @@ void hak_committed_add(int64_t delta) {
   }
 }
 
-/* Bytes of a node's regions in use or not yet purged, globally and per node. */
-static void node_committed_add(int node, int64_t delta) {
-  atomic_fetch_add_explicit(&pools[node].committed, (uint64_t)delta, memory_order_relaxed);
+/* Bytes of a node's regions in use or not yet purged, globally and per node;
+ * returns the node's before the change. */
+static uint64_t node_committed_add(int node, int64_t delta) {
   hak_committed_add(delta);
+  return atomic_fetch_add_explicit(&pools[node].committed, (uint64_t)delta, memory_order_relaxed);
 }
 
 static hak_region_t *region_new(int node) {
@@ -79,11 +85,8 @@ static hak_region_t *region_new(int node) {
   r->nfree = PAGES_PER_REGION;
   r->node = (uint16_t)node;
   r->kind = REGION_SMALL;
-  /* past a tiny heap, an idle process should give back what it frees, and
-   * the frees that make the memory free may be the last thing it does */
-  if (atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed) >=
-      BACKGROUND_AFTER_REGIONS)
-    hak_background_want();
+  r->heap = NULL;
+  atomic_fetch_add_explicit(&hak_gstats.regions_reserved, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&pools[node].regions, 1, memory_order_relaxed);
   node_committed_add(node, (int64_t)REGION_HEADER_SIZE);
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], region_small_tag(node),
@@ -138,30 +141,55 @@ static void pool_note_reuse(hak_pool_t *pool, const hak_region_t *r) {
   if (delay < hak_opt.purge_delay_ms << PURGE_DELAY_MAX_SHIFT) pool->delay_ms = delay * 2;
 }
 
-/* A region with a run of npages free pages: preferably pages already touched
- * (they cost no new memory), else the region with the shortest run that
- * fits, which keeps long runs (and empty regions) for later. */
-static hak_region_t *find_run(hak_pool_t *pool, unsigned npages, uint32_t skip, uint32_t *starts) {
+/* How find_run looks: RUN_TOUCHED only at runs of resident pages (they cost
+ * no new memory) in the first DIRTY_SEARCH regions; RUN_OWN only in regions
+ * of the heap's own or of none. */
+enum { RUN_TOUCHED = 1, RUN_OWN = 2 };
+
+/* Pages resident: touched, or all but the purged of a huge-page region,
+ * whose first touch brought in the whole 2 MiB. */
+static uint32_t resident_mask(const hak_region_t *r) {
+  return r->hugetlb || r->thp ? ~r->clean_mask : r->dirty_mask;
+}
+
+/* A region with a run of npages free pages: the one with the shortest run
+ * that fits, which keeps long runs (and empty regions) for later. */
+static hak_region_t *find_run(hak_pool_t *pool, const hak_heap_t *heap, unsigned npages,
+                              uint32_t skip, unsigned how, uint32_t *starts) {
   unsigned seen = 0;
-  for (unsigned k = npages; k <= PAGES_PER_REGION && seen < DIRTY_SEARCH; k++) {
-    for (hak_region_t *c = pool->buckets[k]; c && seen < DIRTY_SEARCH; c = c->next, seen++)
-      if ((*starts = run_starts(c->free_mask & c->dirty_mask & ~skip, npages)) != 0) return c;
+  for (unsigned k = npages; k <= PAGES_PER_REGION; k++) {
+    for (hak_region_t *c = pool->buckets[k]; c; c = c->next) {
+      if ((how & RUN_TOUCHED) && seen++ == DIRTY_SEARCH) return NULL;
+      if ((how & RUN_OWN) && c->heap && c->heap != heap) continue;
+      uint32_t free = c->free_mask & ~skip;
+      if ((*starts = run_starts(how & RUN_TOUCHED ? free & resident_mask(c) : free, npages)) != 0)
+        return c;
+    }
   }
-  for (unsigned k = npages; k <= PAGES_PER_REGION; k++)
-    for (hak_region_t *c = pool->buckets[k]; c; c = c->next)
-      if ((*starts = run_starts(c->free_mask & ~skip, npages)) != 0) return c;
   return NULL;
 }
 
-/* A free run in this pool, or in a new region of it (create); locked. */
-static hak_region_t *pool_find(hak_pool_t *pool, int node, unsigned npages, uint32_t skip,
-                               bool create, uint32_t *starts) {
-  hak_region_t *r = find_run(pool, npages, skip, starts);
-  if (r) {
-    bucket_remove(pool, r);
-  } else if (create && (r = region_new(node)) != NULL) {
+/* A free run for heap in this pool, or in a new region of it (create);
+ * locked. Each heap's spans come from regions of its own where that costs
+ * no memory: two threads taking spans from the same regions cost
+ * churn_small at two threads 9% (both running: 54 against 59M ops per
+ * CPU-second), the owner's free stalling on the load of its page's
+ * descriptor in the shared header (descriptors 128 B apart did not help;
+ * HAKMEM_NODES=2, a region set per thread, did). Touched pages of any heap
+ * still go before untouched ones (RSS), and a new region before another
+ * heap's untouched pages. heap NULL: a span of no heap's, from any region. */
+static hak_region_t *pool_find(hak_pool_t *pool, const hak_heap_t *heap, int node, unsigned npages,
+                               uint32_t skip, bool create, uint32_t *starts) {
+  unsigned own = heap ? RUN_OWN : 0;
+  hak_region_t *r = heap ? find_run(pool, heap, npages, skip, RUN_TOUCHED | own, starts) : NULL;
+  if (!r) r = find_run(pool, heap, npages, skip, RUN_TOUCHED, starts);
+  if (!r) r = find_run(pool, heap, npages, skip, own, starts);
+  if (!r && create && (r = region_new(node)) != NULL) {
     *starts = run_starts(r->free_mask & ~skip, npages);
+    return r;
   }
+  if (!r) r = find_run(pool, heap, npages, skip, 0, starts);
+  if (r) bucket_remove(pool, r);
   return r;
 }
 
@@ -186,7 +214,8 @@ static void page_clear(hak_page_t *d) {
 
 /* A run of npages pages from the node's pool; when the node has no room and
  * no new region can be made, from the next nodes' (node_fallbacks). */
-hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *zero) {
+hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, bool allow_page0,
+                           bool *zero) {
   uint32_t skip = allow_page0 ? 0 : 1;
   uint32_t starts = 0;
   int nodes = kmem_node_count();
@@ -196,7 +225,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
     int n = (node + k) % nodes;
     pool = pool_of(n);
     pthread_mutex_lock(&pool->lock);
-    r = pool_find(pool, n, npages, skip, k == 0, &starts);
+    r = pool_find(pool, heap, n, npages, skip, k == 0, &starts);
     if (!r)
       pthread_mutex_unlock(&pool->lock);
     else if (k)
@@ -208,6 +237,7 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   uint32_t newly = run & ~r->dirty_mask;
   *zero = newly == run;
   if (run & r->clean_mask) pool_note_reuse(pool, r);
+  if (!r->heap) r->heap = heap;
   r->free_mask &= ~run;
   r->dirty_mask |= run;
   r->clean_mask &= ~run;
@@ -215,7 +245,11 @@ hak_page_t *hak_span_alloc(int node, unsigned npages, bool allow_page0, bool *ze
   bucket_insert(pool, r);
   pool->busy_ms = hak_now_ms();
   pthread_mutex_unlock(&pool->lock);
-  if (newly) node_committed_add(r->node, (int64_t)__builtin_popcount(newly) * (int64_t)PAGE_SIZE);
+  if (newly) {
+    uint64_t add = (uint64_t)__builtin_popcount(newly) * PAGE_SIZE;
+    uint64_t was = node_committed_add(r->node, (int64_t)add);
+    if (was < BACKGROUND_AFTER_BYTES && was + add >= BACKGROUND_AFTER_BYTES) hak_background_want();
+  }
 
   hak_page_t *head = &r->pages[first];
   for (unsigned i = 0; i < npages; i++) {
@@ -522,7 +556,10 @@ static bool span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   pool->busy_ms = now;
   for (unsigned i = first; i < first + n; i++)
     r->page_freed_ms[i] = now;
-  if (r->nfree == PAGES_PER_REGION) r->empty_since_ms = now;
+  if (r->nfree == PAGES_PER_REGION) {
+    r->empty_since_ms = now;
+    r->heap = NULL;
+  }
   return true;
 }
 

@@ -29,7 +29,7 @@ static hak_page_t *page_fresh(hak_heap_t *heap, unsigned cls) {
   } else {
     bool zero;
     unsigned npages = hak_class_pages[cls];
-    page = hak_span_alloc(heap->node, npages, npages == 1, &zero);
+    page = hak_span_alloc(heap, heap->node, npages, npages == 1, &zero);
     if (!page) return NULL;
     if (region_of_page(page)->node != heap->node) heap->foreign = true; /* a fallback */
     hak_page_init(page, cls, heap, zero);
@@ -162,7 +162,7 @@ static bool large_populate(hak_heap_t *heap, void *p, size_t bytes) {
 void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared) {
   unsigned npages = (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
   bool zero;
-  hak_page_t *span = hak_span_alloc(heap->node, npages, false, &zero);
+  hak_page_t *span = hak_span_alloc(NULL, heap->node, npages, false, &zero); /* no heap's */
   if (!span) {
     errno = ENOMEM;
     return NULL;

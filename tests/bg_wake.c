@@ -8,7 +8,10 @@
  * backs off and dozes, and the frees (regions emptied, stashes started)
  * wake it from many threads at once: the doze's flag and wake-up race
  * (run under ThreadSanitizer too). At the end the memory must still go
- * back: committed_bytes below a quarter of its peak within 10 s (the TSan
+ * back: committed_bytes below a third of its peak within 10 s (what stays
+ * is regions a leftover page keeps from emptying: the main thread's last
+ * page of the class, a block never freed; with each heap's spans in regions
+ * of its own these are 2-3 regions, 3.7-4.7 of a 19 MB peak) (the TSan
  * build's hak_stats_get reads a long smaps: seconds).
  * Usage: bg_wake [threads [rounds]] (default 8 30) */
 #define _GNU_SOURCE
@@ -84,13 +87,13 @@ int main(int argc, char **argv) {
   do {
     sleep_ms(20);
     hak_stats_get(&s);
-  } while (s.committed_bytes > s.peak_committed_bytes / 4 && now_ms() - t0 < 10000);
+  } while (s.committed_bytes > s.peak_committed_bytes / 3 && now_ms() - t0 < 10000);
   printf("bg_wake: %d threads x %d rounds, %llu background passes; committed %llu KiB (peak "
          "%llu) %ld ms after the last free\n",
          nthreads, rounds, (unsigned long long)s.background_passes,
          (unsigned long long)(s.committed_bytes >> 10),
          (unsigned long long)(s.peak_committed_bytes >> 10), now_ms() - t0);
-  CHECK(s.committed_bytes <= s.peak_committed_bytes / 4,
+  CHECK(s.committed_bytes <= s.peak_committed_bytes / 3,
         "committed_bytes still %llu KiB (peak %llu) 10 s after everything was freed: the "
         "background thread was not woken (or purged nothing)",
         (unsigned long long)(s.committed_bytes >> 10),

@@ -251,6 +251,12 @@ run_bin large_rss
 # A 100 KB block takes free pages smaller classes left between used ones
 # (short runs of touched pages), not fresh ones.
 run_bin span_fit
+# Two threads' spans in regions of their own, which costs no memory: a
+# thread's freed pages still go to another before untouched ones, and a
+# hugetlbfs region's free pages (resident) before a new region.
+run_bin region_own
+run_one region_own_touched "$bin/region_own" touched
+run_one region_own_huge env HAKMEM_HUGETLB=1 "$bin/region_own" huge
 # Power-of-two buffers plus a small header (4-64 KiB): usable size at most
 # 1/32 past the power of two, RSS / live bytes at most 1.05.
 run_bin header_rss
