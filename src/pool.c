@@ -346,6 +346,17 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
   return n;
 }
 
+/* Locked: n more free pages in r. Empty, it is nobody's and its idle time
+ * starts (whichever way its last pages came back: freed, purged, or in the
+ * fork child). */
+static void region_add_free(hak_region_t *r, unsigned n, uint64_t now) {
+  r->nfree = (uint16_t)(r->nfree + n);
+  if (r->nfree == PAGES_PER_REGION) {
+    r->empty_since_ms = now;
+    r->heap = NULL;
+  }
+}
+
 /* kmem's completion: the pages return to the free pages, zero if it worked. */
 static void purge_done(void *cookie, bool ok) {
   uintptr_t c = (uintptr_t)cookie;
@@ -357,7 +368,7 @@ static void purge_done(void *cookie, bool ok) {
   bucket_remove(pool, r);
   r->purging_mask &= ~mask;
   r->free_mask |= mask;
-  r->nfree = (uint16_t)(r->nfree + count);
+  region_add_free(r, count, hak_now_ms());
   if (ok && r->collapsed) { /* a purge splits the huge page: 4 KiB pages again */
     r->collapsed = false;
     r->thp = false;
@@ -550,16 +561,12 @@ static bool span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   span->block_size = 0;
   bucket_remove(pool, r);
   r->free_mask |= run;
-  r->nfree = (uint16_t)(r->nfree + n);
-  bucket_insert(pool, r);
   uint64_t now = hak_now_ms();
+  region_add_free(r, n, now);
+  bucket_insert(pool, r);
   pool->busy_ms = now;
   for (unsigned i = first; i < first + n; i++)
     r->page_freed_ms[i] = now;
-  if (r->nfree == PAGES_PER_REGION) {
-    r->empty_since_ms = now;
-    r->heap = NULL;
-  }
   return true;
 }
 
@@ -613,7 +620,7 @@ void hak_pool_fork_child(void) {
         bucket_remove(pool, r); /* reinserted at a bucket's head: looked at again, mask 0 */
         r->purging_mask = 0;
         r->free_mask |= mask;
-        r->nfree = (uint16_t)(r->nfree + __builtin_popcount(mask));
+        region_add_free(r, (unsigned)__builtin_popcount(mask), hak_now_ms());
         bucket_insert(pool, r);
       }
     }
