@@ -12,7 +12,12 @@
  * a 4-page span: 15 of tail), counts with mincore which of their 4 KiB pages
  * are resident before it touches them, then writes each whole ("write",
  * "calloc") or leaves it alone ("idle"). Children run with HAKMEM_THP=0: a
- * huge page would make the tail resident with the block. */
+ * huge page would make the tail resident with the block.
+ *
+ * "reused": the probe, one page of it written, is freed and small blocks
+ * written over its bytes before the next fresh block: those are not the
+ * probe's writes, and the blocks after it (one page of each written) must
+ * stay unpopulated. */
 #include <sys/mman.h>
 #include "kmem_util.h"
 
@@ -34,7 +39,32 @@ static size_t resident(void *p, size_t n4k) {
   return n;
 }
 
+static int child_reused(void) {
+  char *probe = malloc(1 * MIB), *fresh[7];
+  CHECK(probe, "malloc(1 MiB) failed");
+  probe[0] = 1;
+  uintptr_t at = (uintptr_t)probe; /* compared with, never read, after the free */
+  free(probe);
+  size_t over = 0;
+  for (int i = 0; i < 3 * 1024; i++) {
+    char *s = malloc(1000);
+    CHECK(s, "malloc(1000) failed");
+    memset(s, 7, 1000);
+    over += (uintptr_t)s - at < 1 * MIB;
+  }
+  fprintf(stderr, "%zu small blocks on the probe's bytes\n", over);
+  for (int k = 0; k < 7; k++) {
+    CHECK((fresh[k] = malloc(1 * MIB)), "malloc(1 MiB) failed");
+    size_t n = resident(fresh[k], 256);
+    CHECK(n <= 1, "block %d after a reused probe: %zu of its 256 pages resident before any touch",
+          k, n);
+    fresh[k][0] = 1;
+  }
+  return 0;
+}
+
 static int child_main(const char *mode) {
+  if (!strcmp(mode, "reused")) return child_reused();
   bool clear = !strcmp(mode, "calloc"), write = strcmp(mode, "idle") != 0;
   char *blocks[BLOCKS];
   for (int k = 0; k < BLOCKS; k++) {
@@ -111,6 +141,9 @@ int main(int argc, char **argv) {
             "expected none",
             modes[m], envs[m] ? " with " : "", envs[m] ? envs[m] : "", k, blk[k]);
   }
+  static struct child c;
+  const char *env[] = {"HAKMEM_THP=0", NULL};
+  child_ok("reused", env, &c);
   printf("populate_large: ok\n");
   return 0;
 }
