@@ -129,6 +129,8 @@ static hak_page_t *block_page(hak_region_t *r, void **p) {
       hak_invalid_free(*p);
       return NULL;
     }
+    hak_heap_t *heap = hak_tls_heap; /* the empty heap's probe stays NULL */
+    if (unlikely(heap->large_probe == *p)) hak_large_probe_judge(heap);
     atomic_fetch_and_explicit(&r->large_starts, ~region_page_bit(r, *p), memory_order_relaxed);
     hak_span_free(page); /* counts a second free that raced this one */
     return NULL;

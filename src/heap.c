@@ -38,6 +38,10 @@ static void heap_reset(hak_heap_t *heap) {
   heap->full = (hak_queue_t){0};
   heap->slow_calls = 0;
   heap->foreign = false;
+  /* a new owner's large blocks are probed afresh (slow.c large_populate) */
+  heap->large_probe = NULL;
+  heap->large_fresh = 0;
+  heap->large_written = false;
   hak_midcache_reset(heap);
 }
 

@@ -609,6 +609,10 @@ void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
 /* 64 KiB aligned; when no mapping. cleared: for calloc, which reads fresh pages as zero */
 void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared);
+/* Whether the heap's probe (HAKMEM_PREFAULT=large) was written whole, judged
+ * now: at the latest when it is freed, after which its bytes may be another
+ * block's. */
+void hak_large_probe_judge(hak_heap_t *heap);
 void *hak_huge_alloc(size_t size, size_t align, bool *zero);
 void hak_huge_free(hak_region_t *r);
 void *hak_huge_grow(hak_region_t *r, size_t size);

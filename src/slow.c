@@ -144,11 +144,13 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
  * LARGE_PROBE_EVERY is left to fault: the blocks after it are populated
  * while the latest such probe is found resident whole. */
 #define LARGE_PROBE_EVERY 8
+void hak_large_probe_judge(hak_heap_t *heap) {
+  heap->large_written = kmem_resident_all(heap->large_probe, heap->large_probe_bytes);
+  heap->large_probe = NULL;
+}
+
 static bool large_populate(hak_heap_t *heap, void *p, size_t bytes) {
-  if (heap->large_probe) {
-    heap->large_written = kmem_resident_all(heap->large_probe, heap->large_probe_bytes);
-    heap->large_probe = NULL;
-  }
+  if (heap->large_probe) hak_large_probe_judge(heap);
   if (heap->large_fresh++ % LARGE_PROBE_EVERY == 0) {
     heap->large_probe = p;
     heap->large_probe_bytes = bytes;

@@ -12,7 +12,17 @@
  * a 4-page span: 15 of tail), counts with mincore which of their 4 KiB pages
  * are resident before it touches them, then writes each whole ("write",
  * "calloc") or leaves it alone ("idle"). Children run with HAKMEM_THP=0: a
- * huge page would make the tail resident with the block. */
+ * huge page would make the tail resident with the block.
+ *
+ * "reused": the probe, one page of it written, is freed and small blocks
+ * written over its bytes before the next fresh block: those are not the
+ * probe's writes, and the blocks after it (one page of each written) must
+ * stay unpopulated.
+ *
+ * "inherited": a thread writes its fresh blocks whole and exits; the next
+ * thread, on the same heap, writes one page of each of its own: they must
+ * stay unpopulated (the first thread's probes say nothing of it). */
+#include <pthread.h>
 #include <sys/mman.h>
 #include "kmem_util.h"
 
@@ -34,7 +44,69 @@ static size_t resident(void *p, size_t n4k) {
   return n;
 }
 
+static int child_reused(void) {
+  char *probe = malloc(1 * MIB), *fresh[7];
+  CHECK(probe, "malloc(1 MiB) failed");
+  probe[0] = 1;
+  uintptr_t at = (uintptr_t)probe; /* compared with, never read, after the free */
+  free(probe);
+  size_t over = 0;
+  for (int i = 0; i < 3 * 1024; i++) {
+    char *s = malloc(1000);
+    CHECK(s, "malloc(1000) failed");
+    memset(s, 7, 1000);
+    over += (uintptr_t)s - at < 1 * MIB;
+  }
+  fprintf(stderr, "%zu small blocks on the probe's bytes\n", over);
+  for (int k = 0; k < 7; k++) {
+    CHECK((fresh[k] = malloc(1 * MIB)), "malloc(1 MiB) failed");
+    size_t n = resident(fresh[k], 256);
+    CHECK(n <= 1, "block %d after a reused probe: %zu of its 256 pages resident before any touch",
+          k, n);
+    fresh[k][0] = 1;
+  }
+  return 0;
+}
+
+static char *written[10];
+
+static void *writer(void *arg) {
+  (void)arg;
+  for (int k = 0; k < 10; k++) {
+    CHECK((written[k] = malloc(1 * MIB)), "malloc(1 MiB) failed");
+    memset(written[k], 1, 1 * MIB);
+  }
+  return NULL; /* kept: the next thread's blocks take fresh pages */
+}
+
+static void *toucher(void *arg) {
+  (void)arg;
+  for (int k = 0; k < 7; k++) {
+    char *p = malloc(1 * MIB);
+    CHECK(p, "malloc(1 MiB) failed");
+    size_t n = resident(p, 256);
+    CHECK(n <= 1,
+          "block %d of a heap's next thread: %zu of its 256 pages resident before any touch", k, n);
+    p[0] = 1;
+  }
+  return NULL;
+}
+
+static int child_inherited(void) {
+  free(malloc(16)); /* the main thread's heap: the threads' is another */
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, writer, NULL) == 0, "pthread_create failed");
+  pthread_join(t, NULL);
+  uint64_t heaps = stats_now().heaps_created;
+  CHECK(pthread_create(&t, NULL, toucher, NULL) == 0, "pthread_create failed");
+  pthread_join(t, NULL);
+  CHECK(stats_now().heaps_created == heaps, "the second thread did not take the first's heap");
+  return 0;
+}
+
 static int child_main(const char *mode) {
+  if (!strcmp(mode, "reused")) return child_reused();
+  if (!strcmp(mode, "inherited")) return child_inherited();
   bool clear = !strcmp(mode, "calloc"), write = strcmp(mode, "idle") != 0;
   char *blocks[BLOCKS];
   for (int k = 0; k < BLOCKS; k++) {
@@ -111,6 +183,10 @@ int main(int argc, char **argv) {
             "expected none",
             modes[m], envs[m] ? " with " : "", envs[m] ? envs[m] : "", k, blk[k]);
   }
+  static struct child c;
+  const char *env[] = {"HAKMEM_THP=0", NULL};
+  child_ok("reused", env, &c);
+  child_ok("inherited", env, &c);
   printf("populate_large: ok\n");
   return 0;
 }
