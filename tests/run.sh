@@ -6,7 +6,10 @@
 # the libraries and build/tests/*; builds the sanitizer variants of the
 # stress test itself. Logs: build/tests/logs/NAME.log (logs is a link to
 # this run's own directory, so runs in the same tree do not mix).
+# Arguments: run only these tests (a name also selects its variants:
+# `fuzz` runs fuzz, fuzz_page, ..., fuzz_debug); none: all of them.
 set -u
+only=("$@")
 cd "$(dirname "$0")/.." || exit 2
 repo=$(pwd)
 bin=${HAK_TEST_BIN:-$repo/build/tests} # another build's test binaries
@@ -27,9 +30,20 @@ failures=()
 first_line() { grep -m1 -E "$2" "$1" | sed -E "s/^($2)[[:space:]]*//" | cut -c1-200; }
 
 # run_one NAME CMD...: runs CMD under the timeout with its output in the log.
+# Whether NAME is one of the tests asked for.
+selected() {
+  local want
+  [ ${#only[@]} -eq 0 ] && return 0
+  for want in "${only[@]}"; do
+    [[ $1 == "$want" || $1 == "$want"_* ]] && return 0
+  done
+  return 1
+}
+
 run_one() {
   local name=$1 log=$logs/$1.log rc why start=$SECONDS
   shift
+  selected "$name" || return 0
   timeout -k 10 "$TIMEOUT" "$@" >"$log" 2>&1 </dev/null
   rc=$?
   echo "$name $((SECONDS - start))s" >>"$logs/times"
@@ -64,6 +78,7 @@ run_one() {
 run_bin() {
   local name=$1
   shift
+  selected "$name" || return 0
   if [ ! -x "$bin/$name" ]; then
     echo "FAIL: $bin/$name is not built" >"$logs/$name.log"
     echo "FAIL $name ($bin/$name is not built: run make tests)"
@@ -79,6 +94,7 @@ run_bin() {
 run_sanitized() {
   local name=$1 kind=$2 flag=$3 src=${SAN_SRC:-tests/stress_mt.c}
   shift 3
+  selected "$name" || return 0
   local lib=$repo/build/$kind/libhakmem.a out=$bin/$name log=$logs/$name.log
   if [ ! -f "$lib" ]; then
     echo "FAIL $name (build/$kind/libhakmem.a is not built: run make sanitize)"
@@ -111,6 +127,7 @@ run_sanitized() {
 # checked library preloaded, with the argument "debug", as NAME_debug.
 run_debug() {
   local name=$1
+  selected "${name}_debug" || return 0
   if [ -x "$bin/${name}_preload" ] && [ -f "$repo/build/debug/libhakmem.so" ]; then
     run_one "${name}_debug" env LD_PRELOAD="$repo/build/debug/libhakmem.so" \
       "$bin/${name}_preload" debug
