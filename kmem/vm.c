@@ -156,22 +156,23 @@ void kmem_region_free_hugetlb(void *r) {
 #define MADV_COLLAPSE 25
 #endif
 
-unsigned kmem_region_resident_pages(void *r) {
+/* Resident 4 KiB pages of [p, p + len), len at most a region; 0 where
+ * mincore refuses (not mapped). */
+static size_t resident_pages(void *p, size_t len) {
   unsigned char vec[KMEM_REGION_SIZE / 4096];
-  if (mincore(r, KMEM_REGION_SIZE, vec) != 0) return 0;
-  unsigned n = 0;
-  for (size_t i = 0; i < sizeof vec; i++)
+  size_t pages = (len + 4095) / 4096, n = 0;
+  if (pages > sizeof vec || mincore(p, len, vec) != 0) return 0;
+  for (size_t i = 0; i < pages; i++)
     n += vec[i] & 1;
   return n;
 }
 
+unsigned kmem_region_resident_pages(void *r) {
+  return (unsigned)resident_pages(r, KMEM_REGION_SIZE);
+}
+
 bool kmem_resident_all(void *p, size_t len) {
-  unsigned char vec[KMEM_REGION_SIZE / 4096];
-  size_t n = (len + 4095) / 4096;
-  if (n > sizeof vec || mincore(p, len, vec) != 0) return false;
-  for (size_t i = 0; i < n; i++)
-    if (!(vec[i] & 1)) return false;
-  return true;
+  return resident_pages(p, len) == (len + 4095) / 4096;
 }
 
 static _Atomic bool collapse_refused;
