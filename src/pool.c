@@ -188,7 +188,7 @@ static hak_region_t *pool_find(hak_pool_t *pool, const hak_heap_t *heap, int nod
     *starts = run_starts(r->free_mask & ~skip, npages);
     return r;
   }
-  if (!r) r = find_run(pool, heap, npages, skip, 0, starts);
+  if (!r && own) r = find_run(pool, heap, npages, skip, 0, starts); /* another heap's too */
   if (r) bucket_remove(pool, r);
   return r;
 }
