@@ -88,6 +88,10 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
     return NULL;
   }
   hak_region_t *r = region_of(p);
+  /* a large block to a large size: its span grown or shrunk where it lies */
+  if (size > SMALL_MAX && size <= MAP_MIN && region_kind(r) == REGION_SMALL &&
+      hak_large_resize(r, p, size))
+    return p;
   /* stay in place while the block fits and is not mostly empty */
   if (size <= old && size >= old / 2) {
     if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE)
