@@ -250,10 +250,12 @@ static void span_pages_init(hak_region_t *r, unsigned first, unsigned from, unsi
   }
 }
 
-/* A run of npages pages from the node's pool; when the node has no room and
- * no new region can be made, from the next nodes' (node_fallbacks). */
-hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, bool allow_page0,
-                           bool *zero) {
+/* A run of npages pages from the node's pool, at the start of a free run of
+ * at least room pages (room >= npages: pages left free after it, for it to
+ * grow into); when the node has no room and no new region can be made,
+ * from the next nodes' (node_fallbacks). */
+hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, unsigned room,
+                           bool allow_page0, bool *zero) {
   uint32_t skip = allow_page0 ? 0 : 1;
   uint32_t starts = 0;
   int nodes = kmem_node_count();
@@ -263,7 +265,7 @@ hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, bo
     int n = (node + k) % nodes;
     pool = pool_of(n);
     pthread_mutex_lock(&pool->lock);
-    r = pool_find(pool, heap, n, npages, skip, k == 0, &starts);
+    r = pool_find(pool, heap, n, room, skip, k == 0, &starts);
     if (!r)
       pthread_mutex_unlock(&pool->lock);
     else if (k)

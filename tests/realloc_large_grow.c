@@ -98,7 +98,10 @@ static int take_next(char *p, char **held, int max) {
   FAIL("no block took the pages after %p", (void *)p);
 }
 
-/* A block whose next pages hold another block moves, contents kept. */
+/* A block whose next pages hold another block moves, contents kept, to
+ * where as many pages again are free after it: it grows there next time,
+ * twice (6 -> 12 -> 24 pages; the pages left after the blockers in their
+ * region are fewer). */
 static void grow_blocked(void) {
   char *p = malloc(opaque_size(192 * KIB)), *held[64];
   CHECK(p, "malloc(192 KiB)");
@@ -107,10 +110,19 @@ static void grow_blocked(void) {
   char *q = realloc(opaque_ptr(p), opaque_size(384 * KIB));
   CHECK(q && q != p, "realloc into another block's pages kept %p", (void *)p);
   expect_kept(q, p, 192 * KIB, "moved to 384 KiB");
+  fill_pattern(q, 384 * KIB);
+  char *r = realloc(opaque_ptr(q), opaque_size(768 * KIB));
+  CHECK(r == q, "realloc 384 -> 768 KiB after a move moved again (%p -> %p)", (void *)q, (void *)r);
+  expect_kept(r, q, 384 * KIB, "grown to 768 KiB");
+  fill_pattern(r, 768 * KIB);
+  char *s = realloc(opaque_ptr(r), opaque_size(1536 * KIB));
+  CHECK(s == r, "realloc 768 KiB -> 1.5 MiB after a move moved again (%p -> %p)", (void *)r,
+        (void *)s);
+  expect_kept(s, r, 768 * KIB, "grown to 1.5 MiB");
   hak_stats_t a = stats();
   for (int i = 0; i < n; i++)
     free(held[i]);
-  free(q);
+  free(s);
   CHECK(stats().invalid_frees == a.invalid_frees, "frees after the move counted invalid");
 }
 
