@@ -287,8 +287,7 @@ hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, un
 
 /* Span grows to npages (more than it has) onto the pages right after it in
  * its region, when they are all free: a large block's realloc, which would
- * otherwise copy it (postgres doubles its sort array, 192 KiB to 768 KiB, on
- * every query). *zero: the pages taken were not resident. The span's
+ * otherwise copy it. *zero: the pages taken were not resident. The block's
  * owner's call: nobody else changes its length. */
 bool hak_span_grow(hak_page_t *span, unsigned npages, bool *zero) {
   hak_region_t *r = region_of_page(span);
@@ -297,14 +296,14 @@ bool hak_span_grow(hak_page_t *span, unsigned npages, bool *zero) {
   if (first + npages > PAGES_PER_REGION) return false;
   uint32_t more = run_mask(first + old, npages - old), newly = 0;
   pthread_mutex_lock(&pool->lock);
-  bool free = (r->free_mask & more) == more; /* pages out for purging are not */
-  if (free) {
+  bool ok = (r->free_mask & more) == more; /* pages out for purging are not free */
+  if (ok) {
     bucket_remove(pool, r);
     newly = run_take(pool, r, more);
     span->span_pages = (uint8_t)npages;
   }
   pthread_mutex_unlock(&pool->lock);
-  if (!free) return false;
+  if (!ok) return false;
   *zero = newly == more;
   run_committed(r, newly);
   span_pages_init(r, first, old, npages);

@@ -172,7 +172,8 @@ static void large_count(hak_heap_t *heap, unsigned npages, bool zero) {
  * frees it gives the pages straight back, so it never waits for an owner.
  * growing: realloc moves a block that grows, which is placed with as many
  * free pages after it as it takes, so that it grows where it lies next time
- * (postgres's sort array: 256 KiB, 448 KiB, 640 KiB each query). */
+ * (postgres's sort array takes spans of 256, 448 and 640 KiB each query;
+ * best fit put the first at page 25, where the third could not follow). */
 void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared, bool growing) {
   unsigned npages = large_pages(size);
   unsigned room = growing && 2 * npages < PAGES_PER_REGION ? 2 * npages : npages;
