@@ -3,7 +3,8 @@
  * array (192 -> 384 -> 768 KiB), contents kept, the pages taken counted
  * (committed bytes, pages activated) and given back whole by free; shrunk
  * in place with its tail pages free again; moved, contents kept, when the
- * next pages are another block's. Pages purged before the grow took them
+ * next pages are another block's, to where it can grow in place twice
+ * more. Pages purged before the grow took them
  * count as committed again and are dirty afterwards: a calloc of the same
  * pages comes back zero. */
 #define _GNU_SOURCE
