@@ -88,6 +88,10 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
     return NULL;
   }
   hak_region_t *r = region_of(p);
+  /* a large block to a large size: its span grown or shrunk where it lies */
+  if (size > SMALL_MAX && size <= MAP_MIN && region_kind(r) == REGION_SMALL &&
+      hak_large_resize(r, p, size))
+    return p;
   /* stay in place while the block fits and is not mostly empty */
   if (size <= old && size >= old / 2) {
     if (region_kind(r) == REGION_HUGE && (char *)p == (char *)r + PAGE_SIZE)
@@ -101,7 +105,11 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
                                : NULL;
     if (q) return q;
   }
-  void *q = hak_alloc_inline(size);
+  void *q = NULL;
+  hak_heap_t *heap = hak_tls_heap;
+  if (size > old && size > SMALL_MAX && size <= MAP_MIN && heap != &hak_heap_empty)
+    q = hak_large_alloc(heap, size, false, true); /* NULL: no such room, any run will do */
+  if (!q) q = hak_alloc_inline(size);
   if (!q) return NULL; /* errno set; the old block is untouched */
   memcpy(q, p, size < old ? size : old);
   hak_free_inline(p);
@@ -162,7 +170,7 @@ static void *aligned_alloc_heap(size_t align, size_t size) {
   if (align <= PAGE_SIZE && size <= MAP_MIN) {
     hak_heap_t *heap = hak_tls_heap;
     if (heap == &hak_heap_empty && !(heap = hak_heap_for_thread())) return NULL;
-    return hak_large_alloc(heap, size, false); /* spans start on a 64 KiB boundary */
+    return hak_large_alloc(heap, size, false, false); /* spans start on a 64 KiB boundary */
   }
   /* a mapping's block starts 64 KiB past a 2 MiB boundary, or at align */
   bool zero;

@@ -481,10 +481,12 @@ uint64_t hak_now_ms(void); /* coarse monotonic clock */
 
 /* ---- node pools: regions, free spans, abandoned pages --------------------- */
 
-hak_page_t *hak_span_alloc(const struct hak_heap *heap, int node, unsigned npages, bool allow_page0,
-                           bool *zero);
+hak_page_t *hak_span_alloc(const struct hak_heap *heap, int node, unsigned npages, unsigned room,
+                           bool allow_page0, bool *zero);
 void hak_span_free(hak_page_t *span); /* a span already free counts as an invalid free */
-size_t hak_pool_trim(void);           /* purges every free page */
+bool hak_span_grow(hak_page_t *span, unsigned npages, bool *zero); /* false: pages after it taken */
+void hak_span_shrink(hak_page_t *span, unsigned npages);
+size_t hak_pool_trim(void); /* purges every free page */
 size_t hak_pool_purge(bool force, bool wait, bool *later);
 void hak_pool_purge_maybe(void);
 void hak_pool_populate_at(uintptr_t region, unsigned next); /* validated under the lock */
@@ -607,8 +609,12 @@ void hak_free_slow(hak_region_t *r, void *p);
 void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner, hak_region_t *r);
 void hak_free_local_slow(hak_heap_t *heap, hak_page_t *page, hak_block_t *b);
 void hak_heap_retire(hak_heap_t *heap, hak_page_t *page);
-/* 64 KiB aligned; when no mapping. cleared: for calloc, which reads fresh pages as zero */
-void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared);
+/* 64 KiB aligned; when no mapping. cleared: for calloc, which reads fresh pages as zero;
+ * growing: realloc's, with free pages after it to grow into */
+void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared, bool growing);
+/* realloc of p in small region r to size (a large size) where it lies, when
+ * p is a large block; false: not done */
+bool hak_large_resize(hak_region_t *r, void *p, size_t size);
 /* Whether the heap's probe (HAKMEM_PREFAULT=large) was written whole, judged
  * now: at the latest when it is freed, after which its bytes may be another
  * block's. */

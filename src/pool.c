@@ -217,10 +217,45 @@ static void page_clear(hak_page_t *d) {
   d->next = d->prev = NULL;
 }
 
-/* A run of npages pages from the node's pool; when the node has no room and
- * no new region can be made, from the next nodes' (node_fallbacks). */
-hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, bool allow_page0,
-                           bool *zero) {
+/* Locked, r out of its bucket: the free pages `run` of r taken, r back in
+ * the bucket its longest free run now fits. Returns the pages of the run
+ * not resident (never touched, or purged since), for run_committed once
+ * unlocked. */
+static uint32_t run_take(hak_pool_t *pool, hak_region_t *r, uint32_t run) {
+  uint32_t newly = run & ~r->dirty_mask;
+  if (run & r->clean_mask) pool_note_reuse(pool, r);
+  r->free_mask &= ~run;
+  r->dirty_mask |= run;
+  r->clean_mask &= ~run;
+  r->nfree = (uint16_t)(r->nfree - __builtin_popcount(run));
+  bucket_insert(pool, r);
+  pool->busy_ms = hak_now_ms();
+  return newly;
+}
+
+/* Unlocked: the pages run_take found not resident count as committed. */
+static void run_committed(const hak_region_t *r, uint32_t newly) {
+  if (!newly) return;
+  uint64_t add = (uint64_t)__builtin_popcount(newly) * PAGE_SIZE;
+  uint64_t was = node_committed_add(r->node, (int64_t)add);
+  if (was < BACKGROUND_AFTER_BYTES && was + add >= BACKGROUND_AFTER_BYTES) hak_background_want();
+}
+
+/* The descriptors of pages from .. to-1 of the span at page first, as new
+ * pages of that span. */
+static void span_pages_init(hak_region_t *r, unsigned first, unsigned from, unsigned to) {
+  for (unsigned i = from; i < to; i++) {
+    page_clear(&r->pages[first + i]);
+    r->back[first + i] = (uint8_t)i;
+  }
+}
+
+/* A run of npages pages from the node's pool, at the start of a free run of
+ * at least room pages (room >= npages: pages left free after it, for it to
+ * grow into); when the node has no room and no new region can be made,
+ * from the next nodes' (node_fallbacks). */
+hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, unsigned room,
+                           bool allow_page0, bool *zero) {
   uint32_t skip = allow_page0 ? 0 : 1;
   uint32_t starts = 0;
   int nodes = kmem_node_count();
@@ -230,7 +265,7 @@ hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, bo
     int n = (node + k) % nodes;
     pool = pool_of(n);
     pthread_mutex_lock(&pool->lock);
-    r = pool_find(pool, heap, n, npages, skip, k == 0, &starts);
+    r = pool_find(pool, heap, n, room, skip, k == 0, &starts);
     if (!r)
       pthread_mutex_unlock(&pool->lock);
     else if (k)
@@ -239,30 +274,40 @@ hak_page_t *hak_span_alloc(const hak_heap_t *heap, int node, unsigned npages, bo
   if (!r) return NULL;
   unsigned first = (unsigned)__builtin_ctz(starts);
   uint32_t run = run_mask(first, npages);
-  uint32_t newly = run & ~r->dirty_mask;
-  *zero = newly == run;
-  if (run & r->clean_mask) pool_note_reuse(pool, r);
   if (!r->heap) r->heap = heap;
-  r->free_mask &= ~run;
-  r->dirty_mask |= run;
-  r->clean_mask &= ~run;
-  r->nfree = (uint16_t)(r->nfree - npages);
-  bucket_insert(pool, r);
-  pool->busy_ms = hak_now_ms();
+  uint32_t newly = run_take(pool, r, run);
   pthread_mutex_unlock(&pool->lock);
-  if (newly) {
-    uint64_t add = (uint64_t)__builtin_popcount(newly) * PAGE_SIZE;
-    uint64_t was = node_committed_add(r->node, (int64_t)add);
-    if (was < BACKGROUND_AFTER_BYTES && was + add >= BACKGROUND_AFTER_BYTES) hak_background_want();
-  }
-
+  *zero = newly == run;
+  run_committed(r, newly);
+  span_pages_init(r, first, 0, npages);
   hak_page_t *head = &r->pages[first];
-  for (unsigned i = 0; i < npages; i++) {
-    page_clear(&r->pages[first + i]);
-    r->back[first + i] = (uint8_t)i;
-  }
   head->span_pages = (uint8_t)npages;
   return head;
+}
+
+/* Span grows to npages (more than it has) onto the pages right after it in
+ * its region, when they are all free: a large block's realloc, which would
+ * otherwise copy it. *zero: the pages taken were not resident. The block's
+ * owner's call: nobody else changes its length. */
+bool hak_span_grow(hak_page_t *span, unsigned npages, bool *zero) {
+  hak_region_t *r = region_of_page(span);
+  hak_pool_t *pool = pool_of(r->node);
+  unsigned first = (unsigned)(span - r->pages), old = span->span_pages;
+  if (first + npages > PAGES_PER_REGION) return false;
+  uint32_t more = run_mask(first + old, npages - old), newly = 0;
+  pthread_mutex_lock(&pool->lock);
+  bool ok = (r->free_mask & more) == more; /* pages out for purging are not free */
+  if (ok) {
+    bucket_remove(pool, r);
+    newly = run_take(pool, r, more);
+    span->span_pages = (uint8_t)npages;
+  }
+  pthread_mutex_unlock(&pool->lock);
+  if (!ok) return false;
+  *zero = newly == more;
+  run_committed(r, newly);
+  span_pages_init(r, first, old, npages);
+  return true;
 }
 
 /* ---- purging: free pages back to the kernel --------------------------------
@@ -555,6 +600,25 @@ void hak_pool_populate_at(uintptr_t region, unsigned next) {
   if (n) kmem_populate((char *)region + (size_t)next * PAGE_SIZE, (size_t)n * PAGE_SIZE);
 }
 
+/* Locked: n pages of r from page first free again. */
+static void run_release(hak_pool_t *pool, hak_region_t *r, unsigned first, unsigned n) {
+  bucket_remove(pool, r);
+  r->free_mask |= run_mask(first, n);
+  uint64_t now = hak_now_ms();
+  region_add_free(r, n, now);
+  bucket_insert(pool, r);
+  pool->busy_ms = now;
+  for (unsigned i = first; i < first + n; i++)
+    r->page_freed_ms[i] = now;
+}
+
+/* Unlocked, after pages went back to their region: now there is something
+ * for an idle process to give back. */
+static void pages_released(bool empty) {
+  if (empty || hak_opt.purge == PURGE_PAGE) hak_background_want();
+  hak_pool_purge_maybe();
+}
+
 /* False when the run is free already (or out for purging): a second free of
  * a large block that raced the first past free's checks. */
 static bool span_free_locked(hak_pool_t *pool, hak_page_t *span) {
@@ -564,14 +628,7 @@ static bool span_free_locked(hak_pool_t *pool, hak_page_t *span) {
   if ((r->free_mask | r->purging_mask) & run) return false;
   atomic_store_explicit(&span->owner, 0, memory_order_relaxed);
   span->block_size = 0;
-  bucket_remove(pool, r);
-  r->free_mask |= run;
-  uint64_t now = hak_now_ms();
-  region_add_free(r, n, now);
-  bucket_insert(pool, r);
-  pool->busy_ms = now;
-  for (unsigned i = first; i < first + n; i++)
-    r->page_freed_ms[i] = now;
+  run_release(pool, r, first, n);
   return true;
 }
 
@@ -586,9 +643,20 @@ void hak_span_free(hak_page_t *span) {
     hak_invalid_free(page_start(span));
     return;
   }
-  /* now there is something for an idle process to give back */
-  if (empty || hak_opt.purge == PURGE_PAGE) hak_background_want();
-  hak_pool_purge_maybe();
+  pages_released(empty);
+}
+
+/* Span shrinks to npages (fewer than it has, at least one): its tail
+ * pages go back to the region, as a free of a span would give them. */
+void hak_span_shrink(hak_page_t *span, unsigned npages) {
+  hak_region_t *r = region_of_page(span);
+  hak_pool_t *pool = pool_of(r->node);
+  unsigned first = (unsigned)(span - r->pages), old = span->span_pages;
+  pthread_mutex_lock(&pool->lock);
+  run_release(pool, r, first + npages, old - npages);
+  span->span_pages = (uint8_t)npages;
+  pthread_mutex_unlock(&pool->lock);
+  pages_released(false);
 }
 
 /* Gives back every free page. Returns the number of purged runs. */

@@ -29,7 +29,7 @@ static hak_page_t *page_fresh(hak_heap_t *heap, unsigned cls) {
   } else {
     bool zero;
     unsigned npages = hak_class_pages[cls];
-    page = hak_span_alloc(heap, heap->node, npages, npages == 1, &zero);
+    page = hak_span_alloc(heap, heap->node, npages, npages, npages == 1, &zero);
     if (!page) return NULL;
     if (region_of_page(page)->node != heap->node) heap->foreign = true; /* a fallback */
     hak_page_init(page, cls, heap, zero);
@@ -110,7 +110,7 @@ void *hak_malloc_slow(hak_heap_t *heap, size_t size, bool zero) {
     if (size > MAP_MIN) {
       p = hak_huge_alloc(size, 0, &fresh);
     } else {
-      p = hak_large_alloc(heap, size, zero);
+      p = hak_large_alloc(heap, size, zero, false);
       fresh = p && page_of(region_of(p), p)->fresh_zero;
     }
     if (p && zero && !fresh) memset(p, 0, size);
@@ -159,12 +159,26 @@ static bool large_populate(hak_heap_t *heap, void *p, size_t bytes) {
   return heap->large_written;
 }
 
+static unsigned large_pages(size_t size) {
+  return (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
+}
+
+static void large_count(hak_heap_t *heap, unsigned npages, bool zero) {
+  stat_inc(&heap->stats.pages_activated, npages);
+  stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
+}
+
 /* One block spanning whole pages. It belongs to no heap: whichever thread
- * frees it gives the pages straight back, so it never waits for an owner. */
-void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared) {
-  unsigned npages = (unsigned)((size + PAGE_SIZE - 1) >> PAGE_SHIFT);
+ * frees it gives the pages straight back, so it never waits for an owner.
+ * growing: realloc moves a block that grows, which is placed with as many
+ * free pages after it as it takes, so that it grows where it lies next time
+ * (postgres's sort array takes spans of 256, 448 and 640 KiB each query;
+ * best fit put the first at page 25, where the third could not follow). */
+void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared, bool growing) {
+  unsigned npages = large_pages(size);
+  unsigned room = growing && 2 * npages < PAGES_PER_REGION ? 2 * npages : npages;
   bool zero;
-  hak_page_t *span = hak_span_alloc(NULL, heap->node, npages, false, &zero); /* no heap's */
+  hak_page_t *span = hak_span_alloc(NULL, heap->node, npages, room, false, &zero); /* no heap's */
   if (!span) {
     errno = ENOMEM;
     return NULL;
@@ -184,7 +198,28 @@ void *hak_large_alloc(hak_heap_t *heap, size_t size, bool cleared) {
   if (hak_opt.prefault == PREFAULT_LARGE && zero && !cleared &&
       large_populate(heap, page_start(span), bytes))
     kmem_populate(page_start(span), bytes);
-  stat_inc(&heap->stats.pages_activated, npages);
-  stat_inc(zero ? &heap->stats.pages_fresh : &heap->stats.pages_reused, npages);
+  large_count(heap, npages, zero);
   return page_start(span);
+}
+
+/* A large block resized where it lies: grown onto the free pages right
+ * after its span (a vector doubling keeps its pointer, no copy), or its
+ * tail pages given back. Its contents stay; the pages taken need not be
+ * zero (realloc's caller reads only what it writes there). */
+bool hak_large_resize(hak_region_t *r, void *p, size_t size) {
+  hak_page_t *span = page_of(r, p);
+  if (!(page_flags(span) & PAGE_LARGE) || (char *)p != page_start(span)) return false;
+  unsigned npages = large_pages(size), old = span->span_pages;
+  hak_heap_t *heap = hak_tls_heap;
+  if (npages > old) {
+    bool zero;
+    if (!hak_span_grow(span, npages, &zero)) return false;
+    if (heap != &hak_heap_empty) large_count(heap, npages - old, zero);
+  } else if (npages < old) {
+    /* judged now, as at its free: the tail may soon be another block's */
+    if (unlikely(heap->large_probe == p)) hak_large_probe_judge(heap);
+    hak_span_shrink(span, npages);
+  }
+  span->block_size = npages * (uint32_t)PAGE_SIZE;
+  return true;
 }

@@ -274,6 +274,13 @@ run_bin span_fit
 run_bin region_own
 run_one region_own_touched "$bin/region_own" touched
 run_one region_own_huge env HAKMEM_HUGETLB=1 "$bin/region_own" huge
+# realloc of a large block keeps its pointer while the pages after its span
+# are free (grown, shrunk and grown again), moves when another block holds
+# them; pages purged before a grow took them count as committed again and
+# are no zero pages for calloc. Also with every freed page purged at once.
+run_bin realloc_large_grow
+run_one realloc_large_grow_purgepage env HAKMEM_PURGE=page HAKMEM_PURGE_DELAY_MS=0 \
+  "$bin/realloc_large_grow"
 # Power-of-two buffers plus a small header (4-64 KiB): usable size at most
 # 1/32 past the power of two, RSS / live bytes at most 1.05.
 run_bin header_rss
