@@ -107,8 +107,11 @@ HAK_EXPORT void *hak_realloc(void *p, size_t size) {
   }
   void *q = NULL;
   hak_heap_t *heap = hak_tls_heap;
-  if (size > old && size > SMALL_MAX && size <= MAP_MIN && heap != &hak_heap_empty)
-    q = hak_large_alloc(heap, size, false, true); /* NULL: no such room, any run will do */
+  if (size > old && size > SMALL_MAX && size <= MAP_MIN && heap != &hak_heap_empty) {
+    int saved = errno; /* NULL: no such room, any run will do, and a success keeps errno */
+    q = hak_large_alloc(heap, size, false, true);
+    if (!q) errno = saved;
+  }
   if (!q) q = hak_alloc_inline(size);
   if (!q) return NULL; /* errno set; the old block is untouched */
   memcpy(q, p, size < old ? size : old);
