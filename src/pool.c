@@ -1,6 +1,5 @@
 /* Node pools: the regions of a node and their free pages. One mutex per
  * node; heaps come here once per span, not per block. */
-#define _GNU_SOURCE /* PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP */
 #include "internal.h"
 
 #define MAX_NODES KMEM_MAX_NODES
@@ -22,11 +21,7 @@ typedef struct hak_pool {
   _Atomic uint64_t regions, committed; /* hak_node_stats_t */
 } hak_pool_t;
 
-/* Adaptive: a pool section is short (a bucket lookup, a few mask updates),
- * so a waiter spins briefly before sleeping; with two threads taking spans
- * (fragment, 2 threads) a plain mutex put 7,500 futex calls in 0.4 s. */
-static hak_pool_t pools[MAX_NODES] = {
-    [0 ... MAX_NODES - 1] = {.lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP}};
+static hak_pool_t pools[MAX_NODES] = {[0 ... MAX_NODES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
 
 static hak_pool_t *pool_of(int node) {
   return &pools[node >= 0 && node < MAX_NODES ? node : 0];
