@@ -491,6 +491,7 @@ size_t hak_pool_purge(bool force, bool wait, bool *later);
 void hak_pool_purge_maybe(void);
 void hak_pool_populate_at(uintptr_t region, unsigned next); /* validated under the lock */
 size_t hak_pool_collapse(bool *later); /* HAKMEM_THP=collapse: the background thread's pass */
+bool hak_pool_has_region(uintptr_t start, uintptr_t end); /* a small region in [start, end) */
 
 /* ---- the remote-free protocol (remote.c) --------------------------------- */
 

@@ -23,6 +23,11 @@ typedef struct hak_pool {
 
 static hak_pool_t pools[MAX_NODES] = {[0 ... MAX_NODES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER}};
 
+/* The lowest and highest small region ever made: the smaps scan for THP
+ * bytes looks up only that span of a mapping, not the terabytes a
+ * sanitizer's or a runtime's reservations cover (each 2 MiB a map load). */
+static _Atomic uintptr_t regions_lo = UINTPTR_MAX, regions_hi;
+
 static hak_pool_t *pool_of(int node) {
   return &pools[node >= 0 && node < MAX_NODES ? node : 0];
 }
@@ -91,7 +96,21 @@ static hak_region_t *region_new(int node) {
   node_committed_add(node, (int64_t)REGION_HEADER_SIZE);
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], region_small_tag(node),
                         memory_order_release);
+  uintptr_t a = (uintptr_t)r, lo = atomic_load(&regions_lo), hi = atomic_load(&regions_hi);
+  while (a < lo && !atomic_compare_exchange_weak(&regions_lo, &lo, a)) {
+  }
+  while (a > hi && !atomic_compare_exchange_weak(&regions_hi, &hi, a)) {
+  }
   return r;
+}
+
+bool hak_pool_has_region(uintptr_t start, uintptr_t end) {
+  uintptr_t lo = atomic_load_explicit(&regions_lo, memory_order_relaxed);
+  uintptr_t hi = atomic_load_explicit(&regions_hi, memory_order_relaxed);
+  if (start < lo) start = lo;
+  for (uintptr_t a = start & ~(uintptr_t)(REGION_SIZE - 1); a < end && a <= hi; a += REGION_SIZE)
+    if (region_kind((hak_region_t *)a) == REGION_SMALL) return true;
+  return false;
 }
 
 /* Pages first .. first+count-1 as a mask. */
@@ -317,14 +336,27 @@ typedef struct purge_run {
   unsigned first, count;
 } purge_run_t;
 
+/* A pool that took or freed no span for the longest delay is settled: its
+ * program idles, or keeps to the spans it has. Then HAKMEM_PURGE=region
+ * gives back the free pages of regions still in use too, not only empty
+ * regions: a block left in a region would keep its 2 MiB resident for good
+ * (a thread that idles with a few pages kept 22-26 MB committed after the
+ * rest of the program's memory was freed). A huge page only once half its
+ * region is free: up to then it still pays. */
+static bool pool_settled(const hak_pool_t *pool, uint64_t now) {
+  return now >= pool->busy_ms + (hak_opt.purge_delay_ms << PURGE_DELAY_MAX_SHIFT);
+}
+
 /* Pages of r free and resident (touched, or all of a huge-page region), and
  * old enough to purge. */
-static uint32_t purgeable(const hak_region_t *r, uint64_t now, uint64_t delay, bool force) {
+static uint32_t purgeable(const hak_region_t *r, uint64_t now, uint64_t delay, bool force,
+                          bool settled) {
   uint32_t cand = r->free_mask & (r->thp ? ~r->clean_mask : r->dirty_mask);
   if (!cand || r->hugetlb) return 0; /* hugetlbfs pages go back only whole */
   if (force) return cand;
   if (r->nfree == PAGES_PER_REGION) return now - r->empty_since_ms >= delay ? cand : 0;
-  if (hak_opt.purge != PURGE_PAGE) return 0;
+  if (hak_opt.purge != PURGE_PAGE && !(settled && (!r->thp || r->nfree >= PAGES_PER_REGION / 2)))
+    return 0;
   uint32_t old = 0;
   for (uint32_t m = cand; m; m &= m - 1) {
     unsigned i = (unsigned)__builtin_ctz(m);
@@ -351,8 +383,9 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
                                 bool *waiting) {
   size_t n = 0;
   uint64_t delay = pool_delay(pool, now);
+  bool settled = pool_settled(pool, now);
   /* empty regions all sit in the bucket of 31-page runs */
-  unsigned from = force || hak_opt.purge == PURGE_PAGE ? 0 : PAGES_PER_REGION - 1;
+  unsigned from = force || hak_opt.purge == PURGE_PAGE || settled ? 0 : PAGES_PER_REGION - 1;
   for (unsigned nf = from; nf <= PAGES_PER_REGION; nf++) {
     for (hak_region_t *r = pool->buckets[nf], *next; r && n < PURGE_BATCH; r = next) {
       next = r->next;
@@ -363,9 +396,9 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
           *waiting = true;
         continue;
       }
-      uint32_t mask = purgeable(r, now, delay, force);
+      uint32_t mask = purgeable(r, now, delay, force, settled);
       if (!mask) {
-        *waiting |= purgeable(r, now, 0, false) != 0;
+        *waiting |= purgeable(r, now, 0, false, settled) != 0;
         continue;
       }
       bucket_remove(pool, r);

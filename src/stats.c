@@ -15,13 +15,6 @@ uint64_t hak_now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Whether [start, end) is one of our regions' mappings, for smaps. */
-static bool hak_is_region(uintptr_t start, uintptr_t end) {
-  for (uintptr_t a = start & ~(uintptr_t)(REGION_SIZE - 1); a < end; a += REGION_SIZE)
-    if (region_kind((hak_region_t *)a) == REGION_SMALL) return true;
-  return false;
-}
-
 HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
   hak_heap_stats_t h = {0};
   hak_heaps_stats(&h);
@@ -51,7 +44,7 @@ HAK_EXPORT void hak_stats_get(hak_stats_t *out) {
       .purges_vector = k.purges_vector,
       .uffd_faults = k.uffd_faults,
       .hugetlb_bytes = k.hugetlb_bytes,
-      .thp_bytes = kmem_thp_bytes(hak_is_region),
+      .thp_bytes = kmem_thp_bytes(hak_pool_has_region),
       .committed_bytes = G(committed_bytes),
       .peak_committed_bytes = G(peak_committed_bytes),
       .invalid_frees = G(invalid_frees),
