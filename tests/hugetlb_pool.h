@@ -42,6 +42,19 @@ static void pool_guard(void) {
     signal(sigs[i], on_signal);
 }
 
+/* Adds n pages to the pool (no overcommit); SKIPs, the pool put back, when
+ * the kernel could not find at least `need` free ones. */
+static inline void pool_raise(long n, long need) {
+  write_long(OVERCOMMIT, 0);
+  write_long(NR, old_nr + n);
+  long free_pages = read_long(FREE);
+  if (free_pages < need) {
+    restore();
+    SKIP("the kernel put only %ld free huge pages in the pool (%ld asked for)", free_pages,
+         old_nr + n);
+  }
+}
+
 /* Puts the pool back and says so if it did not take. */
 static void pool_restore(void) {
   restore();

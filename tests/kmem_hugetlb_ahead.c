@@ -80,14 +80,7 @@ int main(int argc, char **argv) {
   if (argc > 1) return child_main();
   pool_guard();
 
-  write_long(OVERCOMMIT, 0);
-  write_long(NR, old_nr + 16);
-  long free_pages = read_long(FREE);
-  if (free_pages < NBLK + 4) {
-    restore();
-    SKIP("the kernel put only %ld free huge pages in the pool (%ld asked for)", free_pages,
-         old_nr + 16);
-  }
+  pool_raise(16, NBLK + 4);
   static struct child c;
   const char *env[] = {"HAKMEM_HUGETLB=1", "HAKMEM_PREFAULT=ahead", "HAKMEM_PURGE_DELAY_MS=0",
                        NULL};

@@ -6,12 +6,14 @@
  *   touched  (argument touched) a thread's freed pages, touched and still in its region, go
  *            to another thread before any untouched page does: keeping
  *            regions apart costs no memory
- *   huge     (argument huge, under HAKMEM_HUGETLB=1) the free pages of a hugetlbfs region are
- *            resident, touched or not: threads' first spans come from the first
- *            thread's region, not from a 2 MiB huge page each (in regions of their
- *            own, four threads held five huge pages for 5 KiB) */
-#include "check.h"
-#include "hakmem.h"
+ *   huge     (argument huge) the free pages of a hugetlbfs region are resident,
+ *            touched or not: threads' first spans come from the first thread's
+ *            region, not from a 2 MiB huge page each (in regions of their own,
+ *            four threads held five huge pages for 5 KiB). As root it raises the
+ *            hugetlbfs pool by a few pages, runs a child under HAKMEM_HUGETLB=1
+ *            and puts the pool back. */
+#include "kmem_util.h"
+#include "hugetlb_pool.h"
 
 #include <pthread.h>
 
@@ -187,12 +189,30 @@ static void test_huge(void) {
   free(mine);
 }
 
+static int huge_guardian(void) {
+  pool_guard();
+  pool_raise(4, 2);
+  static struct child c;
+  const char *env[] = {"HAKMEM_HUGETLB=1", NULL};
+  run_self("huge-child", env, &c);
+  pool_restore();
+  fputs(c.err, stdout);
+  if (WIFEXITED(c.status) && WEXITSTATUS(c.status) == 77) return 77;
+  CHECK(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0,
+        "the child (HAKMEM_HUGETLB=1) ended "
+        "with status 0x%x",
+        c.status);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   /* each in a process of its own: a region the other left empty is free for any heap */
   if (argc > 1 && !strcmp(argv[1], "touched"))
     test_touched();
-  else if (argc > 1 && !strcmp(argv[1], "huge"))
+  else if (argc > 1 && !strcmp(argv[1], "huge-child"))
     test_huge();
+  else if (argc > 1 && !strcmp(argv[1], "huge"))
+    return huge_guardian();
   else
     test_own();
   printf("region_own: ok\n");

@@ -273,7 +273,7 @@ run_bin span_fit
 # hugetlbfs region's free pages (resident) before a new region.
 run_bin region_own
 run_one region_own_touched "$bin/region_own" touched
-run_one region_own_huge env HAKMEM_HUGETLB=1 "$bin/region_own" huge
+run_one region_own_huge "$bin/region_own" huge
 # realloc of a large block keeps its pointer while the pages after its span
 # are free (grown, shrunk and grown again), moves when another block holds
 # them; pages purged before a grow took them count as committed again and
