@@ -336,6 +336,11 @@ typedef struct purge_run {
   unsigned first, count;
 } purge_run_t;
 
+/* HAKMEM_THP=collapse takes regions with at most this many free pages
+ * (below); a settled purge leaves them alone, so it never purges pages of a
+ * region the background thread is collapsing without the lock. */
+#define COLLAPSE_MAX_FREE 2
+
 /* A pool that took or freed no span for the longest delay is settled: its
  * program idles, or keeps to the spans it has. Then HAKMEM_PURGE=region
  * gives back the free pages of regions still in use too, not only empty
@@ -355,7 +360,8 @@ static uint32_t purgeable(const hak_region_t *r, uint64_t now, uint64_t delay, b
   if (!cand || r->hugetlb) return 0; /* hugetlbfs pages go back only whole */
   if (force) return cand;
   if (r->nfree == PAGES_PER_REGION) return now - r->empty_since_ms >= delay ? cand : 0;
-  if (hak_opt.purge != PURGE_PAGE && !(settled && (!r->thp || r->nfree >= PAGES_PER_REGION / 2)))
+  if (hak_opt.purge != PURGE_PAGE &&
+      !(settled && r->nfree > COLLAPSE_MAX_FREE && (!r->thp || r->nfree >= PAGES_PER_REGION / 2)))
     return 0;
   uint32_t old = 0;
   for (uint32_t m = cand; m; m &= m - 1) {
@@ -530,7 +536,6 @@ void hak_pool_purge_maybe(void) {
  * a pass, fragment's two threads saw 6-18 in 0.4 s and ran 1.2x slower
  * than at 1 a pass, with 1-4). Every node's dense regions are looked at each pass
  * (their streaks go on) even when the picks are full. */
-#define COLLAPSE_MAX_FREE 2
 #define COLLAPSE_DENSE_MS 100
 #define COLLAPSE_MIN_RESIDENT (REGION_SIZE / 4096 * 31 / 32) /* 4 KiB pages */
 #define COLLAPSE_RETRY_MS 5000
