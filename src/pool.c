@@ -26,7 +26,22 @@ static hak_pool_t pools[MAX_NODES] = {[0 ... MAX_NODES - 1] = {.lock = PTHREAD_M
 /* The lowest and highest small region ever made: the smaps scan for THP
  * bytes looks up only that span of a mapping, not the terabytes a
  * sanitizer's or a runtime's reservations cover (each 2 MiB a map load). */
-static _Atomic uintptr_t regions_lo = UINTPTR_MAX, regions_hi;
+static _Atomic uint64_t regions_lo = UINT64_MAX, regions_hi;
+
+/* *x = max(*x, v), and min: counters read without a lock. */
+static void atomic_raise(_Atomic uint64_t *x, uint64_t v) {
+  uint64_t old = atomic_load_explicit(x, memory_order_relaxed);
+  while (v > old && !atomic_compare_exchange_weak_explicit(x, &old, v, memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
+
+static void atomic_lower(_Atomic uint64_t *x, uint64_t v) {
+  uint64_t old = atomic_load_explicit(x, memory_order_relaxed);
+  while (v < old && !atomic_compare_exchange_weak_explicit(x, &old, v, memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
 
 static hak_pool_t *pool_of(int node) {
   return &pools[node >= 0 && node < MAX_NODES ? node : 0];
@@ -65,11 +80,7 @@ void hak_committed_add(int64_t delta) {
   uint64_t now = atomic_fetch_add_explicit(&hak_gstats.committed_bytes, (uint64_t)delta,
                                            memory_order_relaxed) +
                  (uint64_t)delta;
-  uint64_t peak = atomic_load_explicit(&hak_gstats.peak_committed_bytes, memory_order_relaxed);
-  while (delta > 0 && now > peak &&
-         !atomic_compare_exchange_weak_explicit(&hak_gstats.peak_committed_bytes, &peak, now,
-                                                memory_order_relaxed, memory_order_relaxed)) {
-  }
+  if (delta > 0) atomic_raise(&hak_gstats.peak_committed_bytes, now);
 }
 
 /* Bytes of a node's regions in use or not yet purged, globally and per node;
@@ -96,17 +107,14 @@ static hak_region_t *region_new(int node) {
   node_committed_add(node, (int64_t)REGION_HEADER_SIZE);
   atomic_store_explicit(&hak_region_map[(uintptr_t)r >> REGION_SHIFT], region_small_tag(node),
                         memory_order_release);
-  uintptr_t a = (uintptr_t)r, lo = atomic_load(&regions_lo), hi = atomic_load(&regions_hi);
-  while (a < lo && !atomic_compare_exchange_weak(&regions_lo, &lo, a)) {
-  }
-  while (a > hi && !atomic_compare_exchange_weak(&regions_hi, &hi, a)) {
-  }
+  atomic_lower(&regions_lo, (uintptr_t)r);
+  atomic_raise(&regions_hi, (uintptr_t)r);
   return r;
 }
 
 bool hak_pool_has_region(uintptr_t start, uintptr_t end) {
-  uintptr_t lo = atomic_load_explicit(&regions_lo, memory_order_relaxed);
-  uintptr_t hi = atomic_load_explicit(&regions_hi, memory_order_relaxed);
+  uint64_t lo = atomic_load_explicit(&regions_lo, memory_order_relaxed);
+  uint64_t hi = atomic_load_explicit(&regions_hi, memory_order_relaxed);
   if (start < lo) start = lo;
   for (uintptr_t a = start & ~(uintptr_t)(REGION_SIZE - 1); a < end && a <= hi; a += REGION_SIZE)
     if (region_kind((hak_region_t *)a) == REGION_SMALL) return true;
