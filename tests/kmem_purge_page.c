@@ -66,12 +66,7 @@ static int child_main(const char *mode) {
     sleep_ms(20);
     rss = rss_bytes();
   }
-  /* the counters follow the purge's completion, RSS its system call */
-  hak_stats_t s1 = stats_now();
-  for (int i = 0; i < 50 && s1.purged_bytes - s0.purged_bytes < freed / 100 * 85; i++) {
-    sleep_ms(20);
-    s1 = stats_now();
-  }
+  hak_stats_t s1 = stats_purged(&s0, freed / 100 * 85, 1000);
   fprintf(stderr,
           "%s: %zu regions keep one block; rss %zu MiB touched, %zu MiB freed, %zu MiB after 2x "
           "delay, %zu MiB at the end (%ld ms); purges %llu, purged %llu MiB\n",
@@ -86,34 +81,31 @@ static int child_main(const char *mode) {
           "region was empty",
           peak / MIB, at_2x / MIB);
     CHECK(s_2x.purges == s0.purges,
-          "HAKMEM_PURGE=region: %llu purges within 2x the delay with no "
-          "region empty",
+          "HAKMEM_PURGE=region: %llu purges within 2x the delay with no region empty",
           (unsigned long long)(s_2x.purges - s0.purges));
   }
-  {
-    if (rss > target) {
-      /* tell an idle purger that never ran from purging that does not work */
-      for (int i = 0; i < 200; i++)
-        free(opaque_ptr(malloc((size_t)16 << (i % 15))));
-      sleep_ms(2 * DELAY_MS);
-      size_t after = rss_bytes();
-      FAIL("%s: RSS still %zu MiB %ld ms after freeing %zu MiB of %zu MiB touched "
-           "(expected at most %zu MiB within %ld ms): the free pages "
-           "of regions in use were not given back while idle; after some malloc/free RSS is "
-           "%zu MiB (%s)",
-           mode, rss / MIB, now_ms() - idle, freed / MIB, peak / MIB, target / MIB, expected,
-           after / MIB,
-           after <= target ? "purging works, but only from allocation calls: the background "
-                             "purger did not do it"
-                           : "not even then");
-    }
-    if (now_ms() - idle > expected + 100)
-      fprintf(stderr, "NOTE: RSS came back only after %ld ms, not within %ld ms\n", now_ms() - idle,
-              expected);
-    CHECK(s1.purged_bytes - s0.purged_bytes >= freed / 100 * 85,
-          "%s: only %llu MiB purged of %zu MiB freed", mode,
-          (unsigned long long)((s1.purged_bytes - s0.purged_bytes) / MIB), freed / MIB);
+  if (rss > target) {
+    /* tell an idle purger that never ran from purging that does not work */
+    for (int i = 0; i < 200; i++)
+      free(opaque_ptr(malloc((size_t)16 << (i % 15))));
+    sleep_ms(2 * DELAY_MS);
+    size_t after = rss_bytes();
+    FAIL("%s: RSS still %zu MiB %ld ms after freeing %zu MiB of %zu MiB touched "
+         "(expected at most %zu MiB within %ld ms): the free pages "
+         "of regions in use were not given back while idle; after some malloc/free RSS is "
+         "%zu MiB (%s)",
+         mode, rss / MIB, now_ms() - idle, freed / MIB, peak / MIB, target / MIB, expected,
+         after / MIB,
+         after <= target ? "purging works, but only from allocation calls: the background "
+                           "purger did not do it"
+                         : "not even then");
   }
+  if (now_ms() - idle > expected + 100)
+    fprintf(stderr, "NOTE: RSS came back only after %ld ms, not within %ld ms\n", now_ms() - idle,
+            expected);
+  CHECK(s1.purged_bytes - s0.purged_bytes >= freed / 100 * 85,
+        "%s: only %llu MiB purged of %zu MiB freed", mode,
+        (unsigned long long)((s1.purged_bytes - s0.purged_bytes) / MIB), freed / MIB);
   for (size_t i = 0; i < NBLK; i++) {
     if (!blocks[i]) continue;
     CHECK(check_pattern(blocks[i], BLOCK) == SIZE_MAX, "%s: a kept block lost its data", mode);

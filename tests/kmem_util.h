@@ -87,6 +87,18 @@ static inline hak_stats_t stats_now(void) {
   return s;
 }
 
+/* The counters once `bytes` more were purged than in s0, or after ms: they
+ * follow a purge's completion, RSS its system call (io_uring's completions
+ * are reaped later), so a test that saw RSS drop waits for them. */
+static inline hak_stats_t stats_purged(const hak_stats_t *s0, uint64_t bytes, long ms) {
+  hak_stats_t s = stats_now();
+  for (long waited = 0; waited < ms && s.purged_bytes - s0->purged_bytes < bytes; waited += 10) {
+    sleep_ms(10);
+    s = stats_now();
+  }
+  return s;
+}
+
 /* Runs this binary as a child in mode with env ("NAME=value" strings,
  * NULL-terminated); fails with the child's stderr unless it exited 0. Its
  * stderr is left in c for further checks. */

@@ -67,13 +67,7 @@ static void child(const char *how, int expect) {
       rss1 = rss_bytes();
     }
   }
-  hak_stats_get(&s1);
-  /* the counters follow the completions, which the background thread reaps
-   * after RSS already dropped (io_uring) */
-  for (int ms = 0; ms < 2000 && s1.purged_bytes - s0.purged_bytes < want_drop; ms += 10) {
-    nanosleep(&(struct timespec){0, 10000000}, NULL);
-    hak_stats_get(&s1);
-  }
+  s1 = stats_purged(&s0, want_drop, 2000);
   uint64_t purges = s1.purges - s0.purges, bytes = s1.purged_bytes - s0.purged_bytes;
   CHECK(rss0 > rss1 && rss0 - rss1 >= want_drop, "%s: RSS went from %zu to %zu KiB only", how,
         rss0 >> 10, rss1 >> 10);

@@ -199,9 +199,7 @@ static int huge_guardian(void) {
   fputs(c.err, stdout);
   if (WIFEXITED(c.status) && WEXITSTATUS(c.status) == 77) return 77;
   CHECK(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0,
-        "the child (HAKMEM_HUGETLB=1) ended "
-        "with status 0x%x",
-        c.status);
+        "the child (HAKMEM_HUGETLB=1) ended with status 0x%x", c.status);
   return 0;
 }
 
