@@ -66,7 +66,9 @@ prepare() {
     need psql
     [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1 || skip "needs root and the user postgres"
     pgroot=$(mktemp -d /tmp/hakmem-pg.XXXXXX) || fail "mktemp failed"
-    trap 'for d in "$pgroot"/*/; do as_postgres "$pgbin/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1; done; rm -rf "$pgroot"' EXIT
+    # The server logs go to the kept work directory when the test fails.
+    trap 'for d in "$pgroot"/*/; do as_postgres "$pgbin/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1; done
+      [ -d "$work" ] && cp "$pgroot"/*.log "$work/" 2>/dev/null; rm -rf "$pgroot"' EXIT
     chown postgres "$pgroot"
     # The server's processes write the exit statistics too.
     chmod 711 "$work" && install -m 666 -o postgres /dev/null "$work/stats.json"
