@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #include <sched.h>
+#include <signal.h>
 #include <time.h>
 
 #define SLEEP_MAX_MS 1000
@@ -183,7 +184,16 @@ void hak_background_start_if_wanted(void) {
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, 64 << 10);
-  if (pthread_create(&tid, &attr, background_main, NULL) != 0) {
+  /* The thread inherits this mask: every signal blocked, so none of the
+   * program's handlers runs on it (postgres's postmaster, which blocks its
+   * signals outside select(), ran its SIGCHLD reaper here and on its own
+   * thread at once, and spun in a list that corrupted). */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int err = pthread_create(&tid, &attr, background_main, NULL);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (err) {
     hak_opt.background = false; /* slow paths keep purging */
     if (hak_opt.verbose) hak_warn("HAKMEM_BACKGROUND: ", "no thread could be started", "");
   }
