@@ -52,12 +52,15 @@ int main(void) {
   CHECK(kill(getpid(), SIGUSR1) == 0, "kill: %s", strerror(errno));
   sleep_ms(200);
   pid_t on = atomic_load(&handled_on);
-  CHECK(on == 0, "SIGUSR1, blocked by the program's only thread, ran its handler on thread %d, "
-                 "one of hakmem's %d", (int)on, threads - 1);
+  CHECK(on == 0,
+        "SIGUSR1, blocked by the program's only thread, ran its handler on thread %d, "
+        "one of hakmem's %d",
+        (int)on, threads - 1);
   CHECK(pthread_sigmask(SIG_UNBLOCK, &usr1, NULL) == 0, "pthread_sigmask failed");
   pid_t self = (pid_t)syscall(SYS_gettid);
-  CHECK(atomic_load(&handled_on) == self, "the pending SIGUSR1 ran on thread %d, not the main one %d",
-        (int)atomic_load(&handled_on), (int)self);
+  CHECK(atomic_load(&handled_on) == self,
+        "the pending SIGUSR1 ran on thread %d, not the main one %d", (int)atomic_load(&handled_on),
+        (int)self);
   printf("bg_signals: %d hakmem thread(s) left SIGUSR1 pending for the main thread\n", threads - 1);
   return 0;
 }
