@@ -7,13 +7,18 @@
  * select(); with the background thread taking SIGCHLD meanwhile, its
  * reaper ran on two threads at once, corrupted the list of background
  * workers and spun there (and a query lost its parallel workers).
- * Here: the main thread waits for hakmem's thread, blocks SIGUSR1 and
- * sends it to the process; the handler must not run until the main thread
+ * Here: the main thread waits for hakmem's threads (usage: bg_signals
+ * [threads], the process's count to wait for: 2, or 3 with the userfaultfd
+ * thread), checks each one's blocked set in /proc (every signal but those
+ * none can block and glibc's two internal ones), then blocks SIGUSR1 and
+ * sends it to the process: the handler must not run until the main thread
  * unblocks it, and then on the main thread. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
 #include "bg_idle.h"
 #include "t_alloc.h"
@@ -34,16 +39,51 @@ static void poke(void) {
   T_FREE(p);
 }
 
-int main(void) {
+/* Signals a thread's blocked set may lack: SIGKILL and SIGSTOP (never
+ * blocked), 32 and 33 (glibc's cancellation and setxid, which its
+ * pthread_sigmask leaves open). Bit n - 1 stands for signal n. */
+#define MAY_BE_OPEN (1ull << (SIGKILL - 1) | 1ull << (SIGSTOP - 1) | 1ull << 31 | 1ull << 32)
+
+/* Checks the SigBlk line of every thread but the caller; returns how many. */
+static int check_blocked(void) {
+  char self[16];
+  snprintf(self, sizeof self, "%ld", (long)syscall(SYS_gettid));
+  DIR *d = opendir("/proc/self/task");
+  CHECK(d, "opendir /proc/self/task: %s", strerror(errno));
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    if (e->d_name[0] == '.' || !strcmp(e->d_name, self)) continue;
+    char path[300], line[256];
+    snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue; /* gone */
+    unsigned long long blk = 0;
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f))
+      found = sscanf(line, "SigBlk: %llx", &blk) == 1;
+    fclose(f);
+    CHECK(found, "no SigBlk line in %s", path);
+    CHECK((blk | MAY_BE_OPEN) == ~0ull, "thread %s blocks only %016llx: signals open to it",
+          e->d_name, blk);
+    n++;
+  }
+  closedir(d);
+  return n;
+}
+
+int main(int argc, char **argv) {
+  int want = argc > 1 ? atoi(argv[1]) : 2;
   struct sigaction sa = {.sa_handler = on_usr1};
   sigemptyset(&sa.sa_mask);
   CHECK(sigaction(SIGUSR1, &sa, NULL) == 0, "sigaction: %s", strerror(errno));
   int threads = 0;
-  for (long until = now_ms() + 3000; now_ms() < until && threads < 2; sleep_ms(1)) {
+  for (long until = now_ms() + 3000; now_ms() < until && threads < want; sleep_ms(1)) {
     poke();
     other_thread(&threads);
   }
-  CHECK(threads >= 2, "hakmem started no thread of its own in 3 s");
+  CHECK(threads >= want, "%d threads after 3 s, not %d: hakmem did not start its own", threads,
+        want);
+  CHECK(check_blocked() == threads - 1, "threads came or went while their masks were read");
 
   sigset_t usr1;
   sigemptyset(&usr1);

@@ -183,8 +183,8 @@ run_one bg_backoff_collapse "$bin/bg_backoff" collapse
 # hakmem's threads block every signal: one the program's threads block
 # stays pending for them (postgres's postmaster ran its SIGCHLD reaper on
 # the background thread too, and spun); with the userfaultfd thread too.
-run_bin bg_signals
-run_one bg_signals_uffd env HAKMEM_UFFD=1 "$bin/bg_signals"
+run_bin bg_signals 2
+run_one bg_signals_uffd env HAKMEM_UFFD=1 "$bin/bg_signals" 3
 # Many threads wake the dozing background thread at once (also under TSan below).
 run_one bg_wake env HAKMEM_PURGE_DELAY_MS=10 "$bin/bg_wake" 8 30
 # Work made while the background thread dozes wakes it: a block stashed
