@@ -26,6 +26,10 @@
 #define BLK MIB
 #define ROUNDS 60
 #define REGION_HEADER 4096 /* what a reserved region keeps committed */
+/* A round's wait for the purge: the background thread, SCHED_IDLE, runs
+ * only while this CPU is idle, so other programs' load delays it (on a
+ * loaded machine 55-59 of 60 rounds were purged within 1 s) */
+#define ROUND_MS 3000
 
 static void *blk[NBLK];
 
@@ -73,7 +77,7 @@ static int child_main(void) {
           "round %d: committed %llu KiB after freeing %d MiB, "
           "base %llu KiB: the pages were purged before the background thread could",
           round, (unsigned long long)(built / KIB), NBLK, (unsigned long long)(base / KIB));
-    for (long until = now_ms() + 1000; now_ms() < until;) {
+    for (long until = now_ms() + ROUND_MS; now_ms() < until;) {
       sleep_us(200); /* the background thread runs meanwhile */
       uint64_t parent = stats_now().committed_bytes;
       fflush(NULL);
@@ -111,13 +115,13 @@ static int child_main(void) {
     }
   }
   fprintf(stderr,
-          "%d rounds, %u purged by the background thread within 1 s, %u forks, %u "
+          "%d rounds, %u purged by the background thread within %d ms, %u forks, %u "
           "children with pages missing\n",
-          ROUNDS, purged, forks, bad);
+          ROUNDS, purged, ROUND_MS, forks, bad);
   CHECK(!bad, "%u of %u fork children could not trim every page (stuck purging); first: %s", bad,
         forks, first);
-  CHECK(purged == ROUNDS, "the background thread purged only %u of %d rounds' memory within 1 s",
-        purged, ROUNDS);
+  CHECK(purged == ROUNDS, "the background thread purged only %u of %d rounds' memory within %d ms",
+        purged, ROUNDS, ROUND_MS);
   return 0;
 }
 
