@@ -22,20 +22,31 @@ static inline void pin_to_one_cpu(void) {
   if (sched_setaffinity(0, sizeof set, &set) != 0) SKIP("sched_setaffinity: %s", strerror(errno));
 }
 
-/* The one thread of this process that is not the caller, or 0. */
-static inline pid_t other_thread(int *count) {
-  pid_t self = (pid_t)syscall(SYS_gettid), other = 0;
-  *count = 0;
+/* The threads of this process but the caller: up to max of them in out;
+ * returns how many there are. */
+static inline int other_threads(pid_t *out, int max) {
+  pid_t self = (pid_t)syscall(SYS_gettid);
+  int n = 0;
   DIR *d = opendir("/proc/self/task");
   CHECK(d, "opendir /proc/self/task: %s", strerror(errno));
   for (struct dirent *e; (e = readdir(d)) != NULL;) {
     if (e->d_name[0] == '.') continue;
-    ++*count;
     pid_t t = (pid_t)atoi(e->d_name);
-    if (t != self) other = t;
+    if (t == self) continue;
+    if (n < max) out[n] = t;
+    n++;
   }
   closedir(d);
-  return other;
+  return n;
+}
+
+/* The one thread of this process that is not the caller (the last listed
+ * if there are more), or 0; *count: the process's threads. */
+static inline pid_t other_thread(int *count) {
+  pid_t t[64];
+  int n = other_threads(t, 64);
+  *count = n + 1;
+  return n ? t[(n < 64 ? n : 64) - 1] : 0;
 }
 
 /* Calls poke (which must make hakmem want and start its background thread)
