@@ -23,10 +23,16 @@ __thread hak_heap_t *hak_tls_heap __attribute__((tls_model("initial-exec"))) = &
 static pthread_mutex_t heaps_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic(hak_heap_t *) heaps;   /* every heap struct ever made; never freed */
 static _Atomic unsigned thread_heaps; /* heaps threads own now, or are about to */
+/* heap_exited: the thread's heap destructor ran. glibc runs pthread key
+ * destructors in at most 4 rounds, so a heap a later destructor took in
+ * the last round would never be given back (one that re-arms its key and
+ * allocates each time left a heap per thread, 70 KB each): from then on
+ * the thread allocates from the shared heaps. */
 #ifdef HAK_TLS_DLOPEN
-static __thread bool heap_reserved;
+static __thread bool heap_reserved, heap_exited;
 #else
 static __thread bool heap_reserved __attribute__((tls_model("initial-exec")));
+static __thread bool heap_exited __attribute__((tls_model("initial-exec")));
 #endif
 pthread_key_t hak_thread_key;
 
@@ -75,8 +81,10 @@ static hak_heap_t *heap_take(void) {
 }
 
 /* Whether the calling thread may own a heap with `max` owned already (0:
- * any number); counted then, so threads starting together see each other. */
+ * any number); counted then, so threads starting together see each other.
+ * Never once its heap's destructor ran. */
 bool hak_thread_heap_reserve(unsigned max) {
+  if (heap_exited) return false;
   if (heap_reserved) return true;
   unsigned n = atomic_load_explicit(&thread_heaps, memory_order_relaxed);
   do {
@@ -88,8 +96,8 @@ bool hak_thread_heap_reserve(unsigned max) {
 }
 
 hak_heap_t *hak_heap_for_thread(void) {
-  hak_thread_heap_reserve(0);
-  heap_reserved = false; /* the count is the heap's from here */
+  if (!hak_thread_heap_reserve(0)) return NULL; /* it shares (hak_shared_enter) */
+  heap_reserved = false;                        /* the count is the heap's from here */
   if (atomic_load_explicit(&hak_init_state, memory_order_acquire) != 2) hak_init();
   hak_heap_t *heap = heap_take();
   if (!heap) {
@@ -239,6 +247,11 @@ void hak_heap_trim(hak_heap_t *heap) {
     }
     heap_sync_direct(heap, c);
   }
+}
+
+void hak_heap_thread_exit(hak_heap_t *heap) {
+  heap_exited = true;
+  hak_heap_abandon(heap);
 }
 
 HAK_EXPORT void hak_thread_done(void) {

@@ -11,7 +11,7 @@ _Atomic(uint8_t) hak_region_map[REGION_MAP_ENTRIES];
 extern pthread_key_t hak_thread_key;
 
 static void thread_exit(void *arg) {
-  hak_heap_abandon((hak_heap_t *)arg);
+  hak_heap_thread_exit((hak_heap_t *)arg);
 }
 
 /* glibc's stdio list lock. glibc's fork takes it after the prepare handlers

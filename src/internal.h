@@ -435,10 +435,11 @@ void hak_warn(const char *a, const char *b, const char *c); /* one stderr line *
 /* ---- process state ------------------------------------------------------- */
 
 void hak_init(void);
-extern _Atomic int hak_init_state;       /* 0 none, 1 running, 2 done */
-hak_heap_t *hak_heap_for_thread(void);   /* creates the calling thread's heap */
-void hak_heap_abandon(hak_heap_t *heap); /* thread exit */
-void hak_heap_trim(hak_heap_t *heap);    /* returns its empty pages */
+extern _Atomic int hak_init_state;           /* 0 none, 1 running, 2 done */
+hak_heap_t *hak_heap_for_thread(void);       /* creates the calling thread's heap */
+void hak_heap_abandon(hak_heap_t *heap);     /* hak_thread_done */
+void hak_heap_thread_exit(hak_heap_t *heap); /* its key's destructor */
+void hak_heap_trim(hak_heap_t *heap);        /* returns its empty pages */
 void hak_heaps_fork_prepare(void);
 void hak_heaps_fork_release(void);
 void hak_heaps_fork_child(hak_heap_t *survivor);

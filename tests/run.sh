@@ -213,6 +213,9 @@ run_bin shared_heaps
 run_bin seed_remote
 run_bin thread_exit
 run_bin thread_done
+# key destructors that allocate in every round, after the heap's own ran
+run_bin key_destructor
+run_one key_destructor_unlimited env HAKMEM_MAX_HEAPS=0 "$bin/key_destructor"
 run_bin fork
 # fork against stdio locks (glibc bug 19431), from a signal handler inside a
 # fork, and the child's new threads never taking over dead threads' heaps.
