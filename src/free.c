@@ -233,7 +233,7 @@ void hak_free_other(hak_heap_t *heap, hak_page_t *page, void *p, uintptr_t owner
   /* hak_free_check's test for a page not ours, its start (page_start) from
    * r at hand: p a block start below the capacity. Anything else (an
    * aligned block, no block at all) the general path checks in full. */
-  uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - 6);
+  uintptr_t at = ((uintptr_t)page - (uintptr_t)r) << (PAGE_SHIFT - PAGE_DESC_SHIFT);
   char *start = (char *)r + (at ? at : REGION_HEADER_SIZE) + (size_t)page->color * SPAN_COLOR_STEP;
   size_t span = (size_t)page->capacity * page->block_size; /* 0 for a freed span */
   if (unlikely(!is_block_start(start, q, span, hak_class_inverse[cls]))) {

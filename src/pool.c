@@ -201,7 +201,8 @@ static hak_region_t *find_run(hak_pool_t *pool, const hak_heap_t *heap, unsigned
  * no memory: two threads taking spans from the same regions cost
  * churn_small at two threads 9% (both running: 54 against 59M ops per
  * CPU-second), the owner's free stalling on the load of its page's
- * descriptor in the shared header (descriptors 128 B apart did not help;
+ * descriptor in the shared header (descriptors 128 B apart, when a descriptor
+ * was one line, did not help;
  * HAKMEM_NODES=2, a region set per thread, did). Touched pages of any heap
  * still go before untouched ones (RSS), and a new region before another
  * heap's untouched pages. heap NULL: a span of no heap's, from any region. */
@@ -245,6 +246,10 @@ static void page_clear(hak_page_t *d) {
  * unlocked. */
 static uint32_t run_take(hak_pool_t *pool, hak_region_t *r, uint32_t run) {
   uint32_t newly = run & ~r->dirty_mask;
+  if (r->descs_purged) { /* span_pages_init writes them */
+    r->descs_purged = false;
+    node_committed_add(r->node, (int64_t)REGION_DESC_BYTES);
+  }
   if (run & r->clean_mask) pool_note_reuse(pool, r);
   r->free_mask &= ~run;
   r->dirty_mask |= run;
@@ -342,6 +347,7 @@ bool hak_span_grow(hak_page_t *span, unsigned npages, bool *zero) {
 typedef struct purge_run {
   hak_region_t *r;
   unsigned first, count;
+  bool descs; /* the whole region: its descriptors' page too */
 } purge_run_t;
 
 /* HAKMEM_THP=collapse takes regions with at most this many free pages
@@ -411,6 +417,10 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
         continue;
       }
       uint32_t mask = purgeable(r, now, delay, force, settled);
+      /* an empty region goes out whole, its untouched pages too (a no-op
+       * for the kernel): then nobody writes a descriptor meanwhile, and
+       * their page is discarded with it */
+      if (mask && r->nfree == PAGES_PER_REGION) mask = r->free_mask;
       if (!mask) {
         *waiting |= purgeable(r, now, 0, false, settled) != 0;
         continue;
@@ -423,7 +433,9 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
       while (mask && n < PURGE_BATCH) {
         unsigned first = (unsigned)__builtin_ctz(mask);
         unsigned count = (unsigned)__builtin_ctzll(~(uint64_t)(mask >> first));
-        out[n++] = (purge_run_t){r, first, count};
+        bool whole = count == PAGES_PER_REGION;
+        if (whole) r->descs_purged = true;
+        out[n++] = (purge_run_t){r, first, count, whole};
         mask &= ~run_mask(first, count);
       }
       if (mask) { /* batch full: give the rest back untouched */
@@ -483,6 +495,10 @@ static void purge_submit(const purge_run_t *run) {
   if (run->first == 0) { /* the header stays: it links the region into its bucket */
     start += REGION_HEADER_SIZE;
     len -= REGION_HEADER_SIZE;
+  }
+  if (run->descs) { /* all zero again, as page_clear leaves them */
+    kmem_discard(run->r, REGION_DESC_BYTES);
+    node_committed_add(run->r->node, -(int64_t)REGION_DESC_BYTES);
   }
   void *cookie = (void *)((uintptr_t)run->r | (uintptr_t)run->first << 6 | run->count);
   while (!kmem_purge_submit(start, len, cookie))

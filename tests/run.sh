@@ -259,6 +259,8 @@ for t in calloc_zero rss_return purge_page prefault populate_large thp hugetlb b
 # HAKMEM_PREFAULT=ahead aimed at a hugetlbfs region unmapped before the
 # background thread looks (as root, raises the 2 MiB pool for a moment).
 run_bin kmem_hugetlb_ahead
+# An emptied region keeps one 4 KiB page: its descriptors go back with it.
+run_bin region_idle
 # The purge engines (kmem/purge.c) called directly, each case in a fresh
 # child; then through the allocator with each HAKMEM_PURGE_ENGINE, and with
 # io_uring_setup (and process_madvise) forbidden by a seccomp filter.
