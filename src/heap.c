@@ -199,25 +199,27 @@ void hak_heap_abandon(hak_heap_t *heap) {
   atomic_fetch_sub_explicit(&thread_heaps, 1, memory_order_relaxed);
 }
 
+/* NULL past the thread's heap destructor: it has none, and takes none. */
 static hak_heap_t *heap_of_caller(void) {
+  if (heap_exited) return NULL;
   hak_heap_t *heap = hak_tls_heap;
   return heap != &hak_heap_empty ? heap : hak_heap_for_thread();
 }
 
 HAK_EXPORT int hakmem_thread_set_node(int node) {
   hak_heap_t *heap = heap_of_caller();
-  if (!heap) return -1;
+  if (!heap && !heap_exited) return -1;
   if (node < 0 || node >= kmem_node_count()) {
     errno = EINVAL;
     return -1;
   }
-  hak_heap_set_node(heap, node); /* pages it has stay; new ones come from this node */
+  if (heap) hak_heap_set_node(heap, node); /* pages it has stay; new ones come from this node */
   return 0;
 }
 
 HAK_EXPORT int hakmem_thread_node(void) {
   hak_heap_t *heap = heap_of_caller();
-  return heap ? heap->node : 0;
+  return heap ? heap->node : kmem_current_node();
 }
 
 HAK_EXPORT void hakmem_flush(void) {

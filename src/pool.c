@@ -433,9 +433,7 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
       while (mask && n < PURGE_BATCH) {
         unsigned first = (unsigned)__builtin_ctz(mask);
         unsigned count = (unsigned)__builtin_ctzll(~(uint64_t)(mask >> first));
-        bool whole = count == PAGES_PER_REGION;
-        if (whole) r->descs_purged = true;
-        out[n++] = (purge_run_t){r, first, count, whole};
+        out[n++] = (purge_run_t){r, first, count, count == PAGES_PER_REGION};
         mask &= ~run_mask(first, count);
       }
       if (mask) { /* batch full: give the rest back untouched */
@@ -478,6 +476,10 @@ static void purge_done(void *cookie, bool ok) {
     r->thp = false;
     r->collapse_ms = hak_now_ms();
   }
+  if (ok && count == PAGES_PER_REGION && !r->descs_purged) { /* purge_submit discarded them */
+    r->descs_purged = true;
+    node_committed_add(r->node, -(int64_t)REGION_DESC_BYTES);
+  }
   if (ok) {
     node_committed_add(r->node,
                        -(int64_t)__builtin_popcount(r->dirty_mask & mask) * (int64_t)PAGE_SIZE);
@@ -496,10 +498,9 @@ static void purge_submit(const purge_run_t *run) {
     start += REGION_HEADER_SIZE;
     len -= REGION_HEADER_SIZE;
   }
-  if (run->descs) { /* all zero again, as page_clear leaves them */
-    kmem_discard(run->r, REGION_DESC_BYTES);
-    node_committed_add(run->r->node, -(int64_t)REGION_DESC_BYTES);
-  }
+  /* all zero again, as page_clear leaves them; uncounted once the purge
+   * worked (a refused one, as on mlocked memory, discarded nothing) */
+  if (run->descs) kmem_discard(run->r, REGION_DESC_BYTES);
   void *cookie = (void *)((uintptr_t)run->r | (uintptr_t)run->first << 6 | run->count);
   while (!kmem_purge_submit(start, len, cookie))
     kmem_purge_reap(purge_done, false);

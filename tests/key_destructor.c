@@ -5,11 +5,13 @@
  * was never given back (a heap and its pages per exited thread; with the
  * default limit of heaps, every thread after the first few then shared).
  * Each round hands a block (small, mid-size or large, with a pattern) to
- * main, which checks and frees it. Over 400 threads, one at a time, the
+ * main, which checks and frees it; hakmem_thread_set_node, hakmem_thread_node
+ * and hakmem_flush work there too. Over 400 threads, one at a time, the
  * heaps made and the memory committed after malloc_trim must stay where
  * they were after the first 40. Run with HAKMEM_MAX_HEAPS=0 (no limit) and
  * with the default limit. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
 #include "check.h"
@@ -29,6 +31,12 @@ static void destructor(void *value) {
   (void)value;
   int r = rounds_run++;
   CHECK(r < ROUNDS, "destructor called %d times", r + 1);
+  /* the calls that need a heap of its own work without one */
+  errno = 0;
+  CHECK(hakmem_thread_set_node(0) == 0,
+        "hakmem_thread_set_node(0) in destructor round %d: errno %d", r + 1, errno);
+  CHECK(hakmem_thread_node() == 0, "hakmem_thread_node() in destructor round %d", r + 1);
+  hakmem_flush();
   void *tmp = malloc(opaque_size(sizes[(r + 1) % ROUNDS]));
   CHECK(tmp, "malloc in destructor round %d failed", r + 1);
   fill_pattern(tmp, sizes[(r + 1) % ROUNDS]);
