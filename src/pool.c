@@ -347,7 +347,6 @@ bool hak_span_grow(hak_page_t *span, unsigned npages, bool *zero) {
 typedef struct purge_run {
   hak_region_t *r;
   unsigned first, count;
-  bool descs; /* the whole region: its descriptors' page too */
 } purge_run_t;
 
 /* HAKMEM_THP=collapse takes regions with at most this many free pages
@@ -433,7 +432,7 @@ static size_t collect_purgeable(hak_pool_t *pool, uint64_t now, bool force, purg
       while (mask && n < PURGE_BATCH) {
         unsigned first = (unsigned)__builtin_ctz(mask);
         unsigned count = (unsigned)__builtin_ctzll(~(uint64_t)(mask >> first));
-        out[n++] = (purge_run_t){r, first, count, count == PAGES_PER_REGION};
+        out[n++] = (purge_run_t){r, first, count};
         mask &= ~run_mask(first, count);
       }
       if (mask) { /* batch full: give the rest back untouched */
@@ -498,9 +497,10 @@ static void purge_submit(const purge_run_t *run) {
     start += REGION_HEADER_SIZE;
     len -= REGION_HEADER_SIZE;
   }
-  /* all zero again, as page_clear leaves them; uncounted once the purge
-   * worked (a refused one, as on mlocked memory, discarded nothing) */
-  if (run->descs) kmem_discard(run->r, REGION_DESC_BYTES);
+  /* the whole region: its descriptors' page too, all zero again as
+   * page_clear leaves them; uncounted once the purge worked (a refused one,
+   * as on mlocked memory, discarded nothing) */
+  if (run->count == PAGES_PER_REGION) kmem_discard(run->r, REGION_DESC_BYTES);
   void *cookie = (void *)((uintptr_t)run->r | (uintptr_t)run->first << 6 | run->count);
   while (!kmem_purge_submit(start, len, cookie))
     kmem_purge_reap(purge_done, false);
