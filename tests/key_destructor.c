@@ -11,11 +11,8 @@
  * they were after the first 40. Run with HAKMEM_MAX_HEAPS=0 (no limit) and
  * with the default limit. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <malloc.h>
 #include <pthread.h>
-#include "check.h"
-#include "hakmem.h"
+#include "kmem_util.h"
 
 #define THREADS 400
 #define WARMUP 40
@@ -48,23 +45,17 @@ static void destructor(void *value) {
   CHECK(pthread_setspecific(key, (void *)1) == 0, "pthread_setspecific");
 }
 
-static uint64_t sharing_threads(void) {
-  hak_stats_t s;
-  hak_stats_get(&s);
-  return s.shared_heap_threads;
-}
-
 /* Its own mallocs take a heap of its own: the only thread running (its
  * destructors, past its heap's, may share one). */
 static void *thread_main(void *arg) {
   (void)arg;
   CHECK(pthread_setspecific(key, (void *)1) == 0, "pthread_setspecific");
-  uint64_t before = sharing_threads();
+  uint64_t before = stats_now().shared_heap_threads;
   void *p = malloc(opaque_size(1000));
   CHECK(p, "malloc failed");
   fill_pattern(p, 1000);
   free(p);
-  CHECK(sharing_threads() == before,
+  CHECK(stats_now().shared_heap_threads == before,
         "a thread alone took a shared heap: heaps kept by exited threads");
   return NULL;
 }
@@ -81,21 +72,14 @@ static void one_thread(void) {
   }
 }
 
-static hak_stats_t settled(void) {
-  malloc_trim(0);
-  hak_stats_t s;
-  hak_stats_get(&s);
-  return s;
-}
-
 int main(void) {
   CHECK(pthread_key_create(&key, destructor) == 0, "pthread_key_create");
   for (int i = 0; i < WARMUP; i++)
     one_thread();
-  hak_stats_t s0 = settled();
+  hak_stats_t s0 = stats_trimmed();
   for (int i = WARMUP; i < THREADS; i++)
     one_thread();
-  hak_stats_t s1 = settled();
+  hak_stats_t s1 = stats_trimmed();
   unsigned long long heaps = s1.heaps_created - s0.heaps_created;
   long long grew = (long long)s1.committed_bytes - (long long)s0.committed_bytes;
   printf("%d threads: %llu heaps made after the first %d (%llu in all), committed %+lld KiB, "

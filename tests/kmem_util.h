@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdbool.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -85,6 +86,12 @@ static inline hak_stats_t stats_now(void) {
   hak_stats_t s;
   hak_stats_get(&s);
   return s;
+}
+
+/* The counters once malloc_trim(0) gave back every free page. */
+static inline hak_stats_t stats_trimmed(void) {
+  malloc_trim(0);
+  return stats_now();
 }
 
 /* The counters once `bytes` more were purged than in s0, or after ms: they

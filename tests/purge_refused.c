@@ -6,22 +6,13 @@
  * and after a few hundred trims the counter wrapped below zero (a program
  * that calls mlockall got there from the background thread alone). */
 #define _GNU_SOURCE
-#include <malloc.h>
 #include <sys/mman.h>
-#include "check.h"
-#include "hakmem.h"
+#include "kmem_util.h"
 
 #define BLOCKS 64
 #define BLOCK 32768
 #define TRIMS 300
 #define REGION ((uintptr_t)2 << 20)
-
-static uint64_t committed_after_trim(void) {
-  malloc_trim(0);
-  hak_stats_t s;
-  hak_stats_get(&s);
-  return s.committed_bytes;
-}
 
 int main(void) {
   void *b[BLOCKS];
@@ -36,9 +27,9 @@ int main(void) {
   }
   for (int i = 0; i < BLOCKS; i++)
     free(b[i]);
-  uint64_t first = committed_after_trim();
+  uint64_t first = stats_trimmed().committed_bytes;
   for (int i = 1; i <= TRIMS; i++) {
-    uint64_t now = committed_after_trim();
+    uint64_t now = stats_trimmed().committed_bytes;
     CHECK(now == first, "trim %d of locked empty regions: committed %llu, %llu after the first", i,
           (unsigned long long)now, (unsigned long long)first);
   }

@@ -6,25 +6,14 @@
  * committed bytes may exceed those after a first trim by 4 KiB per region
  * made and 256 KiB. Regions touched only in part count too: a span of
  * several pages never starts on page 0. */
-#include <malloc.h>
-#include "check.h"
-#include "hakmem.h"
+#include "kmem_util.h"
 
-#define KIB ((size_t)1 << 10)
-#define MIB ((size_t)1 << 20)
 #define LIVE (512 * MIB)
 
 static void *blocks[LIVE / (16 * KIB)];
 
-static hak_stats_t trimmed(void) {
-  malloc_trim(0);
-  hak_stats_t s;
-  hak_stats_get(&s);
-  return s;
-}
-
 int main(void) {
-  hak_stats_t s0 = trimmed();
+  hak_stats_t s0 = stats_trimmed();
   for (int round = 1; round <= 2; round++) {
     size_t live = 0, n = 0;
     struct rng r = {(uint64_t)round};
@@ -37,7 +26,7 @@ int main(void) {
     }
     for (size_t i = 0; i < n; i++)
       free(blocks[i]);
-    hak_stats_t s = trimmed();
+    hak_stats_t s = stats_trimmed();
     uint64_t made = s.regions_reserved - s0.regions_reserved;
     uint64_t allowed = s0.committed_bytes + made * 4 * KIB + 256 * KIB;
     printf("round %d: %zu blocks; %llu regions made, committed %llu KiB after the trim (%llu "
