@@ -70,13 +70,23 @@ static int child_main(void) {
       mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   CHECK(seen != MAP_FAILED, "mmap failed");
   char first[256] = "";
+  unsigned early = 0; /* rounds whose pages were purged before a fork could see it */
   for (int round = 0; round < ROUNDS; round++) {
     build_and_free();
     uint64_t built = stats_now().committed_bytes;
-    CHECK(built >= base + NBLK * BLK / 2,
-          "round %d: committed %llu KiB after freeing %d MiB, "
-          "base %llu KiB: the pages were purged before the background thread could",
-          round, (unsigned long long)(built / KIB), NBLK, (unsigned long long)(base / KIB));
+    /* the background thread may run while this thread builds, if a fault
+     * reschedules it (faults take 11 us each on a PVM guest: the 24 MiB
+     * take 70 ms, past the purge delay; one clean-clone CI run there had
+     * round 1 at base + 9.6 MiB): such a round would fork after the purge,
+     * so it is built again */
+    if (built < base + NBLK * BLK / 2) {
+      CHECK(++early <= ROUNDS / 4,
+            "%u rounds: committed %llu KiB after freeing %d MiB, base %llu KiB: the pages "
+            "were purged before a fork could see it",
+            early, (unsigned long long)(built / KIB), NBLK, (unsigned long long)(base / KIB));
+      round--;
+      continue;
+    }
     for (long until = now_ms() + ROUND_MS; now_ms() < until;) {
       sleep_us(200); /* the background thread runs meanwhile */
       uint64_t parent = stats_now().committed_bytes;
@@ -115,9 +125,9 @@ static int child_main(void) {
     }
   }
   fprintf(stderr,
-          "%d rounds, %u purged by the background thread within %d ms, %u forks, %u "
-          "children with pages missing\n",
-          ROUNDS, purged, ROUND_MS, forks, bad);
+          "%d rounds (%u built again), %u purged by the background thread within %d ms, %u "
+          "forks, %u children with pages missing\n",
+          ROUNDS, early, purged, ROUND_MS, forks, bad);
   CHECK(!bad, "%u of %u fork children could not trim every page (stuck purging); first: %s", bad,
         forks, first);
   CHECK(purged == ROUNDS, "the background thread purged only %u of %d rounds' memory within %d ms",
